@@ -1,0 +1,5 @@
+"""`python -m normsearch` runs the CLI."""
+
+from normsearch.cli import main
+
+main()

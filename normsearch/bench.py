@@ -1,0 +1,159 @@
+"""Speed benchmarks (`normsearch bench ...`): every normalizer against `nn.BatchNorm2d`, same run.
+
+Speed targets live here, not in unit tests: the machine is shared and noisy, so figures are quoted as
+ratios to BatchNorm2d measured in the same run, medians over repeats after warm-up.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from normsearch.errors import NormsearchError
+from normsearch.norms import CrossNorm, make_norm
+
+SHAPES: tuple[tuple[int, int, int, int], ...] = ((32, 64, 32, 32), (16, 256, 16, 16), (64, 512, 8, 8))
+
+# (label, spec): the label is what the table shows. CrossNorm is measured switched on.
+CASES: tuple[tuple[str, str], ...] = (
+    ("bn", "bn"),
+    ("in", "in"),
+    ("ln", "ln"),
+    ("gn", "gn:groups=16"),
+    ("ibn r=0.5", "ibn:ratio=0.5"),
+    ("ibn r=0.25", "ibn:ratio=0.25"),
+    ("sn soft", "sn"),
+    ("sn hard in/bn", "sn:mode=hard,mean=in,var=bn"),
+    ("sn hard bn/bn", "sn:mode=hard,mean=bn,var=bn"),
+    ("crossnorm 2ins", "crossnorm"),
+    ("crossnorm 1ins", "crossnorm:mode=1ins"),
+    ("crossnorm style crop", "crossnorm:crop=style"),
+    ("selfnorm tied", "selfnorm"),
+    ("selfnorm two_branch", "selfnorm:form=two_branch"),
+)
+
+# Train-step ratio targets from the issue, by label prefix, and the eval target for folded hard SN.
+TRAIN_TARGETS = {"ibn": 1.15, "sn soft": 1.5, "crossnorm": 1.5, "selfnorm": 1.5}
+EVAL_TARGETS = {"sn hard bn/bn": 1.05}
+
+
+@dataclass(frozen=True)
+class BenchRow:
+    """One layer on one shape: median milliseconds and the ratio to BatchNorm2d in the same run."""
+
+    label: str
+    spec: str
+    shape: tuple[int, int, int, int]
+    device: str
+    train_ms: float
+    eval_ms: float
+    train_ratio: float
+    eval_ratio: float
+    train_target: float | None
+    eval_target: float | None
+
+    @property
+    def meets_target(self) -> bool:
+        ok_train = self.train_target is None or self.train_ratio <= self.train_target
+        ok_eval = self.eval_target is None or self.eval_ratio <= self.eval_target
+        return ok_train and ok_eval
+
+
+def parse_shapes(text: str) -> tuple[tuple[int, int, int, int], ...]:
+    """Parse ``"32x64x32x32,16x256x16x16"`` into shape tuples."""
+    shapes = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        dims = item.lower().replace("×", "x").split("x")
+        if len(dims) != 4 or not all(d.isdigit() and int(d) > 0 for d in dims):
+            raise NormsearchError(f"--shapes: {item!r} is not N×C×H×W with positive integers, e.g. 8x16x8x8")
+        shapes.append(tuple(int(d) for d in dims))
+    if not shapes:
+        raise NormsearchError("--shapes: give at least one N×C×H×W shape, e.g. 8x16x8x8")
+    return tuple(shapes)  # type: ignore[return-value]
+
+
+def _target(label: str, targets: dict[str, float]) -> float | None:
+    for prefix, value in targets.items():
+        if label.startswith(prefix):
+            return value
+    return None
+
+
+def _paired_median_ms(
+    fn: Callable[[], object], base: Callable[[], object], repeats: int, warmup: int, device: torch.device
+) -> tuple[float, float]:
+    """Median ms of `fn` and of `base`, timed alternately so that drifts in machine load hit both."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        fn()
+        base()
+    sync()
+    times: dict[int, list[float]] = {0: [], 1: []}
+    for _ in range(repeats):
+        for index, call in enumerate((fn, base)):
+            start = time.perf_counter()
+            call()
+            sync()
+            times[index].append(time.perf_counter() - start)
+    return tuple(1e3 * sorted(t)[len(t) // 2] for t in (times[0], times[1]))  # type: ignore[return-value]
+
+
+def _timers(layer: nn.Module, x: torch.Tensor) -> tuple[Callable[[], object], Callable[[], object]]:
+    xg = x.clone().requires_grad_(True)
+    grad = torch.randn_like(x)
+
+    def train_step() -> None:
+        layer.train()
+        if isinstance(layer, CrossNorm):
+            layer.active = True
+        xg.grad = None
+        layer.zero_grad(set_to_none=True)
+        layer(xg).backward(grad)
+
+    def eval_forward() -> torch.Tensor:
+        layer.eval()
+        with torch.no_grad():
+            return layer(x)
+
+    return train_step, eval_forward
+
+
+def bench_norms(
+    shapes: tuple[tuple[int, int, int, int], ...] = SHAPES,
+    repeats: int = 20,
+    warmup: int = 5,
+    threads: int = 1,
+    device: str = "cpu",
+    cases: tuple[tuple[str, str], ...] = CASES,
+) -> Iterator[BenchRow]:
+    """Time a train step (forward + backward) and an eval forward of every case on every shape.
+
+    Yields one row per (case, shape) as it is measured, so a caller can show progress. Hard SN with
+    mean=var=bn is measured folded at eval (its `fold()` affine map), as a deployed model would run it.
+    """
+    torch.set_num_threads(threads)
+    dev = torch.device(device)
+    gen = torch.Generator().manual_seed(0)
+    for shape in shapes:
+        x = torch.randn(shape, generator=gen).to(dev)
+        bn_train, bn_eval = _timers(nn.BatchNorm2d(shape[1]).to(dev), x)
+        for label, spec in cases:
+            torch.manual_seed(0)
+            if spec.startswith("gn"):
+                spec = f"gn:groups={math.gcd(16, shape[1])}"  # groups must divide C
+            layer = make_norm(spec, shape[1]).to(dev)
+            train_step, eval_forward = _timers(layer, x)
+            train_ms, base_train = _paired_median_ms(train_step, bn_train, repeats, warmup, dev)
+            if label.startswith("sn hard bn/bn"):
+                layer.eval()
+                _, eval_forward = _timers(layer.fold().to(dev), x)
+            eval_ms, base_eval = _paired_median_ms(eval_forward, bn_eval, repeats, warmup, dev)
+            yield BenchRow(
+                label, spec, shape, device, train_ms, eval_ms, train_ms / base_train, eval_ms / base_eval,
+                _target(label, TRAIN_TARGETS), _target(label, EVAL_TARGETS),
+            )

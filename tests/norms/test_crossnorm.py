@@ -1,0 +1,138 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from normsearch.norms import CrossNorm, CrossNormPolicy, make_norm
+
+
+def _stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Channel-wise mean and std as in the released calc_mean_std: sqrt(unbiased var + 1e-5)."""
+    flat = x.flatten(2)
+    return flat.mean(-1), torch.sqrt(flat.var(-1, unbiased=True) + 1e-5)
+
+
+def _active(spec: str, channels: int, seed: int = 0) -> CrossNorm:
+    layer = make_norm(f"{spec},seed={seed}" if ":" in spec else f"{spec}:seed={seed}", channels)
+    layer.train()
+    layer.active = True
+    return layer
+
+
+def _x(shape: tuple[int, ...] = (6, 4, 7, 7), seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    # Distinct styles per instance and channel, so partners can be identified by their statistics.
+    n, c = shape[:2]
+    scale = torch.rand(n, c, 1, 1, generator=gen, dtype=torch.float64) * 3 + 0.5
+    shift = torch.randn(n, c, 1, 1, generator=gen, dtype=torch.float64) * 4
+    return torch.randn(shape, generator=gen, dtype=torch.float64) * scale + shift
+
+
+def test_two_instance_mode_swaps_statistics_with_another_instance() -> None:
+    x = _x()
+    y = _active("crossnorm", 4)(x)
+    mu_x, std_x = _stats(x)
+    mu_y, _ = _stats(y)
+    # Eq. 2: y = sigma_B (x - mu_A)/sigma_A + mu_B, so y's mean is mu_B and its std is sigma_B·s_A/sigma_A.
+    partners = []
+    for n in range(x.shape[0]):
+        matches = [m for m in range(x.shape[0]) if torch.allclose(mu_y[n], mu_x[m])]
+        assert len(matches) == 1
+        partners.append(matches[0])
+    assert sorted(partners) == list(range(x.shape[0]))  # a permutation of the batch
+    assert all(p != n for n, p in enumerate(partners))  # nobody paired with itself
+    for n, m in enumerate(partners):
+        expected = (x[n] - mu_x[n, :, None, None]) / std_x[n, :, None, None] * std_x[m, :, None, None] + mu_x[
+            m, :, None, None
+        ]
+        torch.testing.assert_close(y[n], expected)
+
+
+def test_one_instance_mode_swaps_statistics_between_channels() -> None:
+    x = _x((3, 5, 6, 6), seed=1)
+    y = _active("crossnorm:mode=1ins", 5)(x)
+    mu_x, std_x = _stats(x)
+    mu_y, _ = _stats(y)
+    for n in range(3):
+        partners = []
+        for c in range(5):
+            matches = [k for k in range(5) if torch.allclose(mu_y[n, c], mu_x[n, k])]
+            assert len(matches) == 1
+            partners.append(matches[0])
+            k = matches[0]
+            expected = (x[n, c] - mu_x[n, c]) / std_x[n, c] * std_x[n, k] + mu_x[n, k]
+            torch.testing.assert_close(y[n, c], expected)
+        assert sorted(partners) == list(range(5)) and all(p != c for c, p in enumerate(partners))
+
+
+def test_identity_in_eval_and_when_inactive() -> None:
+    x = _x()
+    layer = _active("crossnorm", 4)
+    layer.eval()
+    assert layer(x) is x
+    layer.train()
+    layer.active = False
+    assert layer(x) is x
+
+
+@pytest.mark.parametrize("crop", ["style", "content", "both"])
+@pytest.mark.parametrize("side", [1, 2, 3, 8])
+def test_crops_terminate_on_tiny_maps(crop: str, side: int) -> None:
+    layer = _active(f"crossnorm:crop={crop}", 4)
+    x = _x((4, 4, side, side))
+    for _ in range(20):
+        y = layer(x)
+        assert y.shape == x.shape and torch.isfinite(y).all()
+
+
+def test_content_crop_changes_only_a_box_covering_the_threshold() -> None:
+    layer = _active("crossnorm:crop=content,threshold=0.3", 4, seed=3)
+    x = _x((4, 4, 10, 10))
+    for _ in range(10):
+        changed = (layer(x) != x).any(dim=(0, 1))
+        rows, cols = changed.any(1).nonzero().flatten(), changed.any(0).nonzero().flatten()
+        h, w = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+        assert changed.sum() == h * w  # one rectangle
+        assert h * w >= 0.3 * 100
+
+
+def test_same_seed_same_output_and_no_global_rng_use() -> None:
+    x = _x()
+    a, b = _active("crossnorm:crop=both", 4, seed=7), _active("crossnorm:crop=both", 4, seed=7)
+    state = torch.get_rng_state()
+    outputs_a = [a(x) for _ in range(3)]
+    assert torch.equal(torch.get_rng_state(), state)
+    outputs_b = [b(x) for _ in range(3)]
+    for ya, yb in zip(outputs_a, outputs_b, strict=True):
+        assert torch.equal(ya, yb)
+    assert not torch.equal(_active("crossnorm:crop=both", 4, seed=8)(x), outputs_a[0])
+
+
+@pytest.mark.parametrize("spec", ["crossnorm", "crossnorm:mode=1ins", "crossnorm:crop=style", "crossnorm:crop=both"])
+def test_gradcheck(spec: str) -> None:
+    x = _x((4, 3, 4, 4)).requires_grad_(True)
+
+    def run(inp: torch.Tensor) -> torch.Tensor:
+        layer = _active(spec, 3, seed=5)  # fresh layer: the same partners and boxes on every call
+        return layer(inp)
+
+    assert torch.autograd.gradcheck(run, (x,))
+
+
+def test_policy_activates_active_num_layers_with_probability_p() -> None:
+    model = nn.Sequential(*[CrossNorm(4, seed=i) for i in range(5)])
+    policy = CrossNormPolicy(model, p=0.5, active_num=2, seed=0)
+    activations = []
+    for _ in range(400):
+        chosen = policy.step()
+        assert chosen == [i for i, layer in enumerate(policy.layers) if layer.active]
+        assert len(chosen) in (0, 2)
+        activations.append(chosen)
+    rate = sum(bool(c) for c in activations) / len(activations)
+    assert 0.4 < rate < 0.6
+    assert {i for c in activations for i in c} == set(range(5))
+    policy.off()
+    assert not any(layer.active for layer in policy.layers)
+    again = CrossNormPolicy(model, p=0.5, active_num=2, seed=0)
+    assert [again.step() for _ in range(400)] == activations
