@@ -154,6 +154,14 @@ def bench_norms(
                 _, eval_forward = _timers(layer.fold().to(dev), x)
             eval_ms, base_eval = _paired_median_ms(eval_forward, bn_eval, repeats, warmup, dev)
             yield BenchRow(
-                label, spec, shape, device, train_ms, eval_ms, train_ms / base_train, eval_ms / base_eval,
-                _target(label, TRAIN_TARGETS), _target(label, EVAL_TARGETS),
+                label,
+                spec,
+                shape,
+                device,
+                train_ms,
+                eval_ms,
+                train_ms / base_train,
+                eval_ms / base_eval,
+                _target(label, TRAIN_TARGETS),
+                _target(label, EVAL_TARGETS),
             )

@@ -72,7 +72,8 @@ def bench_norms(
     threads: Annotated[int, typer.Option(min=1, help="torch threads.")] = 1,
     device: Annotated[str, typer.Option(help="cpu, cuda, or auto (cuda when available, and cpu).")] = "auto",
     shapes: Annotated[
-        str | None, typer.Option(help="N×C×H×W shapes, comma-separated, e.g. 8x16x8x8 (default: the standard three).")
+        str | None,
+        typer.Option(help="N×C×H×W shapes, comma-separated, e.g. 8x16x8x8 (default: the standard three)."),
     ] = None,
 ) -> None:
     """Time every normalizer's train step and eval forward against nn.BatchNorm2d, in one run."""
@@ -92,7 +93,9 @@ def bench_norms(
     else:
         raise NormsearchError(f"--device {device!r}: allowed: cpu, cuda, auto")
     for dev in devices:
-        table = Table(title=f"normalizers vs nn.BatchNorm2d ({dev}, {threads} thread(s), median of {repeats})")
+        table = Table(
+            title=f"normalizers vs nn.BatchNorm2d ({dev}, {threads} thread(s), median of {repeats})"
+        )
         for column in ("layer", "shape", "train ms", "train ×BN", "target", "eval ms", "eval ×BN", "target"):
             table.add_column(column, justify="left" if column in ("layer", "shape") else "right")
         misses = 0
@@ -102,10 +105,13 @@ def bench_norms(
                 misses += not row.meets_target
                 mark = "" if row.meets_target else " [red]✗[/red]"
                 table.add_row(
-                    row.label, "×".join(map(str, row.shape)),
-                    f"{row.train_ms:.2f}", f"{row.train_ratio:.2f}",
+                    row.label,
+                    "×".join(map(str, row.shape)),
+                    f"{row.train_ms:.2f}",
+                    f"{row.train_ratio:.2f}",
                     f"≤{row.train_target}" if row.train_target else "",
-                    f"{row.eval_ms:.2f}", f"{row.eval_ratio:.2f}",
+                    f"{row.eval_ms:.2f}",
+                    f"{row.eval_ratio:.2f}",
                     (f"≤{row.eval_target}" if row.eval_target else "") + mark,
                 )
         console.print(table)

@@ -19,7 +19,9 @@ def test_version() -> None:
 
 
 def test_bench_norms_prints_every_kind_with_ratios() -> None:
-    result = runner.invoke(app, ["bench", "norms", "--repeats", "3", "--warmup", "1", "--shapes", "4x16x6x6", "--device", "cpu"])
+    result = runner.invoke(
+        app, ["bench", "norms", "--repeats", "3", "--warmup", "1", "--shapes", "4x16x6x6", "--device", "cpu"]
+    )
     assert result.exit_code == 0, result.output
     for label in ("bn", "ibn r=0.5", "sn soft", "sn hard bn/bn", "crossnorm 2ins", "selfnorm two_branch"):
         assert label in result.stdout
@@ -41,11 +43,19 @@ def test_bad_flag_value_is_one_red_line_and_exit_2() -> None:
 
 def test_module_entry_point_and_fast_help() -> None:
     out = subprocess.run(
-        [sys.executable, "-c", "import sys, normsearch.cli; print('torch' in sys.modules, 'ray' in sys.modules)"],
-        capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "-c",
+            "import sys, normsearch.cli; print('torch' in sys.modules, 'ray' in sys.modules)",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert out.stdout.split() == ["False", "False"]  # --help does not import torch or ray
-    out = subprocess.run([sys.executable, "-m", "normsearch", "--version"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "normsearch", "--version"], capture_output=True, text=True, check=True
+    )
     assert out.stdout.strip() == f"normsearch {__version__}"
 
 

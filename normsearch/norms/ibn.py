@@ -57,7 +57,14 @@ class IBN(RunningStats):
                 self.num_batches_tracked.add_(1)
                 factor = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
             return F.batch_norm(
-                x, self.running_mean, self.running_var, self.weight, self.bias, self.training, factor, self.eps
+                x,
+                self.running_mean,
+                self.running_var,
+                self.weight,
+                self.bias,
+                self.training,
+                factor,
+                self.eps,
             )
         if k == c:
             return F.instance_norm(x, weight=self.weight, bias=self.bias, eps=self.eps)

@@ -61,11 +61,24 @@ REGISTRY: dict[str, NormKind] = {
         NormKind("in", _instance_norm, {"affine": bool, "eps": _NUM}, "InstanceNorm2d, affine by default"),
         NormKind("ln", _layer_norm, {"eps": _NUM}, "LayerNorm over (C, H, W), per-channel affine"),
         NormKind("gn", _group_norm, {"groups": int, "eps": _NUM}, "GroupNorm"),
-        NormKind("ibn", IBN, {"ratio": _NUM, "eps": _NUM, "momentum": _NUM}, "IBN-Net: IN on the first C·ratio channels, BN on the rest"),
+        NormKind(
+            "ibn",
+            IBN,
+            {"ratio": _NUM, "eps": _NUM, "momentum": _NUM},
+            "IBN-Net: IN on the first C·ratio channels, BN on the rest",
+        ),
         NormKind(
             "sn",
             SwitchNorm2d,
-            {"mode": str, "mean": str, "var": str, "eps": _NUM, "momentum": _NUM, "last_gamma": bool, "unbiased": bool},
+            {
+                "mode": str,
+                "mean": str,
+                "var": str,
+                "eps": _NUM,
+                "momentum": _NUM,
+                "last_gamma": bool,
+                "unbiased": bool,
+            },
             "Switchable Normalization (soft or hard)",
         ),
         NormKind(
@@ -89,9 +102,7 @@ def get_kind(name: str) -> NormKind:
     try:
         return REGISTRY[name]
     except KeyError:
-        raise NormsearchError(
-            f"unknown normalizer kind {name!r}; allowed: {', '.join(REGISTRY)}"
-        ) from None
+        raise NormsearchError(f"unknown normalizer kind {name!r}; allowed: {', '.join(REGISTRY)}") from None
 
 
 def validate_spec(spec: NormSpec | str | Mapping[str, Any]) -> NormSpec:
@@ -103,12 +114,12 @@ def validate_spec(spec: NormSpec | str | Mapping[str, Any]) -> NormSpec:
             allowed = ", ".join(kind.params) or "none"
             raise NormsearchError(f"{spec}: unknown parameter {key!r} for {kind.name}; allowed: {allowed}")
         expected = kind.params[key]
-        if isinstance(value, bool) and expected is not bool:
-            ok = False
-        else:
-            ok = isinstance(value, expected)
+        # bool is an int in Python; a flag given where a number is expected is still a mistake.
+        ok = isinstance(value, expected) and not (isinstance(value, bool) and expected is not bool)
         if not ok:
-            names = expected.__name__ if isinstance(expected, type) else "|".join(t.__name__ for t in expected)
+            names = (
+                expected.__name__ if isinstance(expected, type) else "|".join(t.__name__ for t in expected)
+            )
             raise NormsearchError(f"{spec}: parameter {key!r} must be {names}, got {value!r}")
     return spec
 

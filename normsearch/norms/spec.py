@@ -65,9 +65,7 @@ class NormSpec:
         for item in filter(None, (part.strip() for part in rest.split(","))):
             key, eq, value = item.partition("=")
             if not eq or not key.strip():
-                raise NormsearchError(
-                    f"normalizer spec {text!r}: parameter {item!r} is not key=value"
-                )
+                raise NormsearchError(f"normalizer spec {text!r}: parameter {item!r} is not key=value")
             params[key.strip()] = _parse_value(value.strip())
         return cls(kind, tuple(params.items()))
 

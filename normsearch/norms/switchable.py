@@ -83,8 +83,12 @@ class SwitchNorm2d(RunningStats):
             self.mean_weight = nn.Parameter(torch.ones(3))
             self.var_weight = nn.Parameter(torch.ones(3))
         else:
-            self.register_buffer("mean_weight", nn.functional.one_hot(torch.tensor(STATS.index(mean)), 3).float())
-            self.register_buffer("var_weight", nn.functional.one_hot(torch.tensor(STATS.index(var)), 3).float())
+            self.register_buffer(
+                "mean_weight", nn.functional.one_hot(torch.tensor(STATS.index(mean)), 3).float()
+            )
+            self.register_buffer(
+                "var_weight", nn.functional.one_hot(torch.tensor(STATS.index(var)), 3).float()
+            )
         self._init_running(num_channels, momentum)
 
     def extra_repr(self) -> str:
@@ -123,13 +127,17 @@ class SwitchNorm2d(RunningStats):
         choice = self.mean_choice
         if choice == "bn" and not self.training:
             # Inference with BN statistics is the folded affine map; the unbiased flag does not matter.
-            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+            return F.batch_norm(
+                x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
+            )
         if self.unbiased:
             return None
         if choice == "bn":
             self.num_batches_tracked.add_(1)
             factor = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, True, factor, self.eps)
+            return F.batch_norm(
+                x, self.running_mean, self.running_var, self.weight, self.bias, True, factor, self.eps
+            )
         if choice == "in":
             return F.instance_norm(x, weight=self.weight, bias=self.bias, eps=self.eps)
         return F.group_norm(x, 1, self.weight, self.bias, self.eps)
@@ -140,8 +148,13 @@ class SwitchNorm2d(RunningStats):
         SN" by argmax), with the same affine parameters and running statistics."""
         wm, wv = self.ratios()
         hard = SwitchNorm2d(
-            self.num_channels, mode="hard", mean=STATS[int(wm.argmax())], var=STATS[int(wv.argmax())],
-            eps=self.eps, momentum=self.momentum, unbiased=self.unbiased,
+            self.num_channels,
+            mode="hard",
+            mean=STATS[int(wm.argmax())],
+            var=STATS[int(wv.argmax())],
+            eps=self.eps,
+            momentum=self.momentum,
+            unbiased=self.unbiased,
         )
         hard.to(self.weight.device)
         for name in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):

@@ -13,8 +13,13 @@ from normsearch.norms import REGISTRY, CrossNorm, make_norm
 # One spec per kind plus the variants with their own code paths.
 SPECS = sorted(
     {kind if kind != "gn" else "gn:groups=4" for kind in REGISTRY}
-    | {"ibn:ratio=0.25", "sn:mode=hard,mean=in,var=bn", "sn:mode=hard,mean=bn,var=bn,unbiased=false",
-       "crossnorm:mode=1ins,crop=both", "selfnorm:form=two_branch"}
+    | {
+        "ibn:ratio=0.25",
+        "sn:mode=hard,mean=in,var=bn",
+        "sn:mode=hard,mean=bn,var=bn,unbiased=false",
+        "crossnorm:mode=1ins,crop=both",
+        "selfnorm:form=two_branch",
+    }
 )
 
 

@@ -109,7 +109,9 @@ def test_same_seed_same_output_and_no_global_rng_use() -> None:
     assert not torch.equal(_active("crossnorm:crop=both", 4, seed=8)(x), outputs_a[0])
 
 
-@pytest.mark.parametrize("spec", ["crossnorm", "crossnorm:mode=1ins", "crossnorm:crop=style", "crossnorm:crop=both"])
+@pytest.mark.parametrize(
+    "spec", ["crossnorm", "crossnorm:mode=1ins", "crossnorm:crop=style", "crossnorm:crop=both"]
+)
 def test_gradcheck(spec: str) -> None:
     x = _x((4, 3, 4, 4)).requires_grad_(True)
 

@@ -53,9 +53,13 @@ def test_mixed_ratio_matches_hand_formula(channels: int, ratio: float) -> None:
     # IBN-Net §3.2: IN(affine) on the first floor(C·ratio) channels, BN on the rest.
     m_in, v_in = in_stats(x)
     m_bn, v_bn = bn_stats(x)
-    expected = torch.where(
-        torch.arange(channels).view(1, -1, 1, 1) < k, normalize(x, m_in, v_in), normalize(x, m_bn, v_bn)
-    ) * gamma + beta
+    expected = (
+        torch.where(
+            torch.arange(channels).view(1, -1, 1, 1) < k, normalize(x, m_in, v_in), normalize(x, m_bn, v_bn)
+        )
+        * gamma
+        + beta
+    )
     torch.testing.assert_close(layer(x), expected, rtol=1e-10, atol=1e-10)
 
     # Running statistics of the BN channels follow torch's convention (unbiased var, momentum 0.1).
@@ -66,9 +70,13 @@ def test_mixed_ratio_matches_hand_formula(channels: int, ratio: float) -> None:
     layer.eval()
     rm = torch.cat([torch.zeros(k, dtype=x.dtype), layer.running_mean]).view(1, -1, 1, 1)
     rv = torch.cat([torch.ones(k, dtype=x.dtype), layer.running_var]).view(1, -1, 1, 1)
-    expected_eval = torch.where(
-        torch.arange(channels).view(1, -1, 1, 1) < k, normalize(x, m_in, v_in), normalize(x, rm, rv)
-    ) * gamma + beta
+    expected_eval = (
+        torch.where(
+            torch.arange(channels).view(1, -1, 1, 1) < k, normalize(x, m_in, v_in), normalize(x, rm, rv)
+        )
+        * gamma
+        + beta
+    )
     torch.testing.assert_close(layer(x), expected_eval, rtol=1e-10, atol=1e-10)
 
 

@@ -29,7 +29,9 @@ def test_precise_statistics_are_the_exact_average_over_fed_batches() -> None:
     model.train()
     for batch in _batches(4, (5, 6, 4, 4), seed=9):  # some training history to be replaced
         model(batch)
-    weights_before = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "tracked" not in k}
+    weights_before = {
+        k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "tracked" not in k
+    }
     batches = _batches(5, (5, 6, 4, 4))
     fed = recalibrate_bn(model, iter(batches), n=3)
     assert fed == 3

@@ -11,7 +11,9 @@ def _x(shape: tuple[int, ...] = (6, 4, 5, 5), seed: int = 0) -> torch.Tensor:
     return torch.randn(shape, generator=gen, dtype=torch.float64) * 2 + 1
 
 
-def _gate(weight: torch.Tensor, bn: torch.nn.BatchNorm1d, mu: torch.Tensor, std: torch.Tensor, training: bool):
+def _gate(
+    weight: torch.Tensor, bn: torch.nn.BatchNorm1d, mu: torch.Tensor, std: torch.Tensor, training: bool
+):
     z = weight[:, 0] * mu + weight[:, 1] * std
     if training:
         z = (z - z.mean(0)) / torch.sqrt(z.var(0, unbiased=False) + bn.eps)

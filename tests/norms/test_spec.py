@@ -8,8 +8,14 @@ from normsearch.norms import NormSpec, make_norm, validate_spec
 
 @pytest.mark.parametrize(
     "text",
-    ["bn", "ibn:ratio=0.25", "sn:mean=in,mode=hard,var=bn", "gn:groups=8", "crossnorm:crop=style,threshold=0.2",
-     "sn:last_gamma=true,unbiased=false"],
+    [
+        "bn",
+        "ibn:ratio=0.25",
+        "sn:mean=in,mode=hard,var=bn",
+        "gn:groups=8",
+        "crossnorm:crop=style,threshold=0.2",
+        "sn:last_gamma=true,unbiased=false",
+    ],
 )
 def test_str_round_trips(text: str) -> None:
     spec = NormSpec.parse(text)

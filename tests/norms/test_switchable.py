@@ -12,7 +12,7 @@ STATS = ("in", "ln", "bn")
 
 def _x(seed: int = 0, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
-    return (torch.randn(6, 8, 5, 4, generator=gen, dtype=dtype) * 2 + 0.7)
+    return torch.randn(6, 8, 5, 4, generator=gen, dtype=dtype) * 2 + 0.7
 
 
 def _affine(layer: nn.Module, seed: int = 1) -> None:
@@ -23,8 +23,11 @@ def _affine(layer: nn.Module, seed: int = 1) -> None:
 
 
 def _reference(kind: str, channels: int) -> nn.Module:
-    return {"bn": nn.BatchNorm2d(channels), "in": nn.InstanceNorm2d(channels, affine=True),
-            "ln": nn.GroupNorm(1, channels)}[kind].double()
+    return {
+        "bn": nn.BatchNorm2d(channels),
+        "in": nn.InstanceNorm2d(channels, affine=True),
+        "ln": nn.GroupNorm(1, channels),
+    }[kind].double()
 
 
 @pytest.mark.parametrize("kind", STATS)
@@ -130,7 +133,9 @@ def test_folded_hard_bn_equals_unfolded_at_inference(unbiased: bool) -> None:
     x = _x(9)
     torch.testing.assert_close(folded(x), sn(x), rtol=1e-12, atol=1e-12)
     scale = sn.weight.detach() / torch.sqrt(sn.running_var + sn.eps)
-    torch.testing.assert_close(folded(x), x * channel(scale) + channel(sn.bias.detach() - sn.running_mean * scale))
+    torch.testing.assert_close(
+        folded(x), x * channel(scale) + channel(sn.bias.detach() - sn.running_mean * scale)
+    )
 
 
 def test_fold_refuses_layers_that_are_not_affine() -> None:
@@ -140,7 +145,9 @@ def test_fold_refuses_layers_that_are_not_affine() -> None:
         make_norm("sn:mode=hard,mean=in,var=bn", 4).fold()
 
 
-@pytest.mark.parametrize("spec", ["sn", "sn:unbiased=false", "sn:mode=hard,mean=in,var=bn", "sn:mode=hard,mean=ln,var=ln"])
+@pytest.mark.parametrize(
+    "spec", ["sn", "sn:unbiased=false", "sn:mode=hard,mean=in,var=bn", "sn:mode=hard,mean=ln,var=ln"]
+)
 @pytest.mark.parametrize("training", [True, False])
 def test_gradcheck(spec: str, training: bool) -> None:
     sn = make_norm(spec, 5).double()
