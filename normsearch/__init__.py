@@ -11,6 +11,11 @@ from typing import Any
 __version__ = "0.1.0"
 
 _PUBLIC = {
+    "ArchConfig": "normsearch.arch",
+    "NormPlan": "normsearch.plan",
+    "apply_plan": "normsearch.models",
+    "build_model": "normsearch.models",
+    "load_arch": "normsearch.arch",
     "NormsearchError": "normsearch.errors",
     "NormSpec": "normsearch.norms",
     "make_norm": "normsearch.norms",

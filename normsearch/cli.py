@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -116,6 +117,33 @@ def bench_norms(
                 )
         console.print(table)
         console.print(f"{misses} row(s) over target on {dev}" if misses else f"all targets met on {dev}")
+
+
+@app.command("plan")
+@user_errors
+def plan(
+    config: Annotated[Path, typer.Argument(help="An ArchConfig YAML/JSON (or an exported file).")],
+) -> None:
+    """Print every normalization slot of the network CONFIG describes, and a summary."""
+    from normsearch.arch import load_arch
+    from normsearch.models import build_model
+
+    arch = load_arch(config)
+    resolved = arch.resolve(str(config))
+    table = Table(title=f"norm plan of {config}")
+    for column in ("slot", "channels", "normalizer"):
+        table.add_column(column, justify="right" if column == "channels" else "left")
+    for slot, channels, normalizer in resolved.rows():
+        table.add_row(slot, str(channels), normalizer)
+    console.print(table)
+    model = build_model(arch)
+    params = sum(p.numel() for p in model.parameters())
+    kinds = ", ".join(f"{kind} {count}" for kind, count in sorted(resolved.kind_counts().items()))
+    console.print(f"parameters: {params:,}   slots per kind: {kinds}   input: {resolved.input_norm}")
+    if resolved.crossnorm:
+        console.print(
+            f"crossnorm policy: p={resolved.crossnorm.p}, active_num={resolved.crossnorm.active_num}"
+        )
 
 
 def main() -> None:

@@ -58,7 +58,8 @@ class _MixedNorm(torch.autograd.Function):
         scale = r * gamma
         # y = (x - mu) * scale + beta = d * scale + (mu_in - mu) * scale + beta
         shift = beta + (mu_in - mu) * scale
-        y = torch.addcmul(shift.unsqueeze(-1), d, scale.unsqueeze(-1)).view_as(x)
+        # Computed in 4-D so that y is a fresh tensor, not a view (callers may apply in-place ReLU).
+        y = torch.addcmul(shift[..., None, None], d.view(x.shape), scale[..., None, None])
         ctx.save_for_backward(d, wm, wv, gamma, r, mu, mu_in, mu_ln, mu_bn, v_in, v_ln, v_bn)
         ctx.use_batch = use_batch
         ctx.in_correction = in_correction

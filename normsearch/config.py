@@ -1,0 +1,76 @@
+"""Loading YAML/JSON configs into pydantic models with one-line, file:key error messages.
+
+Every config error becomes a NormsearchError naming the file, the key path and what is allowed; an unknown
+key also gets a "did you mean" from the keys that model accepts.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from normsearch.errors import NormsearchError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model that owns the last key of `loc`, for "did you mean" suggestions."""
+    current: Any = model
+    for part in loc[:-1]:
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+        field = current.model_fields.get(str(part))
+        if field is None:
+            return None
+        annotation = field.annotation
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        current = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def describe_validation_error(error: ValidationError, model: type[BaseModel], source: str) -> str:
+    """One line for the first problem in `error`: ``source: key.path: what is wrong (allowed ...)``."""
+    first = error.errors()[0]
+    loc = tuple(p for p in first["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    path = ".".join(str(p) for p in loc) or "(top level)"
+    message = first["msg"]
+    if first["type"] == "extra_forbidden":
+        owner = _model_at(model, loc)
+        allowed = sorted(owner.model_fields) if owner else []
+        guess = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        message = "unknown key" + (f"; did you mean {guess[0]!r}?" if guess else "")
+        if allowed:
+            message += f" (allowed: {', '.join(allowed)})"
+    elif first["type"].startswith("value_error"):
+        message = message.removeprefix("Value error, ")
+    return f"{source}: {path}: {message}"
+
+
+def validate(model: type[M], data: Any, source: str) -> M:
+    """`model.model_validate(data)` with errors turned into one NormsearchError line."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        raise NormsearchError(describe_validation_error(error, model, source)) from None
+
+
+def read_mapping(path: str | Path) -> dict[str, Any]:
+    """Read a YAML or JSON file holding a mapping; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise NormsearchError(f"{path}: no such file")
+    try:
+        text = path.read_text()
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (OSError, yaml.YAMLError, json.JSONDecodeError) as error:
+        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise NormsearchError(f"{path}: cannot parse: {detail}") from None
+    if not isinstance(data, dict):
+        raise NormsearchError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data

@@ -1,0 +1,36 @@
+"""Models that read a NormPlan: our ResNet family (`build_model`) and `apply_plan` for torchvision ResNets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from normsearch.arch import ArchConfig
+from normsearch.models.apply import apply_plan
+from normsearch.models.resnet import ResNet
+
+
+def build_model(config: ArchConfig | dict[str, Any] | str | Path) -> nn.Module:
+    """Build the network an ArchConfig describes; `config` may be the model, a dict, or a YAML/JSON path
+    (an exported file with an `arch` section works too)."""
+    if isinstance(config, str | Path):
+        config = ArchConfig.load(config)
+    elif isinstance(config, dict):
+        config = ArchConfig.from_dict(config)
+    plan = config.resolve()
+    backbone = config.backbone
+    spec = backbone.resolved()
+    return ResNet(
+        backbone.topology(),
+        plan,
+        backbone.num_classes,
+        backbone.in_channels,
+        spec["stem"],
+        groups=spec["groups"],
+        zero_init_last=backbone.zero_init_last,
+    )
+
+
+__all__ = ["ResNet", "apply_plan", "build_model"]
