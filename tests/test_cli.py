@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from normsearch import __version__
@@ -63,3 +64,47 @@ def test_readme_test_command_is_what_ci_runs() -> None:
     ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1]
     readme = (ROOT / "README.md").read_text()
     assert f"\n{ci}\n" in readme
+
+
+EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+
+
+def test_examples_exist() -> None:
+    assert len(EXAMPLES) >= 5
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_plan_prints_every_example(path: Path) -> None:
+    result = runner.invoke(app, ["plan", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "bn1" in result.stdout and "parameters:" in result.stdout and "slots per kind:" in result.stdout
+
+
+def test_plan_reference_counts_for_ibn_b() -> None:
+    result = runner.invoke(app, ["plan", str(ROOT / "examples" / "ibn_b_resnet50.yaml")])
+    assert "slots per kind: bn 52, in 3" in result.stdout
+    # ResNet-50 (25,557,032) plus the affines of the two after-addition INs (256 + 512 channels).
+    assert "parameters: 25,558,568 " in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("norm: {ibn: {ratio: 2}}\n", "bad.yaml: norm.ibn.ratio: Input should be less than or equal to 1"),
+        ("norm: {overrides: {layer1.0.bn9: in}}\n", "bad.yaml: norm.overrides: no slot 'layer1.0.bn9'"),
+        ("norm: [1, 2\n", "bad.yaml: cannot parse"),
+        ("norm: {default: xx}\n", "bad.yaml: norm.default: unknown normalizer kind 'xx'"),
+    ],
+)
+def test_plan_bad_config_is_one_line_exit_2(text: str, message: str, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path("bad.yaml").write_text(text)
+    result = runner.invoke(app, ["plan", "bad.yaml"])
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+
+
+def test_plan_missing_file() -> None:
+    result = runner.invoke(app, ["plan", "nope.yaml"])
+    assert result.exit_code == 2 and "nope.yaml: no such file" in result.stderr
