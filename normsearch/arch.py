@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from normsearch.config import read_mapping, validate
 from normsearch.errors import NormsearchError
@@ -165,42 +165,35 @@ class XBNRule(_Strict):
     stem: bool = True
 
 
+def _one_of(allowed: tuple[str, ...]) -> AfterValidator:
+    """A validator for string choices whose allowed values live with the layer (modes, crops, forms)."""
+
+    def check(value: str) -> str:
+        if value not in allowed:
+            raise ValueError(f"must be one of {'|'.join(allowed)}, got {value!r}")
+        return value
+
+    return AfterValidator(check)
+
+
+InsertPosition = Literal["residual", "identity", "pre", "post"]
+
+
 class CrossNormRule(_Strict):
     p: float = Field(default=0.5, ge=0.0, le=1.0)
     active_num: int = Field(default=1, ge=1)
-    mode: str = "2ins"
-    crop: str = "none"
+    mode: Annotated[str, _one_of(MODES)] = "2ins"
+    crop: Annotated[str, _one_of(CROPS)] = "none"
     threshold: float = Field(default=0.1, gt=0.0, le=1.0)
     beta: float = Field(default=1.0, gt=0.0)
-    position: Literal["residual", "identity", "pre", "post"] = "residual"
+    position: InsertPosition = "residual"
     stages: Stages | None = None
-
-    @field_validator("mode")
-    @classmethod
-    def _mode(cls, value: str) -> str:
-        if value not in MODES:
-            raise ValueError(f"must be one of {'|'.join(MODES)}, got {value!r}")
-        return value
-
-    @field_validator("crop")
-    @classmethod
-    def _crop(cls, value: str) -> str:
-        if value not in CROPS:
-            raise ValueError(f"must be one of {'|'.join(CROPS)}, got {value!r}")
-        return value
 
 
 class SelfNormRule(_Strict):
-    form: str = "tied"
-    position: Literal["residual", "identity", "pre", "post"] = "residual"
+    form: Annotated[str, _one_of(FORMS)] = "tied"
+    position: InsertPosition = "residual"
     stages: Stages | None = None
-
-    @field_validator("form")
-    @classmethod
-    def _form(cls, value: str) -> str:
-        if value not in FORMS:
-            raise ValueError(f"must be one of {'|'.join(FORMS)}, got {value!r}")
-        return value
 
 
 def _spec_text(value: str) -> str:
