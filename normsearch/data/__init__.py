@@ -1,0 +1,8 @@
+"""Domains for the search: the built-in `synthetic` benchmark, corruptions, and image folders."""
+
+from __future__ import annotations
+
+from normsearch.data.domains import Domain, DomainSet
+from normsearch.data.synthetic import CLASSES, STYLES, make_synthetic
+
+__all__ = ["CLASSES", "STYLES", "Domain", "DomainSet", "make_synthetic"]
