@@ -49,7 +49,6 @@ def _disk(radius: float, blur: float) -> torch.Tensor:
     yy, xx = torch.meshgrid(r, r, indexing="ij")
     kernel = ((xx**2 + yy**2) <= radius**2).float()
     if blur > 0:  # a small Gaussian smooths the disk edge (the CIFAR-10-C "alias blur")
-        kernel = kernel + 0.0
         gauss = torch.exp(-(xx**2 + yy**2) / (2 * blur**2 + 1e-6))
         kernel = F.conv2d(kernel[None, None], gauss[None, None], padding=size // 2)[0, 0]
     return kernel / kernel.sum()
