@@ -1,0 +1,136 @@
+"""Image-folder domains in the DomainBed layout: ``root/<domain>/<class>/<image>``.
+
+Images are decoded with Pillow (torchvision's ImageFolder loader), resized to `size`×`size` and kept as
+uint8 tensors. Each domain is cached on disk (``$NORMSEARCH_CACHE`` or ``~/.cache/normsearch``) under a
+key made of its file list, file sizes, modification times and the image size, so a second trial does not
+decode images again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+
+from normsearch.data.domains import Domain, DomainSet
+from normsearch.errors import NormsearchError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+
+
+@dataclass
+class FolderReport:
+    """What loading found: per domain, whether it came from the cache and how many files were skipped."""
+
+    cached: dict[str, bool]
+    skipped: dict[str, list[str]]
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("NORMSEARCH_CACHE", Path.home() / ".cache" / "normsearch"))
+
+
+def _files(domain_dir: Path) -> dict[str, list[Path]]:
+    classes = sorted(p.name for p in domain_dir.iterdir() if p.is_dir())
+    return {
+        c: sorted(p for p in (domain_dir / c).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        for c in classes
+    }
+
+
+def _decode(path: Path, size: int) -> torch.Tensor:
+    # Pillow is what torchvision's ImageFolder loads with (`default_loader`); torchvision.io's decoders
+    # are deprecated since torchvision 0.29.
+    with Image.open(path) as handle:
+        pixels = np.asarray(handle.convert("RGB"), dtype=np.uint8)
+    image = torch.from_numpy(pixels.copy()).permute(2, 0, 1)
+    if image.shape[1:] != (size, size):
+        resized = F.interpolate(image[None].float(), size=(size, size), mode="bilinear", antialias=True)
+        image = resized[0].round().clamp(0, 255).to(torch.uint8)
+    return image
+
+
+def load_folder(
+    root: str | Path,
+    domains: list[str] | None = None,
+    size: int = 32,
+    skip_unreadable: bool = False,
+    use_cache: bool = True,
+) -> tuple[DomainSet, FolderReport]:
+    """Load the named domains (default: all) of a DomainBed-style folder as a DomainSet."""
+    root = Path(root)
+    if not root.is_dir():
+        raise NormsearchError(f"data root {root}: no such folder")
+    found = sorted(p.name for p in root.iterdir() if p.is_dir())
+    wanted = domains if domains is not None else found
+    for name in wanted:
+        if name not in found:
+            raise NormsearchError(
+                f"data root {root}: no domain {name!r}; domains found: {', '.join(found) or 'none'}"
+            )
+    loaded: dict[str, Domain] = {}
+    class_sets: dict[str, list[str]] = {}
+    report = FolderReport({}, {})
+    for name in wanted:
+        files = _files(root / name)
+        for cls, paths in files.items():
+            if not paths:
+                raise NormsearchError(f"data root {root}: class {cls!r} of domain {name!r} has no images")
+        class_sets[name] = list(files)
+        first = next(iter(class_sets))
+        if class_sets[name] != class_sets[first]:
+            raise NormsearchError(
+                f"data root {root}: domains {first!r} and {name!r} have different classes: "
+                f"{class_sets[first]} vs {class_sets[name]}"
+            )
+        key = hashlib.sha256(
+            repr(
+                (
+                    size,
+                    [
+                        (str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns)
+                        for paths in files.values()
+                        for p in paths
+                    ],
+                )
+            ).encode()
+        ).hexdigest()[:20]
+        cache_file = cache_dir() / f"{name}-{key}.pt"
+        if use_cache and cache_file.is_file():
+            blob = torch.load(cache_file)
+            loaded[name] = Domain(name, blob["images"], blob["labels"])
+            report.cached[name] = True
+            report.skipped[name] = blob["skipped"]
+            continue
+        images, labels, skipped = [], [], []
+        for label, paths in enumerate(files.values()):
+            for path in paths:
+                try:
+                    images.append(_decode(path, size))
+                except (UnidentifiedImageError, ValueError, OSError) as error:
+                    if not skip_unreadable:
+                        raise NormsearchError(
+                            f"{path}: unreadable image ({str(error).splitlines()[0][:80]}); "
+                            "pass skip_unreadable (--skip-unreadable) to skip such files"
+                        ) from None
+                    skipped.append(str(path.relative_to(root)))
+                    continue
+                labels.append(label)
+        if not images:
+            raise NormsearchError(f"data root {root}: domain {name!r} has no readable images")
+        domain = Domain(name, torch.stack(images), torch.tensor(labels, dtype=torch.long))
+        if use_cache:
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache_file.with_suffix(".tmp")
+            torch.save({"images": domain.images, "labels": domain.labels, "skipped": skipped}, tmp)
+            tmp.replace(cache_file)  # atomic: a concurrent trial never reads half a file
+        loaded[name] = domain
+        report.cached[name] = False
+        report.skipped[name] = skipped
+    return DomainSet(class_sets[wanted[0]], loaded, class_sets), report
