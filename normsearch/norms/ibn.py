@@ -52,20 +52,7 @@ class IBN(RunningStats):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k, c = self.num_in, self.num_channels
         if k == 0:
-            factor = 0.0
-            if self.training:
-                self.num_batches_tracked.add_(1)
-                factor = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-            return F.batch_norm(
-                x,
-                self.running_mean,
-                self.running_var,
-                self.weight,
-                self.bias,
-                self.training,
-                factor,
-                self.eps,
-            )
+            return self._native_batch_norm(x, self.weight, self.bias, self.eps)
         if k == c:
             return F.instance_norm(x, weight=self.weight, bias=self.bias, eps=self.eps)
         weights = self._weights.to(x.dtype)

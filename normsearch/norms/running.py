@@ -12,6 +12,7 @@ from itertools import islice
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from normsearch.errors import NormsearchError
@@ -34,12 +35,24 @@ class RunningStats(nn.Module):
         self.running_var.fill_(1.0)
         self.num_batches_tracked.zero_()
 
+    def _count_batch(self) -> float:
+        """Count one more training batch; return the weight of its statistics in the running average."""
+        self.num_batches_tracked.add_(1)
+        return self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+
     @torch.no_grad()
     def _update_running(self, mean: torch.Tensor, var: torch.Tensor) -> None:
-        self.num_batches_tracked.add_(1)
-        weight = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+        weight = self._count_batch()
         self.running_mean.lerp_(mean.to(self.running_mean.dtype), weight)
         self.running_var.lerp_(var.to(self.running_var.dtype), weight)
+
+    def _native_batch_norm(
+        self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float
+    ) -> torch.Tensor:
+        """`nn.BatchNorm2d`'s forward on this layer's buffers: batch statistics and a running-average
+        update in training, running statistics in eval."""
+        factor = self._count_batch() if self.training else 0.0
+        return F.batch_norm(x, self.running_mean, self.running_var, weight, bias, self.training, factor, eps)
 
 
 def _is_bn_like(module: nn.Module) -> bool:

@@ -125,19 +125,12 @@ class SwitchNorm2d(RunningStats):
     def _native(self, x: torch.Tensor) -> torch.Tensor | None:
         """Native kernels for a hard layer with one choice, where they compute the same thing."""
         choice = self.mean_choice
-        if choice == "bn" and not self.training:
-            # Inference with BN statistics is the folded affine map; the unbiased flag does not matter.
-            return F.batch_norm(
-                x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
-            )
+        if choice == "bn" and (not self.training or not self.unbiased):
+            # Inference with BN statistics is the folded affine map whatever `unbiased` says; training
+            # matches torch's BN only with the biased variance.
+            return self._native_batch_norm(x, self.weight, self.bias, self.eps)
         if self.unbiased:
             return None
-        if choice == "bn":
-            self.num_batches_tracked.add_(1)
-            factor = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-            return F.batch_norm(
-                x, self.running_mean, self.running_var, self.weight, self.bias, True, factor, self.eps
-            )
         if choice == "in":
             return F.instance_norm(x, weight=self.weight, bias=self.bias, eps=self.eps)
         return F.group_norm(x, 1, self.weight, self.bias, self.eps)
