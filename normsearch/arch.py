@@ -279,8 +279,12 @@ class ArchConfig(_Strict):
                     )
             return sorted(set(chosen))
 
+        def slot_channels(slot: str) -> int:
+            # A norm after the addition (".post") has its block's output channels.
+            return channels.get(slot) or topo.by_name[slot.removesuffix(".post")].out_channels
+
         def group_norm(slot: str, groups: int, key: str) -> NormSpec:
-            c = channels[slot]
+            c = slot_channels(slot)
             g = min(groups, c)  # clamp to C as the released XBN code does
             if c % g:
                 raise NormsearchError(
@@ -314,7 +318,6 @@ class ArchConfig(_Strict):
                 for stage in stages("ibn", ibn.stages, list(range(1, min(2, last - 1) + 1))):
                     block = topo.stage_blocks(stage)[-1]
                     slots[f"{block.name}.post"] = NormSpec("in")
-                    channels[f"{block.name}.post"] = block.out_channels
         switch_schedule = None
         if norm.switchable is not None:
             sw = norm.switchable
@@ -333,14 +336,12 @@ class ArchConfig(_Strict):
                 hard_at=sw.hard_at if sw.mode == "soft" else None, batch_average=sw.batch_average
             )
         for slot, text in norm.overrides.items():
-            post_ok = slot.endswith(".post") and slot[: -len(".post")] in {b.name for b in topo.blocks}
+            post_ok = slot.endswith(".post") and slot.removesuffix(".post") in topo.by_name
             if slot not in slots and not post_ok:
                 raise NormsearchError(
                     f"{source}: norm.overrides: no slot {slot!r} in this network; slots look like "
                     f"bn1, {topo.blocks[0].name}.bn1, {topo.blocks[0].name}.post"
                 )
-            if post_ok and slot not in channels:
-                channels[slot] = next(b.out_channels for b in topo.blocks if f"{b.name}.post" == slot)
             spec = NormSpec.parse(text)
             if spec.kind == "gn":
                 spec = group_norm(slot, int(spec.get("groups", 32)), f"norm.overrides.{slot}")
@@ -366,7 +367,7 @@ class ArchConfig(_Strict):
                     inserts[f"{block.name}.{name}"] = Insert(spec, rule.position, c)
         return NormPlan(
             slots=ordered,
-            channels={slot: channels[slot] for slot in ordered},
+            channels={slot: slot_channels(slot) for slot in ordered},
             inserts=dict(sorted(inserts.items(), key=lambda kv: _slot_order(kv[0], topo))),
             input_norm=norm.input,
             crossnorm=cn_schedule,
@@ -392,8 +393,7 @@ def _slot_order(slot: str, topo: Topology) -> tuple[int, int]:
         return (-1, 0)
     stage_block, _, rel = slot.partition(".")[2].partition(".")
     block = f"{slot.split('.')[0]}.{stage_block}"
-    number = next(b.number for b in topo.blocks if b.name == block)
-    return (number, _SUFFIX_ORDER.get(rel, 9))
+    return (topo.by_name[block].number, _SUFFIX_ORDER.get(rel, 9))
 
 
 def load_arch(path: str | Path) -> ArchConfig:

@@ -8,6 +8,7 @@ they cannot disagree. Names follow torchvision's ResNet modules: `bn1` is the st
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Literal
 
 BlockType = Literal["basic", "bottleneck"]
@@ -41,6 +42,11 @@ class Topology:
     stem_channels: int
     blocks: tuple[BlockShape, ...]
     num_stages: int
+
+    @cached_property
+    def by_name(self) -> dict[str, BlockShape]:
+        """Blocks keyed by their module name ("layer2.0")."""
+        return {b.name: b for b in self.blocks}
 
     def stage_blocks(self, stage: int) -> list[BlockShape]:
         return [b for b in self.blocks if b.stage == stage]
