@@ -129,9 +129,12 @@ class Backbone(_Strict):
 Stages = list[int]
 
 
+Ratio = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
 class IBNRule(_Strict):
     variant: Literal["a", "b"] = "a"
-    ratio: float = Field(default=0.5, ge=0.0, le=1.0)
+    ratio: Ratio | list[Ratio] = 0.5  # IBN-a: one IN ratio, or one per listed stage (IBN-Net Table 5)
     stages: Stages | None = None
 
 
@@ -310,9 +313,16 @@ class ArchConfig(_Strict):
         if norm.ibn is not None:
             ibn = norm.ibn
             if ibn.variant == "a":
-                for stage in stages("ibn", ibn.stages, list(range(1, last))):
+                chosen = stages("ibn", ibn.stages, list(range(1, last)))
+                ratios = ibn.ratio if isinstance(ibn.ratio, list) else [ibn.ratio] * len(chosen)
+                if len(ratios) != len(chosen):
+                    raise NormsearchError(
+                        f"{source}: norm.ibn.ratio: {len(ratios)} ratios for {len(chosen)} stages "
+                        f"{chosen}; give one ratio per stage or a single number"
+                    )
+                for stage, ratio in zip(chosen, ratios, strict=True):
                     for block in topo.stage_blocks(stage):
-                        slots[f"{block.name}.bn1"] = NormSpec.of("ibn", ratio=ibn.ratio)
+                        slots[f"{block.name}.bn1"] = NormSpec.of("ibn", ratio=ratio)
             else:
                 slots["bn1"] = NormSpec("in")
                 for stage in stages("ibn", ibn.stages, list(range(1, min(2, last - 1) + 1))):

@@ -20,24 +20,38 @@ M = TypeVar("M", bound=BaseModel)
 
 
 def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    """The pydantic model that owns the last key of `loc`, for "did you mean" suggestions."""
+    """The pydantic model that owns the last key of `loc`, for "did you mean" suggestions. Keys of a
+    dict-valued field and list indices (e.g. `params.<name>`) are stepped over."""
     current: Any = model
+    keyed = False  # True right after a dict- or list-valued field: the next part is a key or an index
     for part in loc[:-1]:
+        if keyed:
+            keyed = False
+            continue
         if not (isinstance(current, type) and issubclass(current, BaseModel)):
             return None
         field = current.model_fields.get(str(part))
         if field is None:
             return None
         annotation = field.annotation
+        keyed = getattr(annotation, "__origin__", None) in (dict, list)
         candidates = [annotation, *getattr(annotation, "__args__", ())]
         current = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
     return current if isinstance(current, type) and issubclass(current, BaseModel) else None
 
 
+def _is_union_tag(part: Any) -> bool:
+    """pydantic names the member of a union or a validator wrapper in `loc`; those are not keys."""
+    return isinstance(part, str) and (
+        part.startswith(("function-", "list[", "dict[", "tuple[", "constrained-"))
+        or part in ("str", "int", "float", "bool", "none")
+    )
+
+
 def describe_validation_error(error: ValidationError, model: type[BaseModel], source: str) -> str:
     """One line for the first problem in `error`: ``source: key.path: what is wrong (allowed ...)``."""
     first = error.errors()[0]
-    loc = tuple(p for p in first["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    loc = tuple(p for p in first["loc"] if not _is_union_tag(p))
     path = ".".join(str(p) for p in loc) or "(top level)"
     message = first["msg"]
     if first["type"] == "extra_forbidden":

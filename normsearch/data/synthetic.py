@@ -75,11 +75,17 @@ def _hsv(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
     ).reshape(-1, 3)
 
 
-def _masks(labels: np.ndarray, rng: np.random.Generator, size: int, outline: bool = False) -> np.ndarray:
+def _masks(
+    labels: np.ndarray,
+    rng: np.random.Generator,
+    size: int,
+    outline: bool = False,
+    glyph_scale: tuple[float, float] = (0.28, 0.42),
+) -> np.ndarray:
     """Coverage masks (N, S, S) in [0, 1]; geometry draws per image: rotation, scale, centre offsets."""
     n = len(labels)
     theta = rng.uniform(0, 2 * math.pi, n)
-    scale = rng.uniform(0.28, 0.42, n) * size
+    scale = rng.uniform(*glyph_scale, n) * size
     uv = rng.uniform(-1, 1, (n, 2))
     big = size * _SCALE
     masks = np.empty((n, size, size), dtype=np.float32)
@@ -166,10 +172,11 @@ def _render(
     size: int,
     style_bias: float,
     colour_rng: np.random.Generator,
+    glyph_scale: tuple[float, float] = (0.28, 0.42),
 ) -> np.ndarray:
     """Images (N, 3, S, S) float32 in [0, 1] of one style."""
     n = len(labels)
-    m = _masks(labels, rng_geom, size, outline=(style == "sketch"))[:, None]
+    m = _masks(labels, rng_geom, size, outline=(style == "sketch"), glyph_scale=glyph_scale)[:, None]
     # Source colours are drawn first in every style (pairing): fg bright and saturated, bg dark.
     hue = colour_rng.uniform(0, 1, n)
     biased = colour_rng.uniform(0, 1, n) < style_bias
@@ -228,9 +235,12 @@ def make_synthetic(
     size: int = 32,
     style_bias: float = 0.8,
     seed: int = 0,
+    glyph_scale: tuple[float, float] = (0.28, 0.42),
 ) -> DomainSet:
     """Generate the benchmark. The source domain gets train/val/test splits with `style_bias`; every other
     domain gets val/test splits with style_bias 0 over the same (paired) geometry as the source's."""
+    if not 0.0 < glyph_scale[0] <= glyph_scale[1] < 0.5:
+        raise NormsearchError(f"synthetic: glyph_scale must satisfy 0 < low <= high < 0.5, got {glyph_scale}")
     if not 0.0 <= style_bias <= 1.0:
         raise NormsearchError(f"synthetic: style_bias must be in [0, 1], got {style_bias}")
     unknown = [d for d in (*domains, source) if d not in STYLES]
@@ -250,11 +260,11 @@ def make_synthetic(
         bias = style_bias if name == source else 0.0
         style_id = 3000 + STYLES.index(name)
         # Every domain's eval images reuse the same geometry (2001) and colour (2002) streams: paired.
-        images = _render(name, eval_labels, rng(2001), rng(style_id, 0), size, bias, rng(2002))
+        images = _render(name, eval_labels, rng(2001), rng(style_id, 0), size, bias, rng(2002), glyph_scale)
         labels = eval_labels
         splits = {"val": torch.arange(n_val), "test": torch.arange(n_val, n_eval)}
         if name == source:
-            train = _render(name, train_labels, rng(1001), rng(style_id, 1), size, bias, rng(1002))
+            train = _render(name, train_labels, rng(1001), rng(style_id, 1), size, bias, rng(1002), glyph_scale)
             images = np.concatenate([train, images])
             labels = np.concatenate([train_labels, eval_labels])
             splits = {

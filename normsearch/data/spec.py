@@ -1,0 +1,206 @@
+"""The `data` section of a recipe: which dataset, which source, which domains select and which report.
+
+A domain reference is a name (``texture``, ``art_painting``) or a derived corruption domain, written
+``plain+fog@3`` or as a mapping ``{base: plain, corruption: fog, severity: 3}``. Selection follows DomainBed:
+the `select` domains choose the model (their *val* split is the search's target objective) and the `test`
+domains are evaluated only after training, on their *test* split; a domain in both is an error unless the
+recipe says ``selection: oracle``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from normsearch.data.corruptions import CORRUPTIONS, corrupt_domain
+from normsearch.data.domains import Domain, DomainSet
+from normsearch.data.synthetic import STYLES, make_synthetic
+
+_DERIVED = re.compile(r"^(?P<base>[^+@]+)\+(?P<corruption>[a-z_]+)@(?P<severity>\d)$")
+
+# Target groups of the built-in benchmark (benchmark-design §3, §8): the headline mean, and sub-means that
+# tell which kind of invariance a configuration bought. Photometric shifts are largely solved by input
+# standardisation; texture/noise shifts are what IN inside the network buys.
+SYNTHETIC_TARGETS = (
+    "texture",
+    "pastel",
+    "noisy",
+    "fog",
+    "plain+contrast@4",
+    "plain+brightness@4",
+    "plain+defocus_blur@2",
+)
+GROUPS: dict[str, tuple[str, ...]] = {
+    "headline": SYNTHETIC_TARGETS,
+    "photometric": ("pastel", "fog", "plain+contrast@4", "plain+brightness@4"),
+    "texture_noise": ("texture", "noisy"),
+}
+
+
+def parse_domain(ref: str | dict[str, Any]) -> str:
+    """Normalise a domain reference to its canonical name (``base+corruption@severity`` for derived ones)."""
+    if isinstance(ref, dict):
+        unknown = set(ref) - {"base", "corruption", "severity"}
+        if unknown or "base" not in ref:
+            raise ValueError(f"a derived domain is {{base, corruption, severity}}; got keys {sorted(ref)}")
+        if "corruption" not in ref:
+            return str(ref["base"])
+        ref = f"{ref['base']}+{ref['corruption']}@{ref.get('severity', 3)}"
+    if not isinstance(ref, str) or not ref:
+        raise ValueError(f"a domain is a name or {{base, corruption, severity}}, got {ref!r}")
+    match = _DERIVED.match(ref)
+    if "+" in ref or "@" in ref:
+        if not match:
+            raise ValueError(f"domain {ref!r}: write a derived domain as base+corruption@severity")
+        if match["corruption"] not in CORRUPTIONS:
+            raise ValueError(
+                f"domain {ref!r}: unknown corruption {match['corruption']!r}; "
+                f"allowed: {', '.join(CORRUPTIONS)}"
+            )
+        if not 1 <= int(match["severity"]) <= 5:
+            raise ValueError(f"domain {ref!r}: severity must be 1-5")
+    return ref
+
+
+def base_of(name: str) -> str:
+    """The stored domain a (possibly derived) domain name is computed from."""
+    match = _DERIVED.match(name)
+    return match["base"] if match else name
+
+
+class DataConfig(BaseModel):
+    """Where the domains come from and what each is used for."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dataset: Literal["synthetic", "folder"] = "synthetic"
+    root: str | None = None
+    source: str = "plain"
+    select: list[str] = Field(default_factory=lambda: ["texture", "pastel", "plain+contrast@4"])
+    test: list[str] = Field(
+        default_factory=lambda: ["noisy", "fog", "plain+brightness@4", "plain+defocus_blur@2"]
+    )
+    selection: Literal["held_out", "oracle"] = "held_out"
+    size: int = Field(default=32, ge=8, le=512)
+    n_train: int = Field(default=4000, ge=10)
+    n_val: int = Field(default=500, ge=10)
+    n_test: int = Field(default=500, ge=10)
+    style_bias: float = Field(default=0.8, ge=0.0, le=1.0)
+    glyph_scale: tuple[float, float] = (0.28, 0.42)  # glyph radius as a fraction of the image side
+    val_fraction: float = Field(default=0.1, gt=0.0, lt=0.5)
+    test_fraction: float = Field(default=0.1, gt=0.0, lt=0.5)
+    skip_unreadable: bool = False
+    seed: int = 0
+
+    @field_validator("select", "test", mode="before")
+    @classmethod
+    def _domains(cls, value: Any) -> list[str]:
+        if isinstance(value, str | dict):
+            value = [value]
+        if not isinstance(value, list):
+            raise ValueError("a list of domains")
+        return [parse_domain(v) for v in value]
+
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
+        if self.dataset == "folder" and not self.root:
+            raise ValueError("dataset folder needs root: the folder holding one sub-folder per domain")
+        if self.dataset == "synthetic":
+            for name in (self.source, *self.select, *self.test):
+                if base_of(name) not in STYLES:
+                    raise ValueError(f"unknown synthetic domain {name!r}; allowed: {', '.join(STYLES)}")
+        if not self.select:
+            raise ValueError("select needs at least one held-out domain to choose models with")
+        if self.source in self.select or self.source in self.test:
+            raise ValueError(f"the source domain {self.source!r} cannot also be a select or test domain")
+        both = [d for d in self.test if d in self.select]
+        if both and self.selection != "oracle":
+            raise ValueError(
+                f"domain {both[0]!r} is both select and test: choosing a model on the domain it is reported "
+                "on is test-domain selection; remove it from one list, or set selection: oracle"
+            )
+        return self
+
+    @property
+    def targets(self) -> list[str]:
+        """Select then test domains, each once, in order."""
+        return list(dict.fromkeys([*self.select, *self.test]))
+
+    def describe(self) -> str:
+        """One line naming the selection protocol, for every table header."""
+        if self.selection == "oracle":
+            return (
+                f"ORACLE selection: selected on {', '.join(self.select)}, which are also test domains; "
+                "accuracies are optimistic"
+            )
+        return (
+            f"source {self.source}; selected on held-out domains {', '.join(self.select)}; "
+            f"test domains {', '.join(self.test) or 'none'} reported after selection"
+        )
+
+
+def load_data(config: DataConfig) -> DomainSet:
+    """Build the DomainSet a recipe asks for: the source with train/val/test, every target with val/test.
+
+    Synthetic domains are generated from `config.seed`; folder domains are split per class with that seed.
+    Derived domains corrupt their base's images with a seed of their own.
+    """
+    stored = list(dict.fromkeys([config.source, *(base_of(d) for d in config.targets)]))
+    if config.dataset == "synthetic":
+        data = make_synthetic(
+            stored,
+            source=config.source,
+            n_train=config.n_train,
+            n_val=config.n_val,
+            n_test=config.n_test,
+            size=config.size,
+            style_bias=config.style_bias,
+            seed=config.seed,
+            glyph_scale=config.glyph_scale,
+        )
+    else:
+        from normsearch.data.folder import load_folder
+
+        data, _ = load_folder(
+            Path(config.root or "."), stored, config.size, skip_unreadable=config.skip_unreadable
+        )
+        for name, domain in data.domains.items():
+            if name == config.source:
+                fractions = {
+                    "train": 1 - config.val_fraction - config.test_fraction,
+                    "val": config.val_fraction,
+                    "test": config.test_fraction,
+                }
+            else:
+                fractions = {"val": 0.5, "test": 0.5}
+            domain.split_by_fractions(fractions, config.seed)
+    domains: dict[str, Domain] = dict(data.domains)
+    for index, name in enumerate(config.targets):
+        match = _DERIVED.match(name)
+        if match:
+            domains[name] = corrupt_domain(
+                data[match["base"]],
+                match["corruption"],
+                int(match["severity"]),
+                seed=config.seed * 1000 + index,
+            )
+    return DomainSet(data.classes, domains)
+
+
+def group_means(accuracies: dict[str, float], dataset: str) -> dict[str, float]:
+    """Headline and sub-group means over the domains present in `accuracies`.
+
+    For the synthetic benchmark the groups are `GROUPS`; for folders the headline is the mean over every
+    target given. A group none of whose domains were evaluated is omitted.
+    """
+    if dataset != "synthetic":
+        return {"headline": sum(accuracies.values()) / len(accuracies)} if accuracies else {}
+    out: dict[str, float] = {}
+    for group, names in GROUPS.items():
+        present = [accuracies[n] for n in names if n in accuracies]
+        if present:
+            out[group] = sum(present) / len(present)
+    return out

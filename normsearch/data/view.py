@@ -1,0 +1,47 @@
+"""Looking at domains: split sizes and class counts per domain, and a PNG grid with one row per domain."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from normsearch.data.domains import DomainSet
+from normsearch.data.spec import DataConfig
+
+
+def role(name: str, config: DataConfig) -> str:
+    """source / select / test (both, under oracle selection)."""
+    if name == config.source:
+        return "source"
+    roles = [r for r, names in (("select", config.select), ("test", config.test)) if name in names]
+    return "+".join(roles) or "stored"
+
+
+def domain_rows(data: DomainSet, config: DataConfig) -> list[tuple[str, ...]]:
+    """(domain, role, train, val, test, per-class min-max) for every domain."""
+    rows = []
+    for name, domain in data.domains.items():
+        sizes = [str(len(domain.splits[s])) if s in domain.splits else "-" for s in ("train", "val", "test")]
+        counts = torch.bincount(domain.labels, minlength=data.num_classes)
+        rows.append((name, role(name, config), *sizes, f"{int(counts.min())}-{int(counts.max())}"))
+    return rows
+
+
+def save_grid(data: DomainSet, config: DataConfig, path: Path, per_row: int = 12) -> None:
+    """A PNG with one row per domain: the first `per_row` evaluation images (paired across synthetic
+    domains, so each column shows one glyph in every style)."""
+    from torchvision.utils import save_image
+
+    rows = []
+    for domain in data.domains.values():
+        split = "val" if "val" in domain.splits else "train"
+        images, _ = domain.split(split) if domain.splits else (domain.images, domain.labels)
+        take = images[:per_row]
+        if len(take) < per_row:
+            pad = torch.zeros((per_row - len(take), *take.shape[1:]), dtype=take.dtype)
+            take = torch.cat([take, pad])
+        rows.append(take)
+    grid = torch.cat(rows).float() / 255
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(grid, str(path), nrow=per_row, padding=2, pad_value=1.0)
