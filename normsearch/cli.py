@@ -14,6 +14,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from normsearch import __version__
 from normsearch.errors import NormsearchError
@@ -144,6 +145,359 @@ def plan(
         console.print(
             f"crossnorm policy: p={resolved.crossnorm.p}, active_num={resolved.crossnorm.active_num}"
         )
+
+
+spaces_app = typer.Typer(help="Search spaces: list them, or validate one.", invoke_without_command=True)
+app.add_typer(spaces_app, name="spaces")
+data_app = typer.Typer(help="Domains: look at what a recipe trains and evaluates on.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+def _load(recipe_path: Path, **flags: Any):
+    from normsearch.recipe import load_recipe
+
+    return load_recipe(recipe_path, **flags)
+
+
+def _space_table(space: Any) -> Table:
+    size = space.size()
+    table = Table(
+        title=f"{space.name}: {size if size is not None else 'continuous'} configurations",
+        title_justify="left",
+    )
+    for column in ("parameter", "values", "active when"):
+        table.add_column(column)
+    for row in space.summary():
+        table.add_row(*row)
+    return table
+
+
+@app.command("run")
+@user_errors
+def run(
+    recipe_path: Annotated[Path, typer.Argument(metavar="RECIPE", help="A recipe YAML (see recipes/).")],
+    name: Annotated[str | None, typer.Option(help="Run name (default: the recipe's).")] = None,
+    num_samples: Annotated[int | None, typer.Option(min=1, help="Trials to run.")] = None,
+    max_concurrent: Annotated[int | None, typer.Option(min=1, help="Trials at once.")] = None,
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster address: auto, host:port, ray://host:port.")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option(help="Run folder (default: runs/<name>-<timestamp>).")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Resolve and print; train nothing.")] = False,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a recipe key, e.g. --set train.epochs=2 (repeatable)."),
+    ] = None,
+) -> None:
+    """Search the recipe's space: train every candidate, report trials and the Pareto front."""
+    from normsearch.recipe import default_output
+
+    recipe, space = _load(
+        recipe_path,
+        name=name,
+        num_samples=num_samples,
+        max_concurrent=max_concurrent,
+        address=address,
+        output=str(output) if output else None,
+        overrides=overrides,
+    )
+    run_dir = default_output(recipe)
+    if dry_run:
+        import yaml
+
+        from normsearch.search import estimate_seconds
+
+        console.print(yaml.safe_dump(recipe.model_dump(mode="json", exclude_none=True), sort_keys=False))
+        console.print(_space_table(space))
+        per_trial, total = estimate_seconds(recipe)
+        console.print(
+            f"{recipe.data.describe()}\nwould write {run_dir}; estimated {per_trial:.0f} s per trial, "
+            f"about {total / 60:.1f} min for {recipe.search.num_samples} trial(s) "
+            f"({recipe.search.max_concurrent} at once, {recipe.resources.cpu} CPU each)"
+        )
+        return
+    _search(recipe, space, run_dir, resume=False)
+
+
+@app.command("resume")
+@user_errors
+def resume(run_dir: Annotated[Path, typer.Argument(help="A run folder.")]) -> None:
+    """Continue an interrupted run: finished trials stay, unfinished ones run again."""
+    from normsearch.search import load_run
+
+    recipe, space = load_run(run_dir)
+    _search(recipe, space, run_dir, resume=True)
+
+
+def _search(recipe: Any, space: Any, run_dir: Path, resume: bool) -> None:
+    from rich.live import Live
+
+    from normsearch.search import run_search
+
+    console.print(f"[bold]{recipe.name}[/bold]: {recipe.data.describe()}")
+    console.print(f"run folder {run_dir}; study {run_dir / 'study.db'}")
+    with Live(_progress_view(None), console=console, refresh_per_second=2, transient=False) as live:
+        run_search(recipe, space, run_dir, on_change=lambda p: live.update(_progress_view(p)), resume=resume)
+    _show(run_dir, sort="target", top=None, show_all=False)
+
+
+def _progress_view(progress: Any) -> Text:
+    if progress is None:
+        return Text("starting Ray...")
+    eta = "-" if progress.eta is None else f"{progress.eta:.0f}s"
+
+    def pct(v: float | None) -> str:
+        return "-" if v is None else f"{v:.1f}"
+
+    return Text(
+        f"trials {progress.done}/{progress.total} done, {len(progress.running)} running, {progress.pruned} "
+        f"pruned, {progress.failed} failed | best source {pct(progress.best_source)} | best target "
+        f"{pct(progress.best_target)} | front {progress.front_size} | "
+        f"elapsed {progress.elapsed:.0f}s, ETA {eta}"
+    )
+
+
+def _show(run_dir: Path, sort: str, top: int | None, show_all: bool) -> None:
+    from normsearch.report import front_table, trials_table
+    from normsearch.runs import compute_front, read_trials
+    from normsearch.search import load_run
+
+    recipe, _ = load_run(run_dir)
+    trials = read_trials(run_dir)
+    front = compute_front(trials, recipe.search.objectives)
+    console.print(trials_table(trials, recipe, front, sort=sort, top=top, show_all=show_all))
+    console.print(front_table(front, recipe))
+
+
+@app.command("show")
+@user_errors
+def show(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder.")],
+    sort: Annotated[str, typer.Option(help="target or source.")] = "target",
+    top: Annotated[int | None, typer.Option(min=1, help="Show only the best N.")] = None,
+    show_all: Annotated[bool, typer.Option("--all", help="Include every trial state.")] = False,
+) -> None:
+    """The trials table (front members starred) and the Pareto front."""
+    if sort not in ("target", "source"):
+        raise NormsearchError(f"--sort {sort!r}: allowed: target, source")
+    _show(run_dir, sort, top, show_all)
+
+
+@app.command("pareto")
+@user_errors
+def pareto(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder.")],
+    plot: Annotated[Path | None, typer.Option(help="Write a PNG scatter of the front.")] = None,
+    html: Annotated[Path | None, typer.Option(help="Write an interactive HTML scatter.")] = None,
+) -> None:
+    """The front, its hypervolume and a terminal scatter; files when asked."""
+    from normsearch.report import front_table, header, plot_front, scatter
+    from normsearch.runs import compute_front, read_trials
+    from normsearch.search import load_run
+
+    recipe, _ = load_run(run_dir)
+    front = compute_front(read_trials(run_dir), recipe.search.objectives)
+    console.print(header(recipe), highlight=False)
+    console.print(front_table(front, recipe))
+    if front.hypervolume is not None:
+        console.print(f"hypervolume {front.hypervolume:.1f} against reference {front.reference}")
+    console.print(scatter(front), highlight=False)
+    for path in (plot, html):
+        if path is not None:
+            plot_front(front, path, header(recipe))
+            console.print(f"wrote {path}")
+
+
+@app.command("export")
+@user_errors
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder.")],
+    out: Annotated[Path, typer.Option("-o", "--output", help="Where to write the ArchConfig YAML.")],
+    trial: Annotated[str | None, typer.Option(help="A trial id.")] = None,
+    pick_rule: Annotated[str | None, typer.Option("--pick", help="knee | max-target | max-source.")] = None,
+    max_source_drop: Annotated[
+        float | None,
+        typer.Option(help="With max-target: only trials within this many points of the best source."),
+    ] = None,
+    test: Annotated[
+        bool, typer.Option("--test", help="Also print the trial's test-domain accuracy.")
+    ] = False,
+) -> None:
+    """Write one trial's ArchConfig with provenance; `normsearch.build_model(FILE)` rebuilds it."""
+    from normsearch.runs import choose, compute_front, find_trial, read_trials, write_export
+    from normsearch.runs import export as make_export
+    from normsearch.search import load_run
+
+    if (trial is None) == (pick_rule is None):
+        raise NormsearchError("export: give exactly one of --trial ID or --pick knee|max-target|max-source")
+    recipe, _ = load_run(run_dir)
+    trials = read_trials(run_dir)
+    if trial is not None:
+        chosen = find_trial(trials, trial)
+    else:
+        chosen = choose(compute_front(trials, recipe.search.objectives), pick_rule or "knee", max_source_drop)
+    write_export(make_export(run_dir, recipe, chosen, pick_rule), out)
+    metrics = chosen.metrics
+    console.print(
+        f"wrote {out}: trial {chosen.trial_id} ({chosen.status}), source val "
+        f"{metrics.get('source_val_acc', float('nan')):.1f}, select target "
+        f"{metrics.get('target_select_acc', float('nan')):.1f}"
+    )
+    if test:
+        if not chosen.test:
+            raise NormsearchError(f"trial {chosen.trial_id} has no test accuracies (it did not finish)")
+        label = (
+            "ORACLE (selected on these domains)"
+            if recipe.data.selection == "oracle"
+            else ("measured after selection")
+        )
+        parts = ", ".join(f"{k} {v:.1f}" for k, v in chosen.test.items())
+        console.print(f"test accuracy, {label}: {parts}")
+
+
+@app.command("train")
+@user_errors
+def train(
+    config: Annotated[Path, typer.Argument(help="An ArchConfig or an exported file.")],
+    recipe_path: Annotated[Path, typer.Option("--recipe", help="Recipe giving data and training.")],
+    seeds: Annotated[int, typer.Option(min=1, help="Model seeds (recipe seed, +1, ...).")] = 3,
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="torch threads (default: resources.cpu).")
+    ] = None,
+) -> None:
+    """Retrain an architecture over several seeds; mean ± standard error on source, select and test."""
+    from normsearch.arch import load_arch
+    from normsearch.data.spec import load_data
+    from normsearch.train import retrain_summary, train_candidate
+
+    recipe, _ = _load(recipe_path)
+    arch = load_arch(config)
+    data = load_data(recipe.data)
+    results = []
+    with console.status("training...") as status:
+        for k in range(seeds):
+            status.update(f"training seed {recipe.seed + k} ({k + 1}/{seeds})")
+            results.append(
+                train_candidate(
+                    arch,
+                    data,
+                    recipe.data,
+                    recipe.train,
+                    seed=recipe.seed + k,
+                    threads=threads or recipe.resources.cpu,
+                )
+            )
+    table = Table(
+        title=f"{config} on {recipe.name}, {seeds} seed(s): {recipe.data.describe()}", title_justify="left"
+    )
+    for column in ("measure", "mean", "± s.e.", "per seed"):
+        table.add_column(column, justify="left" if column == "measure" else "right")
+    for measure, mean, se, values in retrain_summary(results):
+        table.add_row(measure, f"{mean:.1f}", f"{se:.1f}", " ".join(f"{v:.1f}" for v in values))
+    console.print(table)
+    flagged = [r for r in results if not r.converged]
+    if flagged:
+        console.print(f"[yellow]{len(flagged)} run(s) not converged (source val < 98%)[/yellow]")
+
+
+@spaces_app.callback()
+@user_errors
+def spaces(ctx: typer.Context) -> None:
+    """List the spaces in search_spaces/ with their size and parameters."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from normsearch.space import list_spaces, load_space
+
+    table = Table(title="search spaces", title_justify="left")
+    for column in ("space", "configurations", "parameters", "explores"):
+        table.add_column(column, overflow="fold")
+    for path in list_spaces():
+        space = load_space(str(path))
+        size = space.size()
+        table.add_row(
+            space.name,
+            str(size) if size is not None else "continuous",
+            ", ".join(space.params),
+            space.description,
+        )
+    console.print(table)
+
+
+@spaces_app.command("validate")
+@user_errors
+def spaces_validate(
+    path: Annotated[Path, typer.Argument(help="A search-space YAML.")],
+    recipe_path: Annotated[
+        Path | None, typer.Option("--recipe", help="Check against this recipe's model.")
+    ] = None,
+) -> None:
+    """Parse a space and build the NormPlan of every configuration (or probes of continuous ones)."""
+    from normsearch.arch import ArchConfig, Backbone
+    from normsearch.space import load_space
+
+    space = load_space(str(path), source=str(path))
+    if recipe_path is not None:
+        recipe, _ = _load(recipe_path)
+        base = recipe.model
+    else:
+        preset = "resnet50" if space.requires.get("block") == "bottleneck" else "resnet-tiny"
+        base = ArchConfig(backbone=Backbone(preset=preset))
+    checked = space.check(base, str(path))
+    console.print(_space_table(space))
+    console.print(
+        f"{path}: valid; built {checked} configuration(s) on {base.backbone.preset or 'the recipe model'}"
+    )
+
+
+@data_app.command("show")
+@user_errors
+def data_show(
+    spec: Annotated[
+        str, typer.Argument(metavar="SPEC_OR_RECIPE", help="synthetic, an image-folder root, or a recipe.")
+    ],
+    out: Annotated[
+        Path | None, typer.Option("-o", "--output", help="Write a PNG grid, one row per domain.")
+    ] = None,
+    per_row: Annotated[int, typer.Option(min=1, max=64, help="Images per domain in the grid.")] = 12,
+) -> None:
+    """Print the domains, their split sizes and class counts; write a sample grid for a person to look at."""
+    import time
+
+    from normsearch.data.spec import DataConfig, load_data
+    from normsearch.data.view import domain_rows, save_grid
+
+    path = Path(spec)
+    if path.suffix in (".yaml", ".yml", ".json") and path.is_file():
+        recipe, _ = _load(path)
+        config = recipe.data
+    elif spec == "synthetic":
+        from normsearch.data.spec import SYNTHETIC_TARGETS
+
+        config = DataConfig(select=list(SYNTHETIC_TARGETS[:3]), test=list(SYNTHETIC_TARGETS[3:]))
+    elif path.is_dir():
+        domains = sorted(p.name for p in path.iterdir() if p.is_dir())
+        if len(domains) < 2:
+            raise NormsearchError(f"{spec}: an image-folder root needs at least two domain folders")
+        config = DataConfig(dataset="folder", root=str(path), source=domains[0], select=domains[1:])
+    else:
+        raise NormsearchError(f"{spec}: not a recipe file, an image-folder root, or 'synthetic'")
+    tic = time.perf_counter()
+    data = load_data(config)
+    seconds = time.perf_counter() - tic
+    table = Table(
+        title=f"{spec}: {len(data.domains)} domains, {data.num_classes} classes, loaded in {seconds:.1f} s",
+        title_justify="left",
+    )
+    for column in ("domain", "role", "train", "val", "test", "per class (min-max)"):
+        table.add_column(column, justify="left" if column in ("domain", "role") else "right")
+    for row in domain_rows(data, config):
+        table.add_row(*row)
+    console.print(table)
+    if out is not None:
+        save_grid(data, config, out, per_row)
+        console.print(f"wrote {out}")
 
 
 def main() -> None:

@@ -1,0 +1,192 @@
+"""Recipes: one YAML file that says what to search, on which data, how to train, and where to write.
+
+`load_recipe(path, **flags)` is the one place where precedence is resolved: a CLI flag beats the recipe,
+the recipe beats the defaults below. Every error is one line naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from normsearch.arch import ArchConfig
+from normsearch.config import read_mapping, validate
+from normsearch.data.spec import DataConfig
+from normsearch.errors import NormsearchError
+from normsearch.train import TrainConfig
+
+if TYPE_CHECKING:
+    from normsearch.space import Space
+
+# Metrics a trial reports that can be objectives (besides `select/<domain>`), with their natural direction.
+METRICS = ("source_val_acc", "target_select_acc", "params", "loss", "train_acc")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SchedulerConfig(_Strict):
+    """Early stopping: `asha` stops weak trials on one scalar metric (Li et al., 2020)."""
+
+    kind: Literal["none", "asha"] = "none"
+    metric: str = "target_select_acc"
+    mode: Literal["max", "min"] = "max"
+    grace_period: int = Field(default=2, ge=1)
+    reduction_factor: float = Field(default=3.0, gt=1.0)
+
+    @field_validator("metric", mode="before")
+    @classmethod
+    def _one_metric(cls, value: Any) -> Any:
+        if isinstance(value, list | tuple):
+            raise ValueError(
+                "ASHA compares trials on one scalar; give one metric name, not a list (multi-objective "
+                "pruning would rank trials by an arbitrary mix of the objectives)"
+            )
+        return value
+
+
+class FailureConfig(_Strict):
+    retries: int = Field(default=0, ge=0)
+
+
+class SearchConfig(_Strict):
+    space: str | dict[str, Any]
+    algorithm: Literal["nsga2", "tpe", "random", "grid"] = "nsga2"
+    num_samples: int = Field(default=8, ge=1)
+    max_concurrent: int = Field(default=2, ge=1)
+    seed: int | None = None
+    population: int | None = Field(default=None, ge=2)  # NSGA-II population size (default: Optuna's 50)
+    scheduler: SchedulerConfig = SchedulerConfig()
+    objectives: dict[str, Literal["max", "min"]] = Field(
+        default_factory=lambda: {"source_val_acc": "max", "target_select_acc": "max"}
+    )
+    failures: FailureConfig = FailureConfig()
+
+    @field_validator("objectives")
+    @classmethod
+    def _known_objectives(cls, value: dict[str, str]) -> dict[str, str]:
+        if not value:
+            raise ValueError("at least one objective")
+        for name in value:
+            if name not in METRICS and not name.startswith("select/"):
+                raise ValueError(
+                    f"unknown objective {name!r}; allowed: {', '.join(METRICS)}, select/<domain>"
+                )
+        return value
+
+
+class Resources(_Strict):
+    """Per trial. `cpu` is also the trial's torch thread count."""
+
+    cpu: int = Field(default=1, ge=1)
+    gpu: float = Field(default=0.0, ge=0.0)
+
+
+class RayConfig(_Strict):
+    address: str | None = (
+        None  # None: a private local Ray on loopback; "auto" or "ray://host:port": a cluster
+    )
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value in (None, "", "local"):
+            return None
+        if value != "auto" and not (value.startswith("ray://") or ":" in value):
+            raise ValueError(f"address must be auto, ray://host:port or host:port, got {value!r}")
+        return value
+
+
+class Recipe(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    seed: int = 0
+    description: str = ""
+    data: DataConfig = DataConfig()
+    model: ArchConfig = Field(default_factory=ArchConfig)
+    train: TrainConfig = TrainConfig()
+    search: SearchConfig
+    resources: Resources = Resources()
+    ray: RayConfig = RayConfig()
+    output: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> Recipe:
+        for name in self.search.objectives:
+            domain = name.removeprefix("select/")
+            if name.startswith("select/") and domain not in self.data.select:
+                raise ValueError(
+                    f"search.objectives: {name!r} names no select domain; select domains: "
+                    f"{', '.join(self.data.select)}"
+                )
+        return self
+
+    @property
+    def search_seed(self) -> int:
+        """The sampler's seed: `search.seed`, else the recipe's."""
+        return self.seed if self.search.seed is None else self.search.seed
+
+
+def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
+    node = data
+    *parents, last = dotted.split(".")
+    for key in parents:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise NormsearchError(f"cannot set {dotted}: {key} is not a mapping")
+    node[last] = value
+
+
+def load_recipe(
+    path: str | Path,
+    *,
+    name: str | None = None,
+    num_samples: int | None = None,
+    max_concurrent: int | None = None,
+    address: str | None = None,
+    output: str | None = None,
+    overrides: list[str] | None = None,
+) -> tuple[Recipe, Space]:
+    """Read and validate a recipe with CLI flags laid over it; returns the recipe and its search space
+    (loaded and checked against the recipe's model). `overrides` are ``key.path=value`` strings (the value
+    parsed as YAML), applied before the named flags."""
+    from normsearch.space import load_space
+
+    path = Path(path)
+    raw = read_mapping(path)
+    flags = {
+        "name": name,
+        "search.num_samples": num_samples,
+        "search.max_concurrent": max_concurrent,
+        "ray.address": address,
+        "output": output,
+    }
+    for item in overrides or []:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise NormsearchError(f"--set {item!r}: write key.path=value, e.g. train.epochs=2")
+        _set(raw, key.strip(), yaml.safe_load(text))
+    for key, value in flags.items():
+        if value is not None:
+            _set(raw, key, value)
+    recipe = validate(Recipe, raw, str(path))
+    space = load_space(recipe.search.space, relative_to=path.parent, source=f"{path}: search.space")
+    space.check(recipe.model, f"{path}: search.space")
+    if recipe.search.algorithm == "grid" and space.size() is None:
+        raise NormsearchError(
+            f"{path}: search.algorithm: grid needs a finite space; {space.name} has a continuous parameter "
+            "without a step"
+        )
+    return recipe, space
+
+
+def default_output(recipe: Recipe, now: dt.datetime | None = None) -> Path:
+    """`runs/<name>-<timestamp>` unless the recipe says otherwise."""
+    if recipe.output:
+        return Path(recipe.output)
+    stamp = (now or dt.datetime.now()).strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{recipe.name}-{stamp}"

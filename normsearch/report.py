@@ -1,0 +1,175 @@
+"""Tables and plots of a run: the trials table, the front, a terminal scatter, PNG/HTML files.
+
+Rendering only; the numbers come from `normsearch.runs`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+from rich.text import Text
+
+from normsearch.recipe import Recipe
+from normsearch.runs import Front, TrialRecord
+
+STATUS_STYLE = {"complete": "green", "pruned": "yellow", "failed": "red", "running": "cyan"}
+
+
+def arch_summary(arch: dict[str, Any] | None, config: dict[str, Any]) -> str:
+    """A compact one-line description of a trial: its sampled values."""
+    if config:
+        return " ".join(f"{k}={_fmt(v)}" for k, v in config.items())
+    return "(base model)" if arch else "-"
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def header(recipe: Recipe) -> str:
+    """The line that names how models were selected; "ORACLE" when test domains were selected on."""
+    return f"{recipe.name}: {recipe.data.describe()}"
+
+
+def trials_table(
+    trials: list[TrialRecord],
+    recipe: Recipe,
+    front: Front,
+    sort: str = "target",
+    top: int | None = None,
+    show_all: bool = False,
+) -> Table:
+    """One row per trial: id, config, source val, select-target mean, per-select-domain, status, front."""
+    members = front.member_ids()
+    rows = [t for t in trials if show_all or t.status in ("complete", "running", "pruned", "failed")]
+    key = "target_select_acc" if sort == "target" else "source_val_acc"
+    rows.sort(key=lambda t: (t.complete, float(t.metrics.get(key, -1.0))), reverse=True)
+    if top is not None:
+        rows = rows[:top]
+    oracle = recipe.data.selection == "oracle"
+    table = Table(title=header(recipe), title_justify="left", show_lines=False)
+    table.add_column("trial")
+    table.add_column("config", overflow="fold")
+    table.add_column("source val", justify="right")
+    table.add_column("target (select)" + (" ORACLE" if oracle else ""), justify="right")
+    for domain in recipe.data.select:
+        table.add_column(domain, justify="right")
+    table.add_column("epochs", justify="right")
+    table.add_column("status")
+    table.add_column("front", justify="center")
+    for t in rows:
+        m = t.metrics
+        table.add_row(
+            t.trial_id,
+            arch_summary(t.arch, t.config),
+            _pct(m.get("source_val_acc")),
+            _pct(m.get("target_select_acc")),
+            *[_pct(m.get(f"select/{d}")) for d in recipe.data.select],
+            str(t.epoch or "-"),
+            Text(t.status, style=STATUS_STYLE.get(t.status, "")),
+            "★" if t.trial_id in members else "",
+        )
+    return table
+
+
+def _pct(value: Any) -> str:
+    return "-" if value is None else f"{float(value):.1f}"
+
+
+def front_table(front: Front, recipe: Recipe) -> Table:
+    """The front's points, best target first."""
+    names = list(front.objectives)
+    table = Table(
+        title=f"Pareto front ({len(front.members)} of {len(front.points)} configurations)",
+        title_justify="left",
+    )
+    table.add_column("trial")
+    table.add_column("config", overflow="fold")
+    for name, direction in front.objectives.items():
+        table.add_column(f"{name} ({direction})", justify="right")
+    table.add_column("seen", justify="right")
+    order = sorted(front.members, key=lambda i: front.points[i][-1], reverse=True)
+    for i in order:
+        trial = front.trials[i][0]
+        values = [f"{v:.1f}" if names[k] != "params" else f"{v:,.0f}" for k, v in enumerate(front.points[i])]
+        table.add_row(
+            trial.trial_id, arch_summary(trial.arch, trial.config), *values, str(len(front.trials[i]))
+        )
+    return table
+
+
+def scatter(front: Front, width: int = 60, height: int = 16) -> str:
+    """A terminal scatter of the first two objectives: `*` front members, `.` other configurations."""
+    if len(front.objectives) < 2 or not front.points:
+        return ""
+    xs = [p[0] for p in front.points]
+    ys = [p[1] for p in front.points]
+    x0, x1 = min(xs), max(xs)
+    y0, y1 = min(ys), max(ys)
+    grid = [[" "] * width for _ in range(height)]
+    members = set(front.members)
+    for i, (x, y) in enumerate(zip(xs, ys, strict=True)):
+        col = int((x - x0) / (x1 - x0) * (width - 1)) if x1 > x0 else width // 2
+        row = height - 1 - (int((y - y0) / (y1 - y0) * (height - 1)) if y1 > y0 else height // 2)
+        if grid[row][col] != "*":
+            grid[row][col] = "*" if i in members else "."
+    names = list(front.objectives)
+    lines = [f"{names[1]} {y1:.1f}"]
+    lines += ["  |" + "".join(row) for row in grid]
+    lines.append("  +" + "-" * width)
+    lines.append(f"   {x0:.1f}{names[0]:^{max(width - 12, 1)}}{x1:.1f}")
+    lines.append(f"{names[1]} {y0:.1f} at the bottom; * = front, . = dominated")
+    return "\n".join(lines)
+
+
+def plot_front(front: Front, path: Path, title: str) -> None:
+    """PNG (matplotlib) or HTML (plotly) scatter of the first two objectives, front highlighted."""
+    names = list(front.objectives)
+    members = set(front.members)
+    xs = [p[0] for p in front.points]
+    ys = [p[1] for p in front.points]
+    labels = [t[0].trial_id for t in front.trials]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".html":
+        import plotly.graph_objects as go
+
+        fig = go.Figure()
+        for on_front, name in ((False, "dominated"), (True, "Pareto front")):
+            idx = [i for i in range(len(xs)) if (i in members) == on_front]
+            fig.add_trace(
+                go.Scatter(
+                    x=[xs[i] for i in idx],
+                    y=[ys[i] for i in idx],
+                    text=[labels[i] for i in idx],
+                    mode="markers",
+                    name=name,
+                )
+            )
+        fig.update_layout(title=title, xaxis_title=names[0], yaxis_title=names[1])
+        fig.write_html(str(path), include_plotlyjs="cdn")
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=120)
+    ax.scatter(
+        [xs[i] for i in range(len(xs)) if i not in members],
+        [ys[i] for i in range(len(xs)) if i not in members],
+        c="0.6",
+        label="dominated",
+    )
+    front_pts = sorted((xs[i], ys[i]) for i in members)
+    ax.plot([p[0] for p in front_pts], [p[1] for p in front_pts], "o-", c="C3", label="Pareto front")
+    ax.set_xlabel(names[0])
+    ax.set_ylabel(names[1])
+    ax.set_title(title, fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

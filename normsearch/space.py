@@ -1,0 +1,354 @@
+"""Search spaces: a small YAML grammar -> Optuna define-by-run sampling -> ArchConfig.
+
+A space file::
+
+    # IBN-Net Table 5: ...            <- the first comment names the paper table it explores
+    fixed:                            <- ArchConfig paths set in every trial
+      norm.ibn.variant: a
+    params:                           <- sampled in this order (define-by-run)
+      per_stage: {type: bool}
+      ratio: {type: float, low: 0.0, high: 1.0, step: 0.125, path: norm.ibn.ratio, when: {per_stage: false}}
+      ratio_1: {type: float, low: 0.0, high: 1.0, path: "norm.ibn.ratio[0]", when: {per_stage: true}}
+      groups:
+        type: categorical
+        choices: [none, "1-2"]
+        sets: {none: {norm.ibn: null}, "1-2": {norm.ibn.stages: [1, 2]}}
+
+Types map onto Optuna's distributions: ``float`` (low, high, log, step), ``int`` (low, high, log, step),
+``categorical`` (choices: scalars), ``bool``. ``path`` writes the sampled value into the ArchConfig (``[i]``
+indexes a list); ``sets`` writes per-choice values (``null`` removes a rule). ``when`` makes a parameter
+active only while earlier parameters have the given value(s); an inactive parameter is not sampled at all,
+so Optuna's samplers see the true conditional space.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from normsearch.arch import ArchConfig
+from normsearch.config import read_mapping, validate
+from normsearch.errors import NormsearchError
+
+_INDEX = re.compile(r"^(?P<key>[A-Za-z_][\w]*)\[(?P<index>\d+)\]$")
+Scalar = bool | int | float | str | None
+MAX_ENUMERATION = 100_000
+
+
+class Param(BaseModel):
+    """One searched parameter."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["float", "int", "categorical", "bool"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = Field(default=None, gt=0)
+    choices: list[Scalar] | None = None
+    path: str | None = None
+    sets: dict[str, dict[str, Any]] | None = None
+    when: dict[str, Scalar | list[Scalar]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check(self) -> Param:
+        if self.type in ("float", "int"):
+            if self.low is None or self.high is None:
+                raise ValueError(f"a {self.type} parameter needs low and high")
+            if self.low > self.high:
+                raise ValueError(f"low {self.low} is above high {self.high}")
+            if self.log and self.low <= 0:
+                raise ValueError("log scale needs low > 0")
+            if self.log and self.step is not None:
+                raise ValueError("Optuna does not combine log with step; use one")
+            if self.type == "int" and any(
+                v is not None and float(v) != int(v) for v in (self.low, self.high, self.step)
+            ):
+                raise ValueError("an int parameter needs integer low, high and step")
+        elif self.low is not None or self.high is not None or self.step is not None:
+            raise ValueError(f"low/high/step belong to float and int parameters, not {self.type}")
+        if self.type == "categorical" and not self.choices:
+            raise ValueError("a categorical parameter needs a non-empty choices list")
+        if self.type != "categorical" and self.choices is not None:
+            raise ValueError(f"choices belong to categorical parameters, not {self.type}")
+        if self.sets is not None:
+            labels = {str(c) for c in self.values() or []}
+            unknown = sorted(set(self.sets) - labels)
+            if unknown:
+                raise ValueError(f"sets: {unknown[0]!r} is not one of the choices {sorted(labels)}")
+        return self
+
+    def values(self) -> list[Scalar] | None:
+        """Every value this parameter can take, or None when it is continuous."""
+        if self.type == "bool":
+            return [False, True]
+        if self.type == "categorical":
+            return list(self.choices or [])
+        assert self.low is not None and self.high is not None
+        if self.type == "int":
+            if self.log:
+                return list(range(int(self.low), int(self.high) + 1))
+            step = int(self.step or 1)
+            return list(range(int(self.low), int(self.high) + 1, step))
+        if self.step is None:
+            return None
+        count = math.floor((self.high - self.low) / self.step + 1e-9) + 1
+        return [round(self.low + k * self.step, 12) for k in range(count)]
+
+    def suggest(self, trial: Any, name: str) -> Scalar:
+        """Sample this parameter from an Optuna trial (define-by-run)."""
+        if self.type == "bool":
+            return trial.suggest_categorical(name, [False, True])
+        if self.type == "categorical":
+            return trial.suggest_categorical(name, self.choices)
+        if self.type == "int":
+            return trial.suggest_int(
+                name, int(self.low), int(self.high), step=int(self.step or 1), log=self.log
+            )
+        return trial.suggest_float(name, self.low, self.high, step=self.step, log=self.log)
+
+    def active(self, values: dict[str, Scalar]) -> bool:
+        """Whether every `when` condition holds for the values sampled so far."""
+        for other, wanted in self.when.items():
+            if other not in values:
+                return False
+            allowed = wanted if isinstance(wanted, list) else [wanted]
+            if values[other] not in allowed:
+                return False
+        return True
+
+
+class Space(BaseModel):
+    """A parsed search space."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = "inline"
+    description: str = ""
+    requires: dict[str, str] = Field(default_factory=dict)  # e.g. {block: bottleneck}, checked per recipe
+    fixed: dict[str, Any] = Field(default_factory=dict)
+    params: dict[str, Param] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _conditions(self) -> Space:
+        seen: list[str] = []
+        for name, param in self.params.items():
+            for other, wanted in param.when.items():
+                if other not in seen:
+                    raise ValueError(
+                        f"params.{name}.when: {other!r} must be a parameter defined above {name!r}"
+                    )
+                allowed = self.params[other].values()
+                for value in wanted if isinstance(wanted, list) else [wanted]:
+                    if allowed is not None and value not in allowed:
+                        raise ValueError(
+                            f"params.{name}.when: {other}={value!r} is not a value {other} can take "
+                            f"({allowed})"
+                        )
+            seen.append(name)
+        return self
+
+    # --- sampling ----------------------------------------------------------------------------------
+    def sample(self, trial: Any) -> dict[str, Scalar]:
+        """Define-by-run: sample the active parameters from an Optuna trial, in order."""
+        values: dict[str, Scalar] = {}
+        for name, param in self.params.items():
+            if param.active(values):
+                values[name] = param.suggest(trial, name)
+        return values
+
+    def assignments(self) -> list[dict[str, Scalar]] | None:
+        """Every distinct assignment of the active parameters, or None if the space is continuous or
+        larger than MAX_ENUMERATION."""
+        partial: list[dict[str, Scalar]] = [{}]
+        for name, param in self.params.items():
+            grown: list[dict[str, Scalar]] = []
+            for values in partial:
+                if not param.active(values):
+                    grown.append(values)
+                    continue
+                options = param.values()
+                if options is None:
+                    return None
+                grown.extend({**values, name: option} for option in options)
+            if len(grown) > MAX_ENUMERATION:
+                return None
+            partial = grown
+        return partial
+
+    def size(self) -> int | None:
+        """How many distinct configurations the space holds; None when continuous."""
+        found = self.assignments()
+        return None if found is None else len(found)
+
+    # --- mapping onto ArchConfig -------------------------------------------------------------------
+    def to_arch(self, base: ArchConfig, values: dict[str, Scalar], source: str | None = None) -> ArchConfig:
+        """The ArchConfig of one sampled assignment: `base`, then `fixed`, then each active parameter."""
+        data = base.to_dict()
+        for path, value in self.fixed.items():
+            _assign(data, path, value)
+        for name, param in self.params.items():
+            if name not in values:
+                continue
+            value = values[name]
+            if param.path:
+                _assign(data, param.path, value)
+            for path, set_value in (param.sets or {}).get(str(value), {}).items():
+                _assign(data, path, set_value)
+        return ArchConfig.from_dict(data, source or f"space {self.name}")
+
+    def check(self, base: ArchConfig, source: str) -> int:
+        """Build the ArchConfig (and its NormPlan) of every assignment, or of a grid over continuous ones,
+        so that a bad path or an impossible combination fails before any trial runs. Returns the count."""
+        for key, wanted in self.requires.items():
+            have = base.backbone.resolved().get(key)
+            if str(have) != str(wanted):
+                raise NormsearchError(
+                    f"{source}: space {self.name} requires {key}={wanted}; "
+                    f"the recipe's model has {key}={have}"
+                )
+        checked = 0
+        for values in self._probe_assignments():
+            arch = self.to_arch(base, values, f"{source} ({self.name} with {values})")
+            arch.resolve(f"{source} ({self.name} with {values})")
+            checked += 1
+        return checked
+
+    def _probe_assignments(self) -> list[dict[str, Scalar]]:
+        found = self.assignments()
+        if found is not None and len(found) <= 512:
+            return found
+        # Continuous or large: probe the ends and middle of every range, with conditions honoured.
+        probes: list[dict[str, Scalar]] = []
+        for pick in (0, 1, 2):
+            values: dict[str, Scalar] = {}
+            for name, param in self.params.items():
+                if not param.active(values):
+                    continue
+                options = param.values()
+                if options is None:
+                    assert param.low is not None and param.high is not None
+                    options = [param.low, (param.low + param.high) / 2, param.high]
+                values[name] = options[min(pick * (len(options) - 1) // 2, len(options) - 1)]
+            probes.append(values)
+        for name, param in self.params.items():  # every categorical choice at least once
+            for option in (param.values() or [])[:32] if param.type != "float" else []:
+                values = dict(probes[0])
+                if param.active(values):
+                    values[name] = option
+                    probes.append(_reactivate(self, values))
+        return probes
+
+    def summary(self) -> list[tuple[str, str, str]]:
+        """(name, domain, condition) rows for display."""
+        rows = []
+        for name, param in self.params.items():
+            if param.type in ("float", "int"):
+                domain = f"{param.type} [{param.low:g}, {param.high:g}]"
+                if param.step:
+                    domain += f" step {param.step:g}"
+                if param.log:
+                    domain += " log"
+            elif param.type == "bool":
+                domain = "bool"
+            else:
+                domain = " | ".join(str(c) for c in param.choices or [])
+            cond = ", ".join(f"{k}={v}" for k, v in param.when.items())
+            rows.append((name, domain, cond))
+        return rows
+
+
+def _reactivate(space: Space, values: dict[str, Scalar]) -> dict[str, Scalar]:
+    """Drop parameters whose conditions no longer hold and fill newly active ones with their first value."""
+    out: dict[str, Scalar] = {}
+    for name, param in space.params.items():
+        if not param.active(out):
+            continue
+        if name in values:
+            out[name] = values[name]
+        else:
+            options = param.values()
+            out[name] = options[0] if options else param.low
+    return out
+
+
+def _assign(data: dict[str, Any], path: str, value: Any) -> None:
+    """Write `value` at a dotted ArchConfig path; ``key[i]`` indexes a list (growing it); None deletes."""
+    parts = path.split(".")
+    node: Any = data
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        match = _INDEX.match(part)
+        key = match["key"] if match else part
+        if not isinstance(node, dict):
+            raise NormsearchError(f"path {path}: {'.'.join(parts[:i])} is not a mapping")
+        if match:
+            index = int(match["index"])
+            current = node.get(key)
+            items = list(current) if isinstance(current, list) else []
+            items.extend([None] * (index + 1 - len(items)))
+            if last:
+                items[index] = value
+                node[key] = items
+                return
+            if items[index] is None:
+                items[index] = {}
+            node[key] = items
+            node = items[index]
+        elif last:
+            if value is None:
+                node.pop(key, None)
+            else:
+                node[key] = value
+        else:
+            if node.get(key) is None:
+                node[key] = {}
+            node = node[key]
+
+
+def first_comment(text: str) -> str:
+    """The leading comment block of a YAML file, joined into one line."""
+    lines = []
+    for line in text.splitlines():
+        if line.startswith("#"):
+            lines.append(line.lstrip("#").strip())
+        elif line.strip():
+            break
+    return " ".join(lines)
+
+
+def spaces_dir() -> Path:
+    """The `search_spaces/` folder of this checkout (next to the package)."""
+    return Path(__file__).resolve().parent.parent / "search_spaces"
+
+
+def load_space(spec: str | dict[str, Any], relative_to: Path | None = None, source: str = "space") -> Space:
+    """A space from a file (absolute, relative to `relative_to` or its parent, or under search_spaces/)
+    or an inline mapping."""
+    if isinstance(spec, dict):
+        return validate(Space, spec, source)
+    candidates = [Path(spec)]
+    if relative_to is not None:
+        candidates += [relative_to / spec, relative_to.parent / spec]
+    candidates += [spaces_dir() / spec, spaces_dir() / Path(spec).name]
+    path = next((p for p in candidates if p.is_file()), None)
+    if path is None:
+        raise NormsearchError(
+            f"{source}: no space file {spec!r} (looked in {', '.join(map(str, candidates))})"
+        )
+    raw = read_mapping(path)
+    raw.setdefault("name", path.stem)
+    raw.setdefault("description", first_comment(path.read_text()))
+    return validate(Space, raw, str(path))
+
+
+def list_spaces() -> list[Path]:
+    """The space files shipped in search_spaces/."""
+    return sorted(spaces_dir().glob("*.yaml"))
+
+
+__all__ = ["Param", "Space", "list_spaces", "load_space"]
