@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -142,6 +143,8 @@ def make_searcher(recipe: Recipe, space: Space, run_dir: Path):
     from ray.tune.search.optuna import OptunaSearch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # BruteForceSampler, set_metric_names and TPE's `group` are stable in use here; the warnings are noise.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
     class FinalOnlyOptunaSearch(OptunaSearch):
         """Tell the study COMPLETE only for trials whose last result has ``final=True``."""
@@ -177,6 +180,7 @@ def set_metric_names(run_dir: Path, recipe: Recipe) -> None:
     """Name the study's objectives so optuna-dashboard and the optuna CLI label them."""
     import optuna
 
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     study = optuna.load_study(study_name=recipe.name, storage=f"sqlite:///{run_dir / 'study.db'}")
     if study.metric_names is None:
         study.set_metric_names(list(recipe.search.objectives))

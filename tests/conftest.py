@@ -10,3 +10,15 @@ import torch
 def _one_thread_and_seed() -> None:
     torch.set_num_threads(1)
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def ray_local():
+    """One private local Ray per test run (started on first use, restarted if a test shut it down)."""
+    import ray
+
+    from normsearch.search import start_ray
+
+    if not ray.is_initialized():
+        start_ray(None, num_cpus=2)
+    yield

@@ -100,13 +100,23 @@ def test_check_catches_impossible_placements_before_any_trial() -> None:
     with pytest.raises(NormsearchError, match="stage 7 out of range"):
         bad.check(TINY, "recipe.yaml")
     xbn = load_space(str(ROOT / "search_spaces" / "xbn_position.yaml"))
-    with pytest.raises(NormsearchError, match="requires block=bottleneck; the recipe's model has block=basic"):
+    with pytest.raises(
+        NormsearchError, match="requires block=bottleneck; the recipe's model has block=basic"
+    ):
         xbn.check(TINY, "recipe.yaml")
 
 
 def test_every_shipped_space_names_its_paper_table_and_builds() -> None:
     names = {p.stem for p in list_spaces()}
-    assert {"ibn_ratio", "ibn_groups", "sn_ratios", "xbn_position", "cn_probability", "joint", "quickstart"} <= names
+    assert {
+        "ibn_ratio",
+        "ibn_groups",
+        "sn_ratios",
+        "xbn_position",
+        "cn_probability",
+        "joint",
+        "quickstart",
+    } <= names
     for path in list_spaces():
         loaded = load_space(str(path))
         assert "Table" in loaded.description or "Tables" in loaded.description, path

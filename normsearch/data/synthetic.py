@@ -264,7 +264,9 @@ def make_synthetic(
         labels = eval_labels
         splits = {"val": torch.arange(n_val), "test": torch.arange(n_val, n_eval)}
         if name == source:
-            train = _render(name, train_labels, rng(1001), rng(style_id, 1), size, bias, rng(1002), glyph_scale)
+            train = _render(
+                name, train_labels, rng(1001), rng(style_id, 1), size, bias, rng(1002), glyph_scale
+            )
             images = np.concatenate([train, images])
             labels = np.concatenate([train_labels, eval_labels])
             splits = {

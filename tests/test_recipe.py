@@ -1,0 +1,111 @@
+"""Recipes: validation errors name file and key, precedence of flags, selection protocol, dry runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from normsearch.cli import app
+from normsearch.errors import NormsearchError
+from normsearch.recipe import load_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
+runner = CliRunner()
+
+
+def write(tmp_path: Path, data: dict) -> Path:
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def base() -> dict:
+    return {
+        "name": "t",
+        "model": {"backbone": {"preset": "resnet-mini"}},
+        "search": {"space": str(ROOT / "search_spaces" / "quickstart.yaml")},
+    }
+
+
+@pytest.mark.parametrize(
+    ("patch", "message"),
+    [
+        ({"serch": {}}, "r.yaml: serch: unknown key; did you mean 'search'?"),
+        ({"train": {"epoch": 3}}, "r.yaml: train.epoch: unknown key; did you mean 'epochs'?"),
+        ({"train": {"optimizer": "adam"}}, "r.yaml: train.optimizer: Input should be 'sgd' or 'adamw'"),
+        (
+            {"data": {"select": ["texture"], "test": ["texture"]}},
+            "domain 'texture' is both select and test",
+        ),
+        ({"data": {"select": ["plain+fogg@3"]}}, "unknown corruption 'fogg'"),
+        ({"data": {"select": ["watercolour"]}}, "unknown synthetic domain 'watercolour'"),
+        ({"data": {"dataset": "folder"}}, "dataset folder needs root"),
+        (
+            {"search": {"space": "quickstart.yaml", "scheduler": {"kind": "asha", "metric": ["a", "b"]}}},
+            "ASHA compares trials on one scalar",
+        ),
+        ({"search": {"space": "quickstart.yaml", "objectives": {"acc": "max"}}}, "unknown objective 'acc'"),
+        ({"search": {"space": "nope.yaml"}}, "no space file 'nope.yaml'"),
+        (
+            {
+                "search": {
+                    "space": {
+                        "params": {"p": {"type": "float", "low": 0, "high": 1, "path": "norm.crossnorm.p"}}
+                    },
+                    "algorithm": "grid",
+                }
+            },
+            "grid needs a finite space",
+        ),
+        ({"search": {"space": "xbn_position.yaml"}}, "requires block=bottleneck"),
+        ({"ray": {"address": "somewhere"}}, "address must be auto, ray://host:port or host:port"),
+    ],
+)
+def test_bad_recipes_are_one_line_naming_file_and_key(tmp_path: Path, patch: dict, message: str) -> None:
+    data = base()
+    for key, value in patch.items():
+        data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) and value else value
+    with pytest.raises(NormsearchError) as info:
+        load_recipe(write(tmp_path, data))
+    text = str(info.value)
+    assert message in text and str(tmp_path / "r.yaml") in text and "\n" not in text
+
+
+def test_oracle_selection_is_allowed_and_announced(tmp_path: Path) -> None:
+    data = base()
+    data["data"] = {"select": ["texture"], "test": ["texture", "fog"], "selection": "oracle"}
+    recipe, _ = load_recipe(write(tmp_path, data))
+    assert recipe.data.describe().startswith("ORACLE selection")
+
+
+def test_flags_beat_the_recipe_and_the_recipe_beats_defaults(tmp_path: Path) -> None:
+    data = base()
+    data["search"]["num_samples"] = 4
+    path = write(tmp_path, data)
+    recipe, _ = load_recipe(path)
+    assert recipe.search.num_samples == 4 and recipe.search.max_concurrent == 2  # recipe, default
+    recipe, _ = load_recipe(path, num_samples=9, address="auto", overrides=["train.epochs=3"])
+    assert recipe.search.num_samples == 9 and recipe.ray.address == "auto" and recipe.train.epochs == 3
+    with pytest.raises(NormsearchError, match="--set 'epochs': write key.path=value"):
+        load_recipe(path, overrides=["epochs"])
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[p.stem for p in RECIPES])
+def test_every_recipe_passes_dry_run(recipe: Path, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["run", str(recipe), "--dry-run", "--output", str(tmp_path / "x")])
+    assert result.exit_code == 0, result.output
+    assert "configurations" in result.stdout and "estimated" in result.stdout
+    assert not (tmp_path / "x").exists()  # a dry run writes nothing
+
+
+def test_bad_recipe_on_the_cli_is_one_red_line_exit_2(tmp_path: Path) -> None:
+    data = base()
+    data["train"] = {"epochs": 0}
+    result = runner.invoke(app, ["run", str(write(tmp_path, data)), "--dry-run"])
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "train.epochs" in lines[0] and "greater than or equal to 1" in lines[0]

@@ -1,0 +1,197 @@
+"""Real searches: Ray Tune trials, an Optuna study on disk, trials.jsonl, the CLI on a finished run."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from normsearch import build_model
+from normsearch.cli import app
+from normsearch.recipe import load_recipe
+from normsearch.runs import compute_front, read_trials
+from normsearch.search import make_searcher, start_ray
+
+ROOT = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+OPTUNA_CLI = (
+    str(Path(sys.executable).with_name("optuna"))
+    if Path(sys.executable).with_name("optuna").exists()
+    else (shutil.which("optuna") or "optuna")
+)
+# Small enough that a trial takes a second or two; the code path is the full one.
+TINY = [
+    "--set",
+    "train.epochs=2",
+    "--set",
+    "data.n_train=300",
+    "--set",
+    "data.n_val=60",
+    "--set",
+    "data.n_test=60",
+]
+
+
+def run(recipe: str, out: Path, *extra: str) -> str:
+    result = runner.invoke(app, ["run", str(ROOT / "recipes" / recipe), "--output", str(out), *TINY, *extra])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return result.stdout
+
+
+def study(run_dir: Path, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{run_dir / 'study.db'}")
+
+
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory) -> tuple[Path, str]:
+    start_ray(None, num_cpus=2)
+    out = tmp_path_factory.mktemp("runs") / "quick"
+    return out, run("quickstart.yaml", out)
+
+
+def test_quickstart_runs_every_configuration_and_records_them(quickstart, ray_local) -> None:
+    out, stdout = quickstart
+    assert "Pareto front" in stdout and "selected on held-out domains texture, pastel" in stdout
+    trials = read_trials(out)
+    assert len(trials) == 5 and all(t.complete for t in trials)
+    configs = sorted(json.dumps(t.config, sort_keys=True) for t in trials)
+    assert len(set(configs)) == 5  # the grid visits each configuration once
+    for t in trials:
+        assert 0 <= t.metrics["source_val_acc"] <= 100 and t.epoch == 2
+        assert set(t.test) >= {"source", "noisy", "fog"} and t.versions["normsearch"]
+    st = study(out, "quickstart")
+    assert st.metric_names == ["source_val_acc", "target_select_acc"]
+    complete = [t for t in st.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert sorted(tuple(t.values) for t in complete) == sorted(
+        (t.metrics["source_val_acc"], t.metrics["target_select_acc"]) for t in trials
+    )
+    for name in ("recipe.yaml", "space.yaml", "trials.jsonl", "study.db"):
+        assert (out / name).is_file()
+
+
+def test_optuna_cli_lists_the_same_trials(quickstart) -> None:
+    out, _ = quickstart
+    listed = subprocess.run(
+        [
+            OPTUNA_CLI,
+            "trials",
+            "--study-name",
+            "quickstart",
+            "--storage",
+            f"sqlite:///{out / 'study.db'}",
+            "-f",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    rows = json.loads(listed.stdout)
+    assert len(rows) == 5 and {r["state"] for r in rows} == {"COMPLETE"}
+
+
+def test_show_pareto_and_export_rebuild_the_chosen_network(quickstart, tmp_path: Path) -> None:
+    out, _ = quickstart
+    shown = runner.invoke(app, ["show", str(out), "--sort", "source", "--top", "3"])
+    assert shown.exit_code == 0 and "★" in shown.stdout and "test domains noisy, fog" in shown.stdout
+    png, html = tmp_path / "front.png", tmp_path / "front.html"
+    front = runner.invoke(app, ["pareto", str(out), "--plot", str(png), "--html", str(html)])
+    assert front.exit_code == 0 and "hypervolume" in front.stdout
+    assert png.read_bytes()[:4] == b"\x89PNG" and "plotly" in html.read_text()
+    best = tmp_path / "best.yaml"
+    exported = runner.invoke(app, ["export", str(out), "--pick", "knee", "-o", str(best), "--test"])
+    assert exported.exit_code == 0, exported.output
+    assert "measured after selection" in exported.stdout
+    trials = {t.trial_id: t for t in read_trials(out)}
+    import yaml
+
+    document = yaml.safe_load(best.read_text())
+    chosen = trials[document["provenance"]["trial"]]
+    assert (
+        chosen.trial_id
+        in compute_front(
+            list(trials.values()), {"source_val_acc": "max", "target_select_acc": "max"}
+        ).member_ids()
+    )
+    rebuilt, direct = build_model(best), build_model(chosen.arch)
+    assert [(k, v.shape) for k, v in rebuilt.state_dict().items()] == [
+        (k, v.shape) for k, v in direct.state_dict().items()
+    ]
+    assert rebuilt.plan == direct.plan
+    torch.manual_seed(0)
+    rebuilt.load_state_dict(direct.state_dict())
+    x = torch.randn(4, 3, 32, 32)
+    rebuilt.eval(), direct.eval()
+    assert torch.equal(rebuilt(x), direct(x))
+    bad = runner.invoke(app, ["export", str(out), "-o", str(best)])
+    assert bad.exit_code == 2 and "exactly one of --trial ID or --pick" in bad.stderr
+
+
+def test_stopped_trials_are_pruned_in_the_study_not_complete(tmp_path: Path, ray_local) -> None:
+    recipe, space = load_recipe(ROOT / "recipes" / "sn_ratios.yaml")
+    searcher = make_searcher(recipe, space, tmp_path)
+    searcher.set_search_properties(None, None, {})
+    for tid in ("a", "b", "c"):
+        searcher.suggest(tid)
+    searcher.on_trial_complete(
+        "a", {"epoch": 3, "final": False, "source_val_acc": 90.0, "target_select_acc": 50.0}
+    )
+    searcher.on_trial_complete(
+        "b", {"epoch": 10, "final": True, "source_val_acc": 80.0, "target_select_acc": 40.0}
+    )
+    searcher.on_trial_complete("c", None, error=True)
+    states = [t.state for t in study(tmp_path, "sn_ratios").trials]
+    assert states == [
+        optuna.trial.TrialState.PRUNED,
+        optuna.trial.TrialState.COMPLETE,
+        optuna.trial.TrialState.FAIL,
+    ]
+
+
+def test_asha_prunes_and_pruned_trials_stay_off_the_front(tmp_path: Path, ray_local) -> None:
+    out = tmp_path / "asha"
+    run(
+        "sn_ratios.yaml",
+        out,
+        "--num-samples",
+        "6",
+        "--set",
+        "train.epochs=4",
+        "--set",
+        "search.scheduler.grace_period=1",
+        "--set",
+        "search.scheduler.reduction_factor=2",
+    )
+    trials = read_trials(out)
+    pruned = [t for t in trials if t.status == "pruned"]
+    complete = [t for t in trials if t.complete]
+    assert pruned, "ASHA stopped no trial"
+    assert all(t.epoch < 4 for t in pruned) and all(t.epoch == 4 for t in complete)
+    st = study(out, "sn_ratios")
+    counts = {s: sum(t.state == s for t in st.trials) for s in optuna.trial.TrialState}
+    assert counts[optuna.trial.TrialState.PRUNED] == len(pruned)
+    assert counts[optuna.trial.TrialState.COMPLETE] == len(complete)
+    front_ids = compute_front(trials, recipe_objectives()).member_ids()
+    assert not front_ids & {t.trial_id for t in pruned}
+
+
+def recipe_objectives() -> dict[str, str]:
+    return {"source_val_acc": "max", "target_select_acc": "max"}
+
+
+@pytest.mark.parametrize("recipe", ["ibn_ratio", "ibn_groups", "xbn_position", "cn_probability"])
+def test_paper_recipes_run_end_to_end(recipe: str, tmp_path: Path, ray_local) -> None:
+    out = tmp_path / recipe
+    stdout = run(f"{recipe}.yaml", out, "--num-samples", "2")
+    trials = read_trials(out)
+    assert len(trials) == 2 and all(t.complete for t in trials), [t.status for t in trials]
+    assert "Pareto front" in stdout
+    for t in trials:
+        assert build_model(t.arch) is not None
