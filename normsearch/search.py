@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache

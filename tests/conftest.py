@@ -5,6 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from normsearch.search import quiet_ray_env
+
+# Before anything imports ray: Ray reads these at import (loopback only, no usage stats).
+quiet_ray_env()
+
 
 @pytest.fixture(autouse=True)
 def _one_thread_and_seed() -> None:

@@ -90,7 +90,7 @@ def test_flags_beat_the_recipe_and_the_recipe_beats_defaults(tmp_path: Path) -> 
     assert recipe.search.num_samples == 4 and recipe.search.max_concurrent == 2  # recipe, default
     recipe, _ = load_recipe(path, num_samples=9, address="auto", overrides=["train.epochs=3"])
     assert recipe.search.num_samples == 9 and recipe.ray.address == "auto" and recipe.train.epochs == 3
-    with pytest.raises(NormsearchError, match="--set 'epochs': write key.path=value"):
+    with pytest.raises(NormsearchError, match=r"--set 'epochs': write key\.path=value"):
         load_recipe(path, overrides=["epochs"])
 
 

@@ -195,3 +195,27 @@ def test_paper_recipes_run_end_to_end(recipe: str, tmp_path: Path, ray_local) ->
     assert "Pareto front" in stdout
     for t in trials:
         assert build_model(t.arch) is not None
+
+
+def test_run_on_a_two_node_cluster_uses_both_nodes(tmp_path: Path) -> None:
+    """A two-node Ray cluster on loopback, started by the test (not `ray start`, which binds beyond
+    loopback, and not `ray stop`, which ends every Ray process on the machine)."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    ray.shutdown()  # the shared local session; later tests start it again through `ray_local`
+    node = {"num_cpus": 1, "node_ip_address": "127.0.0.1", "include_dashboard": False}
+    cluster = Cluster(initialize_head=True, head_node_args=node)
+    try:
+        cluster.add_node(**node)
+        cluster.wait_for_nodes()
+        out = tmp_path / "cluster"
+        run("quickstart.yaml", out, "--address", cluster.address, "--num-samples", "4")
+        trials = read_trials(out)
+        assert len(trials) == 4 and all(t.complete for t in trials)
+        nodes = set().union(*(t.nodes for t in trials))
+        assert len(nodes) == 2, nodes
+        assert nodes == {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
