@@ -399,7 +399,10 @@ def train(
     console.print(table)
     flagged = [r for r in results if not r.converged]
     if flagged:
-        console.print(f"[yellow]{len(flagged)} run(s) not converged (source val < 98%)[/yellow]")
+        console.print(
+            f"[yellow]{len(flagged)} run(s) not converged (source val < 98% and training accuracy still "
+            "climbing in the last epoch): their target accuracy is not a DG result[/yellow]"
+        )
 
 
 @spaces_app.callback()

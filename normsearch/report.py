@@ -70,7 +70,10 @@ def trials_table(
             _pct(m.get("target_select_acc")),
             *[_pct(m.get(f"select/{d}")) for d in recipe.data.select],
             str(t.epoch or "-"),
-            Text(t.status, style=STATUS_STYLE.get(t.status, "")),
+            Text(
+                t.status + (" (not converged)" if t.complete and t.metrics.get("converged") is False else ""),
+                style=STATUS_STYLE.get(t.status, ""),
+            ),
             "★" if t.trial_id in members else "",
         )
     return table

@@ -336,6 +336,7 @@ _RESULT_KEYS = {
     "epoch_seconds",
     "params",
     "final",
+    "converged",
     "worker",
     "device",
 }

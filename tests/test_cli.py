@@ -108,3 +108,42 @@ def test_plan_bad_config_is_one_line_exit_2(text: str, message: str, tmp_path: P
 def test_plan_missing_file() -> None:
     result = runner.invoke(app, ["plan", "nope.yaml"])
     assert result.exit_code == 2 and "nope.yaml: no such file" in result.stderr
+
+
+def test_spaces_lists_every_shipped_space_with_its_size() -> None:
+    result = runner.invoke(app, ["spaces"])
+    assert result.exit_code == 0, result.output
+    for name in ("quickstart", "ibn_ratio", "ibn_groups", "sn_ratios", "xbn_position", "cn_probability", "joint"):
+        assert name in result.stdout
+    assert "│ 5 " in result.stdout.replace("  ", " ")  # quickstart holds five configurations
+
+
+def test_spaces_validate_checks_against_a_recipe_model() -> None:
+    good = runner.invoke(app, ["spaces", "validate", str(ROOT / "search_spaces" / "xbn_position.yaml")])
+    assert good.exit_code == 0 and "valid; built 48 configuration(s)" in good.stdout
+    bad = runner.invoke(
+        app,
+        [
+            "spaces", "validate", str(ROOT / "search_spaces" / "xbn_position.yaml"),
+            "--recipe", str(ROOT / "recipes" / "quickstart.yaml"),
+        ],
+    )
+    assert bad.exit_code == 2 and "requires block=bottleneck" in bad.stderr
+
+
+def test_data_show_prints_domains_and_writes_a_grid(tmp_path: Path) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "name: t\ndata: {select: [texture], test: [plain+fog@2], n_train: 40, n_val: 20, n_test: 20}\n"
+        "model: {backbone: {preset: resnet-mini}}\nsearch: {space: quickstart.yaml}\n"
+    )
+    grid = tmp_path / "grid.png"
+    result = runner.invoke(app, ["data", "show", str(recipe), "-o", str(grid), "--per-row", "4"])
+    assert result.exit_code == 0, result.output
+    assert "plain+fog@2" in result.stdout and "source" in result.stdout and "select" in result.stdout
+    from PIL import Image
+
+    with Image.open(grid) as image:  # 3 domains x 4 images of 32 px with 2 px padding
+        assert image.size == (4 * 34 + 2, 3 * 34 + 2)
+    missing = runner.invoke(app, ["data", "show", str(tmp_path / "nowhere")])
+    assert missing.exit_code == 2 and "not a recipe file" in missing.stderr

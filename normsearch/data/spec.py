@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from normsearch.data.corruptions import CORRUPTIONS, corrupt_domain
@@ -182,12 +183,23 @@ def load_data(config: DataConfig) -> DomainSet:
         match = _DERIVED.match(name)
         if match:
             domains[name] = corrupt_domain(
-                data[match["base"]],
+                _evaluation_only(data[match["base"]]),
                 match["corruption"],
                 int(match["severity"]),
                 seed=config.seed * 1000 + index,
             )
     return DomainSet(data.classes, domains)
+
+
+def _evaluation_only(domain: Domain) -> Domain:
+    """A target built from the source keeps only the source's val and test images (CIFAR-10-C style: the
+    source's evaluation images, corrupted); its train split is never a target."""
+    if "train" not in domain.splits:
+        return domain
+    val, test = domain.splits["val"], domain.splits["test"]
+    keep = torch.cat([val, test])
+    splits = {"val": torch.arange(len(val)), "test": torch.arange(len(val), len(keep))}
+    return Domain(domain.name, domain.images[keep], domain.labels[keep], splits)
 
 
 def group_means(accuracies: dict[str, float], dataset: str) -> dict[str, float]:
