@@ -14,7 +14,13 @@ from rich.text import Text
 from normsearch.recipe import Recipe
 from normsearch.runs import Front, TrialRecord
 
-STATUS_STYLE = {"complete": "green", "pruned": "yellow", "failed": "red", "running": "cyan"}
+STATUS_STYLE = {
+    "complete": "green",
+    "pruned": "yellow",
+    "interrupted": "yellow",
+    "failed": "red",
+    "running": "cyan",
+}
 
 
 def arch_summary(arch: dict[str, Any] | None, config: dict[str, Any]) -> str:
@@ -45,7 +51,7 @@ def trials_table(
 ) -> Table:
     """One row per trial: id, config, source val, select-target mean, per-select-domain, status, front."""
     members = front.member_ids()
-    rows = [t for t in trials if show_all or t.status in ("complete", "running", "pruned", "failed")]
+    rows = [t for t in trials if show_all or t.metrics]  # --all: also trials that never reported
     key = "target_select_acc" if sort == "target" else "source_val_acc"
     rows.sort(key=lambda t: (t.complete, float(t.metrics.get(key, -1.0))), reverse=True)
     if top is not None:

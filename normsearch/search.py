@@ -152,15 +152,30 @@ def make_searcher(recipe: Recipe, space: Space, run_dir: Path):
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
             if trial_id in self._completed_trials or trial_id not in self._ot_trials:
                 return
-            if error or not result or not result.get("final"):
+            ot_trial = self._ot_trials[trial_id]
+            complete = not error and bool(result) and bool(result.get("final"))
+            if _is_finished(self._ot_study, ot_trial):
+                # The study already closed this attempt (PRUNED when the driver was interrupted); the
+                # resumed run finished it: record the finished attempt as a new trial.
+                if complete:
+                    self._ot_study.add_trial(
+                        optuna.trial.create_trial(
+                            params=ot_trial.params,
+                            distributions=ot_trial.distributions,
+                            values=[result[m] for m in self._metric],
+                            user_attrs={"ray_trial_id": trial_id, "resumed": True},
+                        )
+                    )
+                self._completed_trials.add(trial_id)
+                return
+            if not complete:
                 state = optuna.trial.TrialState.FAIL if error else optuna.trial.TrialState.PRUNED
-                ot_trial = self._ot_trials[trial_id]
                 if result and "epoch" in result:
                     ot_trial.set_user_attr("stopped_at_epoch", int(result["epoch"]))
                 self._ot_study.tell(ot_trial, None, state=state)
                 self._completed_trials.add(trial_id)
                 return
-            self._ot_trials[trial_id].set_user_attr("ray_trial_id", trial_id)
+            ot_trial.set_user_attr("ray_trial_id", trial_id)
             super().on_trial_complete(trial_id, result, error)
 
     objectives = recipe.search.objectives
@@ -174,6 +189,38 @@ def make_searcher(recipe: Recipe, space: Space, run_dir: Path):
         storage=storage,
     )
     return searcher
+
+
+def _is_finished(study: Any, ot_trial: Any) -> bool:
+    return study._storage.get_trial(ot_trial._trial_id).state.is_finished()
+
+
+def close_interrupted(run_dir: Path, recipe: Recipe) -> int:
+    """After an interrupted fit: study trials still RUNNING become PRUNED (user attr "interrupted") and
+    trials.jsonl gets an "interrupted" record for each trial whose last record was "running". A later
+    `normsearch resume` re-runs them. Returns how many trials were closed."""
+    import optuna
+
+    study = optuna.load_study(study_name=recipe.name, storage=f"sqlite:///{run_dir / 'study.db'}")
+    closed = 0
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study._storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
+        study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.PRUNED)
+        closed += 1
+    path = run_dir / "trials.jsonl"
+    last: dict[str, dict[str, Any]] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            last[record["trial_id"]] = record
+    with path.open("a") as handle:
+        for record in last.values():
+            if record["status"] == "running":
+                handle.write(json.dumps({**record, "status": "interrupted", "time": time.time()}) + "\n")
+    return closed
 
 
 def set_metric_names(run_dir: Path, recipe: Recipe) -> None:
@@ -428,8 +475,11 @@ def run_search(
                 failure_config=tune.FailureConfig(max_failures=recipe.search.failures.retries),
             ),
         )
-    tuner.fit()
-    set_metric_names(run_dir, recipe)
+    try:
+        tuner.fit()
+    finally:
+        close_interrupted(run_dir, recipe)
+        set_metric_names(run_dir, recipe)
 
 
 def estimate_seconds(recipe: Recipe, steps: int = 3) -> tuple[float, float]:
