@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 from normsearch.errors import NormsearchError
 
 M = TypeVar("M", bound=BaseModel)
+_INDEX = re.compile(r"^(?P<key>[A-Za-z_][\w]*)\[(?P<index>\d+)\]$")
 
 
 def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
@@ -88,3 +90,37 @@ def read_mapping(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise NormsearchError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return data
+
+
+def assign_path(data: dict[str, Any], path: str, value: Any) -> None:
+    """Write `value` at a dotted ArchConfig path; ``key[i]`` indexes a list (growing it); None deletes."""
+    parts = path.split(".")
+    node: Any = data
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        match = _INDEX.match(part)
+        key = match["key"] if match else part
+        if not isinstance(node, dict):
+            raise NormsearchError(f"path {path}: {'.'.join(parts[:i])} is not a mapping")
+        if match:
+            index = int(match["index"])
+            current = node.get(key)
+            items = list(current) if isinstance(current, list) else []
+            items.extend([None] * (index + 1 - len(items)))
+            if last:
+                items[index] = value
+                node[key] = items
+                return
+            if items[index] is None:
+                items[index] = {}
+            node[key] = items
+            node = items[index]
+        elif last:
+            if value is None:
+                node.pop(key, None)
+            else:
+                node[key] = value
+        else:
+            if node.get(key) is None:
+                node[key] = {}
+            node = node[key]

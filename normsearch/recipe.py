@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from normsearch.arch import ArchConfig
-from normsearch.config import read_mapping, validate
+from normsearch.config import assign_path, read_mapping, validate
 from normsearch.data.spec import DataConfig
 from normsearch.errors import NormsearchError
 from normsearch.train import TrainConfig
@@ -131,16 +131,6 @@ class Recipe(_Strict):
         return self.seed if self.search.seed is None else self.search.seed
 
 
-def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
-    node = data
-    *parents, last = dotted.split(".")
-    for key in parents:
-        node = node.setdefault(key, {})
-        if not isinstance(node, dict):
-            raise NormsearchError(f"cannot set {dotted}: {key} is not a mapping")
-    node[last] = value
-
-
 def load_recipe(
     path: str | Path,
     *,
@@ -169,10 +159,10 @@ def load_recipe(
         key, sep, text = item.partition("=")
         if not sep or not key:
             raise NormsearchError(f"--set {item!r}: write key.path=value, e.g. train.epochs=2")
-        _set(raw, key.strip(), yaml.safe_load(text))
+        assign_path(raw, key.strip(), yaml.safe_load(text))
     for key, value in flags.items():
         if value is not None:
-            _set(raw, key, value)
+            assign_path(raw, key, value)
     recipe = validate(Recipe, raw, str(path))
     space = load_space(recipe.search.space, relative_to=path.parent, source=f"{path}: search.space")
     space.check(recipe.model, f"{path}: search.space")

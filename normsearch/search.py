@@ -207,19 +207,21 @@ def close_interrupted(run_dir: Path, recipe: Recipe) -> int:
         study._storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
         study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.PRUNED)
         closed += 1
-    path = run_dir / "trials.jsonl"
-    last: dict[str, dict[str, Any]] = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            last[record["trial_id"]] = record
-    with path.open("a") as handle:
-        for record in last.values():
-            if record["status"] == "running":
-                handle.write(json.dumps({**record, "status": "interrupted", "time": time.time()}) + "\n")
+    if (run_dir / "trials.jsonl").is_file():
+        from normsearch.runs import read_trials
+
+        with (run_dir / "trials.jsonl").open("a") as handle:
+            for trial in read_trials(run_dir):
+                if trial.status == "running":
+                    record = {
+                        "trial_id": trial.trial_id,
+                        "status": "interrupted",
+                        "time": time.time(),
+                        "config": trial.config,
+                        "arch": trial.arch,
+                        "epoch": trial.epoch,
+                    }
+                    handle.write(json.dumps(record) + "\n")
     return closed
 
 

@@ -24,17 +24,15 @@ so Optuna's samplers see the true conditional space.
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from normsearch.arch import ArchConfig
-from normsearch.config import read_mapping, validate
+from normsearch.config import assign_path, read_mapping, validate
 from normsearch.errors import NormsearchError
 
-_INDEX = re.compile(r"^(?P<key>[A-Za-z_][\w]*)\[(?P<index>\d+)\]$")
 Scalar = bool | int | float | str | None
 MAX_ENUMERATION = 100_000
 
@@ -190,15 +188,15 @@ class Space(BaseModel):
         """The ArchConfig of one sampled assignment: `base`, then `fixed`, then each active parameter."""
         data = base.to_dict()
         for path, value in self.fixed.items():
-            _assign(data, path, value)
+            assign_path(data, path, value)
         for name, param in self.params.items():
             if name not in values:
                 continue
             value = values[name]
             if param.path:
-                _assign(data, param.path, value)
+                assign_path(data, param.path, value)
             for path, set_value in (param.sets or {}).get(str(value), {}).items():
-                _assign(data, path, set_value)
+                assign_path(data, path, set_value)
         return ArchConfig.from_dict(data, source or f"space {self.name}")
 
     def check(self, base: ArchConfig, source: str) -> int:
@@ -274,40 +272,6 @@ def _reactivate(space: Space, values: dict[str, Scalar]) -> dict[str, Scalar]:
             options = param.values()
             out[name] = options[0] if options else param.low
     return out
-
-
-def _assign(data: dict[str, Any], path: str, value: Any) -> None:
-    """Write `value` at a dotted ArchConfig path; ``key[i]`` indexes a list (growing it); None deletes."""
-    parts = path.split(".")
-    node: Any = data
-    for i, part in enumerate(parts):
-        last = i == len(parts) - 1
-        match = _INDEX.match(part)
-        key = match["key"] if match else part
-        if not isinstance(node, dict):
-            raise NormsearchError(f"path {path}: {'.'.join(parts[:i])} is not a mapping")
-        if match:
-            index = int(match["index"])
-            current = node.get(key)
-            items = list(current) if isinstance(current, list) else []
-            items.extend([None] * (index + 1 - len(items)))
-            if last:
-                items[index] = value
-                node[key] = items
-                return
-            if items[index] is None:
-                items[index] = {}
-            node[key] = items
-            node = items[index]
-        elif last:
-            if value is None:
-                node.pop(key, None)
-            else:
-                node[key] = value
-        else:
-            if node.get(key) is None:
-                node[key] = {}
-            node = node[key]
 
 
 def first_comment(text: str) -> str:

@@ -113,7 +113,15 @@ def test_plan_missing_file() -> None:
 def test_spaces_lists_every_shipped_space_with_its_size() -> None:
     result = runner.invoke(app, ["spaces"])
     assert result.exit_code == 0, result.output
-    for name in ("quickstart", "ibn_ratio", "ibn_groups", "sn_ratios", "xbn_position", "cn_probability", "joint"):
+    for name in (
+        "quickstart",
+        "ibn_ratio",
+        "ibn_groups",
+        "sn_ratios",
+        "xbn_position",
+        "cn_probability",
+        "joint",
+    ):
         assert name in result.stdout
     assert "│ 5 " in result.stdout.replace("  ", " ")  # quickstart holds five configurations
 
@@ -124,8 +132,11 @@ def test_spaces_validate_checks_against_a_recipe_model() -> None:
     bad = runner.invoke(
         app,
         [
-            "spaces", "validate", str(ROOT / "search_spaces" / "xbn_position.yaml"),
-            "--recipe", str(ROOT / "recipes" / "quickstart.yaml"),
+            "spaces",
+            "validate",
+            str(ROOT / "search_spaces" / "xbn_position.yaml"),
+            "--recipe",
+            str(ROOT / "recipes" / "quickstart.yaml"),
         ],
     )
     assert bad.exit_code == 2 and "requires block=bottleneck" in bad.stderr
