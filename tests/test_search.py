@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -219,3 +221,46 @@ def test_run_on_a_two_node_cluster_uses_both_nodes(tmp_path: Path) -> None:
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+def test_an_interrupted_run_resumes_without_losing_or_repeating_a_finished_trial(
+    tmp_path: Path, ray_local
+) -> None:
+    """Ctrl-C (SIGINT) to a driver after its first finished trial, then `normsearch resume`."""
+    out = tmp_path / "interrupted"
+    command = [
+        sys.executable,
+        "-m",
+        "normsearch",
+        "run",
+        str(ROOT / "recipes" / "quickstart.yaml"),
+        "--output",
+        str(out),
+        *TINY,
+        "--set",
+        "train.epochs=3",
+    ]
+    driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    record = out / "trials.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (record.is_file() and '"complete"' in record.read_text()):
+        time.sleep(0.3)
+    driver.send_signal(signal.SIGINT)
+    driver.wait(timeout=180)
+    finished = {t.trial_id for t in read_trials(out) if t.complete}
+    assert finished
+    states = {t.state for t in study(out, "quickstart").trials}
+    assert optuna.trial.TrialState.RUNNING not in states  # interrupted attempts are closed as PRUNED
+
+    resumed = runner.invoke(app, ["resume", str(out)])
+    assert resumed.exit_code == 0, resumed.output
+    trials = read_trials(out)
+    assert all(t.complete for t in trials) and len(trials) == 5
+    assert len({json.dumps(t.config, sort_keys=True) for t in trials}) == 5
+    completions = [
+        json.loads(line)["trial_id"] for line in record.read_text().splitlines() if '"complete"' in line
+    ]
+    assert sorted(completions) == sorted(set(completions))  # no trial finished twice
+    assert finished <= set(completions)
+    complete = [t for t in study(out, "quickstart").trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 5
