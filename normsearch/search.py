@@ -278,7 +278,9 @@ class Progress:
         return self.elapsed / finished * max(self.total - finished, 0)
 
 
-def make_recorder(recipe: Recipe, space: Space, run_dir: Path, on_change: Callable[[Progress], None] | None):
+def make_recorder(
+    recipe: Recipe, space: Space, run_dir: Path, on_change: Callable[[Progress], None] | None, total: int
+):
     """A Tune callback that appends every result to trials.jsonl and keeps `Progress` up to date."""
     from ray.tune import Callback
 
@@ -291,7 +293,7 @@ def make_recorder(recipe: Recipe, space: Space, run_dir: Path, on_change: Callab
         def __init__(self, on_change: Callable[[Progress], None] | None) -> None:
             # `on_change` is an argument, not a closure variable: cloudpickle pickles this class by value
             # with its closure, and the live display it reaches holds locks.
-            self.progress = Progress(total=recipe.search.num_samples)
+            self.progress = Progress(total=total)
             self.last: dict[str, dict[str, Any]] = {}
             self.path = run_dir / "trials.jsonl"
             self.on_change = on_change
@@ -435,7 +437,6 @@ def run_search(
         ),
         {"cpu": recipe.resources.cpu, "gpu": recipe.resources.gpu},
     )
-    recorder = make_recorder(recipe, space, run_dir, on_change)
     tune_path = run_dir / TUNE_DIR
     if resume and tune_path.exists():
         # The restored experiment brings back its pickled recorder (without the live view): it keeps
@@ -459,7 +460,7 @@ def run_search(
         size = space.size()
         if recipe.search.algorithm == "grid" and size is not None:
             num_samples = min(num_samples, size)
-        recorder.progress.total = num_samples
+        recorder = make_recorder(recipe, space, run_dir, on_change, total=num_samples)
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
