@@ -158,3 +158,26 @@ def test_data_show_prints_domains_and_writes_a_grid(tmp_path: Path) -> None:
         assert image.size == (4 * 34 + 2, 3 * 34 + 2)
     missing = runner.invoke(app, ["data", "show", str(tmp_path / "nowhere")])
     assert missing.exit_code == 2 and "not a recipe file" in missing.stderr
+
+
+def test_train_retrains_over_seeds_and_reports_mean_and_standard_error(tmp_path: Path) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "name: t\ndata: {select: [texture], test: [fog], n_train: 100, n_val: 20, n_test: 20}\n"
+        "model: {backbone: {preset: resnet-mini}}\ntrain: {epochs: 1, batch_size: 50}\n"
+        "search: {space: quickstart.yaml}\n"
+    )
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            str(ROOT / "examples" / "benchmark" / "ibn_b.yaml"),
+            "--recipe",
+            str(recipe),
+            "--seeds",
+            "2",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    for measure in ("source val", "select target (val)", "test: fog", "test: source", "± s.e."):
+        assert measure in result.stdout

@@ -132,6 +132,12 @@ def test_show_pareto_and_export_rebuild_the_chosen_network(quickstart, tmp_path:
     x = torch.randn(4, 3, 32, 32)
     rebuilt.eval(), direct.eval()
     assert torch.equal(rebuilt(x), direct(x))
+    by_id = runner.invoke(
+        app, ["export", str(out), "--trial", chosen.trial_id, "-o", str(tmp_path / "t.yaml")]
+    )
+    assert by_id.exit_code == 0 and yaml.safe_load((tmp_path / "t.yaml").read_text())["arch"] == chosen.arch
+    unknown = runner.invoke(app, ["export", str(out), "--trial", "nope", "-o", str(tmp_path / "u.yaml")])
+    assert unknown.exit_code == 2 and "no trial 'nope'" in unknown.stderr
     bad = runner.invoke(app, ["export", str(out), "-o", str(best)])
     assert bad.exit_code == 2 and "exactly one of --trial ID or --pick" in bad.stderr
 
