@@ -378,7 +378,15 @@ def train(
     results = []
     with console.status("training...") as status:
         for k in range(seeds):
-            status.update(f"training seed {recipe.seed + k} ({k + 1}/{seeds})")
+            label = f"seed {recipe.seed + k} ({k + 1}/{seeds})"
+            status.update(f"training {label}")
+
+            def show(m: dict[str, Any], label: str = label) -> None:
+                status.update(
+                    f"training {label}: epoch {m['epoch']}/{recipe.train.epochs}, source val "
+                    f"{m['source_val_acc']:.1f}, select {m['target_select_acc']:.1f}"
+                )
+
             results.append(
                 train_candidate(
                     arch,
@@ -386,6 +394,7 @@ def train(
                     recipe.data,
                     recipe.train,
                     seed=recipe.seed + k,
+                    report=show,
                     threads=threads or recipe.resources.cpu,
                 )
             )
@@ -468,24 +477,10 @@ def data_show(
     """Print the domains, their split sizes and class counts; write a sample grid for a person to look at."""
     import time
 
-    from normsearch.data.spec import DataConfig, load_data
-    from normsearch.data.view import domain_rows, save_grid
+    from normsearch.data.spec import load_data
+    from normsearch.data.view import domain_rows, save_grid, view_config
 
-    path = Path(spec)
-    if path.suffix in (".yaml", ".yml", ".json") and path.is_file():
-        recipe, _ = _load(path)
-        config = recipe.data
-    elif spec == "synthetic":
-        from normsearch.data.spec import SYNTHETIC_TARGETS
-
-        config = DataConfig(select=list(SYNTHETIC_TARGETS[:3]), test=list(SYNTHETIC_TARGETS[3:]))
-    elif path.is_dir():
-        domains = sorted(p.name for p in path.iterdir() if p.is_dir())
-        if len(domains) < 2:
-            raise NormsearchError(f"{spec}: an image-folder root needs at least two domain folders")
-        config = DataConfig(dataset="folder", root=str(path), source=domains[0], select=domains[1:])
-    else:
-        raise NormsearchError(f"{spec}: not a recipe file, an image-folder root, or 'synthetic'")
+    config = view_config(spec)
     tic = time.perf_counter()
     data = load_data(config)
     seconds = time.perf_counter() - tic

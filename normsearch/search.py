@@ -82,6 +82,7 @@ def run_trial(config: dict[str, Any], recipe_json: str, space_json: str) -> None
     and report every epoch (the last with ``final=True`` and the test accuracies under ``test``)."""
     import socket
 
+    import ray
     import torch
     from ray import tune
 
@@ -94,7 +95,7 @@ def run_trial(config: dict[str, Any], recipe_json: str, space_json: str) -> None
     data = _cached_data(recipe.data.model_dump_json())
     device = "cuda" if recipe.resources.gpu > 0 and torch.cuda.is_available() else "cpu"
     node = socket.gethostname() + ":" + str(os.getpid())
-    node_id = _node_id()
+    node_id = ray.get_runtime_context().get_node_id()  # which Ray node ran the trial (cluster runs)
 
     def report(metrics: dict[str, Any]) -> None:
         tune.report({**metrics, "node_id": node_id, "worker": node, "device": device})
@@ -109,15 +110,6 @@ def run_trial(config: dict[str, Any], recipe_json: str, space_json: str) -> None
         threads=recipe.resources.cpu,
         device=device,
     )
-
-
-def _node_id() -> str:
-    import ray
-
-    try:
-        return ray.get_runtime_context().get_node_id()
-    except Exception:
-        return "local"
 
 
 # --- searcher ----------------------------------------------------------------------------------------

@@ -10,6 +10,26 @@ from normsearch.data.domains import DomainSet
 from normsearch.data.spec import DataConfig
 
 
+def view_config(spec: str) -> DataConfig:
+    """The data a person asked to look at: a recipe's `data` section, the built-in benchmark with its
+    default targets ("synthetic"), or an image-folder root (its first domain as the source)."""
+    from normsearch.errors import NormsearchError
+
+    path = Path(spec)
+    if path.suffix in (".yaml", ".yml", ".json") and path.is_file():
+        from normsearch.recipe import load_recipe
+
+        return load_recipe(path)[0].data
+    if spec == "synthetic":
+        return DataConfig()
+    if path.is_dir():
+        domains = sorted(p.name for p in path.iterdir() if p.is_dir())
+        if len(domains) < 2:
+            raise NormsearchError(f"{spec}: an image-folder root needs at least two domain folders")
+        return DataConfig(dataset="folder", root=str(path), source=domains[0], select=domains[1:])
+    raise NormsearchError(f"{spec}: not a recipe file, an image-folder root, or 'synthetic'")
+
+
 def role(name: str, config: DataConfig) -> str:
     """source / select / test (both, under oracle selection)."""
     if name == config.source:
