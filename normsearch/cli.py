@@ -240,6 +240,7 @@ def _search(recipe: Any, space: Any, run_dir: Path, resume: bool) -> None:
     console.print(f"run folder {run_dir}; study {run_dir / 'study.db'}")
     with Live(_progress_view(None), console=console, refresh_per_second=2, transient=False) as live:
         run_search(recipe, space, run_dir, on_change=lambda p: live.update(_progress_view(p)), resume=resume)
+    console.print()  # end the live line before the tables
     _show(run_dir, sort="target", top=None, show_all=False)
 
 
