@@ -90,10 +90,15 @@ def _pct(value: Any) -> str:
 
 
 def front_table(front: Front, recipe: Recipe) -> Table:
-    """The front's points, best target first."""
+    """The front's points, best select-target accuracy first (else the last objective)."""
     names = list(front.objectives)
+    oracle = (
+        " - ORACLE selection (select domains are also test domains)"
+        if recipe.data.selection == "oracle"
+        else ""
+    )
     table = Table(
-        title=f"Pareto front ({len(front.members)} of {len(front.points)} configurations)",
+        title=f"Pareto front ({len(front.members)} of {len(front.points)} configurations){oracle}",
         title_justify="left",
     )
     table.add_column("trial")
@@ -101,7 +106,9 @@ def front_table(front: Front, recipe: Recipe) -> Table:
     for name, direction in front.objectives.items():
         table.add_column(f"{name} ({direction})", justify="right")
     table.add_column("seen", justify="right")
-    order = sorted(front.members, key=lambda i: front.points[i][-1], reverse=True)
+    key = names.index("target_select_acc") if "target_select_acc" in names else len(names) - 1
+    sign = 1 if front.objectives[names[key]] == "max" else -1
+    order = sorted(front.members, key=lambda i: sign * front.points[i][key], reverse=True)
     for i in order:
         trial = front.trials[i][0]
         values = [f"{v:.1f}" if names[k] != "params" else f"{v:,.0f}" for k, v in enumerate(front.points[i])]
