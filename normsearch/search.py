@@ -287,6 +287,7 @@ def make_recorder(
             # with its closure, and the live display it reaches holds locks.
             self.progress = Progress(total=total)
             self.last: dict[str, dict[str, Any]] = {}
+            self.archs: dict[str, dict[str, Any] | str] = {}  # trial id -> ArchConfig dict or its error
             self.path = run_dir / "trials.jsonl"
             self.on_change = on_change
 
@@ -316,10 +317,13 @@ def make_recorder(
                 if test:
                     record["test"] = test
                 record["node_id"] = result.get("node_id")
-            try:
-                record["arch"] = space.to_arch(recipe.model, values).to_dict()
-            except NormsearchError as error:
-                record["arch_error"] = str(error)
+            if trial.trial_id not in self.archs:  # once per trial, not once per epoch
+                try:
+                    self.archs[trial.trial_id] = space.to_arch(recipe.model, values).to_dict()
+                except NormsearchError as error:
+                    self.archs[trial.trial_id] = str(error)
+            arch = self.archs[trial.trial_id]
+            record["arch" if isinstance(arch, dict) else "arch_error"] = arch
             with self.path.open("a") as handle:
                 handle.write(json.dumps(record) + "\n")
                 handle.flush()

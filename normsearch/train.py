@@ -163,6 +163,7 @@ def train_candidate(
     train_x, train_y = source.split("train")
     standardize = Standardizer.fit(train_x)
     augment = make_augment(config.augment, train_x.shape[-1])
+    source_val = source.split("val")
     select = {name: data[name].split("val") for name in data_config.select}
     generator = torch.Generator().manual_seed(seed)
 
@@ -215,7 +216,7 @@ def train_candidate(
             "epoch": epoch + 1,
             "loss": loss_sum / seen,
             "train_acc": 100.0 * correct / seen,
-            "source_val_acc": accuracy(model, *source.split("val"), standardize),
+            "source_val_acc": accuracy(model, *source_val, standardize),
             "target_select_acc": sum(accs.values()) / len(accs),
             **{f"select/{name}": acc for name, acc in accs.items()},
             "lr": optimizer.param_groups[0]["lr"],
