@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 
 _PUBLIC = {
     "ArchConfig": "normsearch.arch",
-    "NormPlan": "normsearch.plan",
+    "NormPlan": "normsearch.arch",
     "apply_plan": "normsearch.models",
     "build_model": "normsearch.models",
     "load_arch": "normsearch.arch",

@@ -3,10 +3,12 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
+import torch
 import yaml
 
 from normsearch.arch import ArchConfig
 from normsearch.errors import NormsearchError
+from normsearch.models import build_model
 
 FAMILIES = {
     "bn": {},
@@ -97,7 +99,7 @@ def test_precedence_default_xbn_ibn_switchable_overrides() -> None:
         }
     ).resolve()
     assert str(plan["layer1.0.bn2"]) == "gn:groups=4"  # default
-    assert str(plan["layer3.0.bn1"]) == "in"  # xbn
+    assert str(plan["layer3.0.bn1"]) == "in:affine=false"  # xbn, as the released XBNBlock-IN
     assert str(plan["layer1.0.bn1"]) == "ibn:ratio=0.5"  # ibn replaces xbn
     assert str(plan["layer2.0.bn1"]) == "sn"  # switchable replaces ibn
     assert str(plan["layer2.1.bn1"]) == "ln"  # an override replaces everything
@@ -156,3 +158,29 @@ def test_bad_configs_name_the_key(data: dict, message: str) -> None:
         ArchConfig.from_dict(data, source="cfg.yaml")
     text = str(info.value)
     assert text.startswith("cfg.yaml: ") and message in text and "\n" not in text
+
+
+def test_released_defaults_of_xbn_and_switchable_rules() -> None:
+    """Issue 14 items 2-4: XBN-IN is affine-free and GN takes 64 groups (clamped to C) as released; the
+    switchable rule over the whole network switches the stem and zero-initialises each block's last γ."""
+    r50 = {"backbone": {"preset": "resnet50"}}
+    plan = ArchConfig.from_dict({**r50, "norm": {"xbn": {"position": 2}}}).resolve()
+    assert str(plan["layer1.0.bn2"]) == "gn:groups=64" and str(plan["layer4.2.bn2"]) == "gn:groups=64"
+    plan = ArchConfig.from_dict({**r50, "norm": {"xbn": {"bfn": "in"}}}).resolve()
+    assert str(plan["layer2.1.bn2"]) == "in:affine=false"
+    plan = ArchConfig.from_dict({**r50, "norm": {"xbn": {"bfn": "in", "affine": True}}}).resolve()
+    assert str(plan["layer2.1.bn2"]) == "in:affine=true"
+    plan = ArchConfig.from_dict({**r50, "norm": {"xbn": {"affine": False}}}).resolve()
+    model = build_model(ArchConfig.from_dict({**r50, "norm": {"xbn": {"affine": False}}}))
+    assert model.layer1[0].bn2.weight is None and str(plan["layer1.0.bn2"]) == "gn:affine=false,groups=64"
+
+    plan = ArchConfig.from_dict({"norm": {"switchable": {}}}).resolve()
+    assert str(plan["bn1"]) == "sn"  # the stem, as the released SN ResNet
+    assert str(plan["layer1.0.bn2"]) == "sn:last_gamma=true" and str(plan["layer1.0.bn1"]) == "sn"
+    assert str(plan["layer2.0.downsample.1"]) == "sn"
+    model = build_model(ArchConfig.from_dict({"norm": {"switchable": {}}}))
+    assert torch.count_nonzero(model.layer1[0].bn2.weight) == 0 and torch.all(model.layer1[0].bn1.weight == 1)
+    plan = ArchConfig.from_dict({"norm": {"switchable": {"stages": [2]}}}).resolve()
+    assert str(plan["bn1"]) == "bn"  # a rule restricted to some stages leaves the stem alone
+    plan = ArchConfig.from_dict({"norm": {"switchable": {"stages": [2], "stem": True, "last_gamma": False}}})
+    assert str(plan.resolve()["bn1"]) == "sn" and str(plan.resolve()["layer2.0.bn2"]) == "sn"

@@ -12,10 +12,10 @@ import types
 import torch
 from torch import nn
 
+from normsearch.arch.plan import NormPlan
 from normsearch.errors import NormsearchError
 from normsearch.models.blocks import block_forward
 from normsearch.norms import make_norm
-from normsearch.plan import NormPlan
 
 
 def _channels(module: nn.Module) -> int | None:

@@ -10,10 +10,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from normsearch.arch.plan import NormPlan
+from normsearch.arch.topology import BlockShape, Topology
 from normsearch.models.blocks import block_forward
 from normsearch.norms import make_norm
-from normsearch.plan import NormPlan
-from normsearch.topology import BlockShape, Topology
 
 
 class Block(nn.Module):

@@ -34,13 +34,13 @@ def _layer_norm(num_channels: int, eps: float = 1e-5) -> nn.Module:
     return nn.GroupNorm(1, num_channels, eps=eps)
 
 
-def _group_norm(num_channels: int, groups: int = 32, eps: float = 1e-5) -> nn.Module:
+def _group_norm(num_channels: int, groups: int = 32, eps: float = 1e-5, affine: bool = True) -> nn.Module:
     if groups < 1 or num_channels % groups:
         raise NormsearchError(
             f"gn: groups={groups} does not divide the {num_channels} channels of this slot "
             f"(C % groups must be 0)"
         )
-    return nn.GroupNorm(groups, num_channels, eps=eps)
+    return nn.GroupNorm(groups, num_channels, eps=eps, affine=affine)
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ REGISTRY: dict[str, NormKind] = {
         NormKind("bn", _batch_norm, {"eps": _NUM, "momentum": _NUM}, "BatchNorm2d"),
         NormKind("in", _instance_norm, {"affine": bool, "eps": _NUM}, "InstanceNorm2d, affine by default"),
         NormKind("ln", _layer_norm, {"eps": _NUM}, "LayerNorm over (C, H, W), per-channel affine"),
-        NormKind("gn", _group_norm, {"groups": int, "eps": _NUM}, "GroupNorm"),
+        NormKind("gn", _group_norm, {"groups": int, "eps": _NUM, "affine": bool}, "GroupNorm"),
         NormKind(
             "ibn",
             IBN,

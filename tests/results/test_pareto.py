@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from normsearch.errors import NormsearchError
-from normsearch.pareto import dominates, hypervolume_2d, knee, non_dominated, non_dominated_sort, pick
+from normsearch.results.pareto import dominates, hypervolume_2d, knee, non_dominated, non_dominated_sort, pick
 
 MAXMAX = ["max", "max"]
 # (source, target): a convex front A-B-C-D, E dominated by B, F dominated by everything on the front.

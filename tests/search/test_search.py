@@ -18,10 +18,11 @@ from typer.testing import CliRunner
 from normsearch import build_model
 from normsearch.cli import app
 from normsearch.recipe import load_recipe
-from normsearch.runs import compute_front, read_trials
-from normsearch.search import make_searcher, start_ray
+from normsearch.results.front import compute_front
+from normsearch.run.records import read_trials
+from normsearch.search.tuner import make_searcher, start_ray
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
 OPTUNA_CLI = (
     str(Path(sys.executable).with_name("optuna"))

@@ -13,7 +13,9 @@ Family rules follow the papers and their released placements:
 - XBN (XBNBlock §5.2.1): position P1/P2/P3 = bn1/bn2/bn3 of a bottleneck (basic blocks: P1, P2 -> bn1,
   P3 -> bn2) of every `every`-th block counted across the network (D2/D4/D8), plus the stem when
   `stem: true` as the released code does; shortcut norms stay as they were; GN groups clamp to C.
-- Switchable: every norm slot (shortcut included) of the blocks in the listed stages.
+- Switchable: every norm slot (shortcut included) of the blocks in the listed stages, and the stem when the
+  rule covers the whole network (`stem`), with γ of each block's last SN zero-initialised (`last_gamma`), as
+  the released SN ResNet does.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from normsearch.arch.plan import CrossNormSchedule, Insert, NormPlan, SwitchSchedule
+from normsearch.arch.topology import BlockType, Topology, resnet_topology
 from normsearch.config import read_mapping, validate
 from normsearch.errors import NormsearchError
 from normsearch.norms.crossnorm import CROPS, MODES
@@ -32,8 +36,6 @@ from normsearch.norms.registry import validate_spec
 from normsearch.norms.selfnorm import FORMS
 from normsearch.norms.spec import NormSpec
 from normsearch.norms.switchable import STATS
-from normsearch.plan import CrossNormSchedule, Insert, NormPlan, SwitchSchedule
-from normsearch.topology import BlockType, Topology, resnet_topology
 
 PRESETS: dict[str, dict[str, Any]] = {
     "resnet-mini": {"block": "basic", "depths": [1, 1, 1], "widths": [16, 32, 64], "stem": "cifar"},
@@ -140,6 +142,11 @@ class IBNRule(_Strict):
 
 class SwitchableRule(_Strict):
     stages: Stages | None = None
+    # The released SN ResNet switches the stem too; by default the stem switches when the rule covers the
+    # whole network (no `stages` given), so a rule restricted to some stages leaves the stem alone.
+    stem: bool | None = None
+    # The released SN ResNet zero-initialises γ of the last SN in every block (`last_gamma`).
+    last_gamma: bool = True
     mode: Literal["soft", "hard"] = "soft"
     mean: Literal["in", "ln", "bn"] = "bn"  # hard mode: the choice for every slot without its own
     var: Literal["in", "ln", "bn"] = "bn"
@@ -162,7 +169,9 @@ class SwitchableRule(_Strict):
 
 class XBNRule(_Strict):
     bfn: Literal["gn", "in"] = "gn"
-    groups: int = Field(default=16, ge=1)
+    groups: int = Field(default=64, ge=1)  # XBNBlock §5.2.1 and the released ResNet-50: GN(64)
+    # None: as released (GroupNorm affine, XBNBlock-IN `InstanceNorm2d(affine=False)`).
+    affine: bool | None = None
     position: Literal[1, 2, 3] = 2
     every: int = Field(default=1, ge=1)
     stem: bool = True
@@ -307,9 +316,11 @@ class ArchConfig(_Strict):
             if xbn.stem:
                 targets.insert(0, "bn1")
             for slot in targets:
-                slots[slot] = (
-                    group_norm(slot, xbn.groups, "norm.xbn.groups") if xbn.bfn == "gn" else NormSpec("in")
-                )
+                if xbn.bfn == "gn":
+                    spec = group_norm(slot, xbn.groups, "norm.xbn.groups")
+                    slots[slot] = spec if xbn.affine in (None, True) else NormSpec.of("gn", groups=spec.get("groups"), affine=False)
+                else:
+                    slots[slot] = NormSpec.of("in", affine=bool(xbn.affine))
         if norm.ibn is not None:
             ibn = norm.ibn
             if ibn.variant == "a":
@@ -331,11 +342,14 @@ class ArchConfig(_Strict):
         switch_schedule = None
         if norm.switchable is not None:
             sw = norm.switchable
+            if sw.stem if sw.stem is not None else sw.stages is None:
+                slots["bn1"] = self._switch_spec(sw, "bn1")
             for stage in stages("switchable", sw.stages, list(range(1, last + 1))):
                 for block in topo.stage_blocks(stage):
+                    last_norm = "bn3" if "bn3" in block.norms else "bn2"
                     for rel in block.norms:
                         slot = f"{block.name}.{rel}"
-                        slots[slot] = self._switch_spec(sw, slot)
+                        slots[slot] = self._switch_spec(sw, slot, sw.last_gamma and rel == last_norm)
             unknown = sorted(set(sw.choices) - {s for s, spec in slots.items() if spec.kind == "sn"})
             if unknown:
                 raise NormsearchError(
@@ -385,8 +399,8 @@ class ArchConfig(_Strict):
         )
 
     @staticmethod
-    def _switch_spec(rule: SwitchableRule, slot: str) -> NormSpec:
-        params: dict[str, Any] = {}
+    def _switch_spec(rule: SwitchableRule, slot: str, last_gamma: bool = False) -> NormSpec:
+        params: dict[str, Any] = {"last_gamma": True} if last_gamma else {}
         if not rule.unbiased:
             params["unbiased"] = False
         if rule.mode == "soft":

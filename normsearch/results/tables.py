@@ -1,6 +1,6 @@
 """Tables and plots of a run: the trials table, the front, a terminal scatter, PNG/HTML files.
 
-Rendering only; the numbers come from `normsearch.runs`.
+Rendering only; the numbers come from `normsearch.results.front`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from rich.table import Table
 from rich.text import Text
 
 from normsearch.recipe import Recipe
-from normsearch.runs import Front, TrialRecord
+from normsearch.results.front import Front
+from normsearch.run.records import TrialRecord
 
 STATUS_STYLE = {
     "complete": "green",

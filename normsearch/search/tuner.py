@@ -200,7 +200,7 @@ def close_interrupted(run_dir: Path, recipe: Recipe) -> int:
         study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.PRUNED)
         closed += 1
     if (run_dir / "trials.jsonl").is_file():
-        from normsearch.runs import read_trials
+        from normsearch.run.records import read_trials
 
         with (run_dir / "trials.jsonl").open("a") as handle:
             for trial in read_trials(run_dir):
@@ -276,7 +276,7 @@ def make_recorder(
     """A Tune callback that appends every result to trials.jsonl and keeps `Progress` up to date."""
     from ray.tune import Callback
 
-    from normsearch.pareto import non_dominated
+    from normsearch.results.pareto import non_dominated
 
     objectives = recipe.search.objectives
     meta = versions()

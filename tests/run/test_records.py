@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from normsearch.runs import compute_front, read_trials
+from normsearch.results.front import compute_front
+from normsearch.run.records import read_trials
 
 OBJ = {"source_val_acc": "max", "target_select_acc": "max"}
 

@@ -1,0 +1,80 @@
+"""The Typer app, the consoles and the one-red-line error wrapper that every command module shares."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from normsearch import __version__
+from normsearch.errors import NormsearchError
+
+app = typer.Typer(
+    name="normsearch",
+    help="Search per-layer normalizers that make a CNN hold its accuracy under domain shift.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+bench_app = typer.Typer(help="Speed benchmarks.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+console = Console()
+if not console.is_terminal:
+    console = Console(width=140)  # piped output: do not squeeze tables into 80 columns
+err_console = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def user_errors(fn: F) -> F:
+    """Turn a NormsearchError raised by the library into one red line and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except NormsearchError as error:
+            err_console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"normsearch {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Search per-layer normalizers that make a CNN hold its accuracy under domain shift."""
+
+
+def load_recipe_flags(recipe_path: Path, **flags: Any):
+    from normsearch.recipe import load_recipe
+
+    return load_recipe(recipe_path, **flags)
+
+
+def space_table(space: Any) -> Table:
+    size = space.size()
+    table = Table(
+        title=f"{space.name}: {size if size is not None else 'continuous'} configurations",
+        title_justify="left",
+    )
+    for column in ("parameter", "values", "active when"):
+        table.add_column(column)
+    for row in space.summary():
+        table.add_row(*row)
+    return table

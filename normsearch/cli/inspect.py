@@ -1,0 +1,236 @@
+"""Looking at things: plans, spaces, domains, and finished runs (show, pareto, export)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from normsearch.cli.common import app, console, load_recipe_flags, space_table, user_errors
+from normsearch.errors import NormsearchError
+
+
+@app.command("plan")
+@user_errors
+def plan(
+    config: Annotated[Path, typer.Argument(help="An ArchConfig YAML/JSON (or an exported file).")],
+) -> None:
+    """Print every normalization slot of the network CONFIG describes, and a summary."""
+    from normsearch.arch import load_arch
+    from normsearch.models import build_model
+
+    arch = load_arch(config)
+    resolved = arch.resolve(str(config))
+    table = Table(title=f"norm plan of {config}")
+    for column in ("slot", "channels", "normalizer"):
+        table.add_column(column, justify="right" if column == "channels" else "left")
+    for slot, channels, normalizer in resolved.rows():
+        table.add_row(slot, str(channels), normalizer)
+    console.print(table)
+    model = build_model(arch)
+    params = sum(p.numel() for p in model.parameters())
+    kinds = ", ".join(f"{kind} {count}" for kind, count in sorted(resolved.kind_counts().items()))
+    console.print(f"parameters: {params:,}   slots per kind: {kinds}   input: {resolved.input_norm}")
+    if resolved.crossnorm:
+        console.print(
+            f"crossnorm policy: p={resolved.crossnorm.p}, active_num={resolved.crossnorm.active_num}"
+        )
+
+
+spaces_app = typer.Typer(help="Search spaces: list them, or validate one.", invoke_without_command=True)
+
+
+app.add_typer(spaces_app, name="spaces")
+
+
+data_app = typer.Typer(help="Domains: look at what a recipe trains and evaluates on.", no_args_is_help=True)
+
+
+app.add_typer(data_app, name="data")
+
+
+def show_run(run_dir: Path, sort: str, top: int | None, show_all: bool) -> None:
+    from normsearch.results.front import compute_front
+    from normsearch.results.tables import front_table, trials_table
+    from normsearch.run.records import read_trials
+    from normsearch.search.tuner import load_run
+
+    recipe, _ = load_run(run_dir)
+    trials = read_trials(run_dir)
+    front = compute_front(trials, recipe.search.objectives)
+    console.print(trials_table(trials, recipe, front, sort=sort, top=top, show_all=show_all))
+    console.print(front_table(front, recipe))
+
+
+@app.command("show")
+@user_errors
+def show(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder.")],
+    sort: Annotated[str, typer.Option(help="target or source.")] = "target",
+    top: Annotated[int | None, typer.Option(min=1, help="Show only the best N.")] = None,
+    show_all: Annotated[bool, typer.Option("--all", help="Include every trial state.")] = False,
+) -> None:
+    """The trials table (front members starred) and the Pareto front."""
+    if sort not in ("target", "source"):
+        raise NormsearchError(f"--sort {sort!r}: allowed: target, source")
+    show_run(run_dir, sort, top, show_all)
+
+
+@app.command("pareto")
+@user_errors
+def pareto(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder.")],
+    plot: Annotated[Path | None, typer.Option(help="Write a PNG scatter of the front.")] = None,
+    html: Annotated[Path | None, typer.Option(help="Write an interactive HTML scatter.")] = None,
+) -> None:
+    """The front, its hypervolume and a terminal scatter; files when asked."""
+    from normsearch.results.front import compute_front
+    from normsearch.results.tables import front_table, header, plot_front, scatter
+    from normsearch.run.records import read_trials
+    from normsearch.search.tuner import load_run
+
+    recipe, _ = load_run(run_dir)
+    front = compute_front(read_trials(run_dir), recipe.search.objectives)
+    console.print(header(recipe), highlight=False)
+    console.print(front_table(front, recipe))
+    if front.hypervolume is not None:
+        console.print(f"hypervolume {front.hypervolume:.1f} against reference {front.reference}")
+    console.print(scatter(front), highlight=False)
+    for path in (plot, html):
+        if path is not None:
+            plot_front(front, path, header(recipe))
+            console.print(f"wrote {path}")
+
+
+@app.command("export")
+@user_errors
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder.")],
+    out: Annotated[Path, typer.Option("-o", "--output", help="Where to write the ArchConfig YAML.")],
+    trial: Annotated[str | None, typer.Option(help="A trial id.")] = None,
+    pick_rule: Annotated[str | None, typer.Option("--pick", help="knee | max-target | max-source.")] = None,
+    max_source_drop: Annotated[
+        float | None,
+        typer.Option(help="With max-target: only trials within this many points of the best source."),
+    ] = None,
+    test: Annotated[
+        bool, typer.Option("--test", help="Also print the trial's test-domain accuracy.")
+    ] = False,
+) -> None:
+    """Write one trial's ArchConfig with provenance; `normsearch.build_model(FILE)` rebuilds it."""
+    from normsearch.results.front import choose, compute_front, find_trial, write_export
+    from normsearch.results.front import export as make_export
+    from normsearch.run.records import read_trials
+    from normsearch.search.tuner import load_run
+
+    if (trial is None) == (pick_rule is None):
+        raise NormsearchError("export: give exactly one of --trial ID or --pick knee|max-target|max-source")
+    recipe, _ = load_run(run_dir)
+    trials = read_trials(run_dir)
+    if trial is not None:
+        chosen = find_trial(trials, trial)
+    else:
+        chosen = choose(compute_front(trials, recipe.search.objectives), pick_rule or "knee", max_source_drop)
+    write_export(make_export(run_dir, recipe, chosen, pick_rule), out)
+    metrics = chosen.metrics
+    console.print(
+        f"wrote {out}: trial {chosen.trial_id} ({chosen.status}), source val "
+        f"{metrics.get('source_val_acc', float('nan')):.1f}, select target "
+        f"{metrics.get('target_select_acc', float('nan')):.1f}"
+    )
+    if test:
+        if not chosen.test:
+            raise NormsearchError(f"trial {chosen.trial_id} has no test accuracies (it did not finish)")
+        label = (
+            "ORACLE (selected on these domains)"
+            if recipe.data.selection == "oracle"
+            else ("measured after selection")
+        )
+        parts = ", ".join(f"{k} {v:.1f}" for k, v in chosen.test.items())
+        console.print(f"test accuracy, {label}: {parts}")
+
+
+@spaces_app.callback()
+@user_errors
+def spaces(ctx: typer.Context) -> None:
+    """List the spaces in search_spaces/ with their size and parameters."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from normsearch.space import list_spaces, load_space
+
+    table = Table(title="search spaces", title_justify="left")
+    for column in ("space", "configurations", "parameters", "explores"):
+        table.add_column(column, overflow="fold")
+    for path in list_spaces():
+        space = load_space(str(path))
+        size = space.size()
+        table.add_row(
+            space.name,
+            str(size) if size is not None else "continuous",
+            ", ".join(space.params),
+            space.description,
+        )
+    console.print(table)
+
+
+@spaces_app.command("validate")
+@user_errors
+def spaces_validate(
+    path: Annotated[Path, typer.Argument(help="A search-space YAML.")],
+    recipe_path: Annotated[
+        Path | None, typer.Option("--recipe", help="Check against this recipe's model.")
+    ] = None,
+) -> None:
+    """Parse a space and build the NormPlan of every configuration (or probes of continuous ones)."""
+    from normsearch.arch import ArchConfig, Backbone
+    from normsearch.space import load_space
+
+    space = load_space(str(path), source=str(path))
+    if recipe_path is not None:
+        recipe, _ = load_recipe_flags(recipe_path)
+        base = recipe.model
+    else:
+        preset = "resnet50" if space.requires.get("block") == "bottleneck" else "resnet-tiny"
+        base = ArchConfig(backbone=Backbone(preset=preset))
+    checked = space.check(base, str(path))
+    console.print(space_table(space))
+    console.print(
+        f"{path}: valid; built {checked} configuration(s) on {base.backbone.preset or 'the recipe model'}"
+    )
+
+
+@data_app.command("show")
+@user_errors
+def data_show(
+    spec: Annotated[
+        str, typer.Argument(metavar="SPEC_OR_RECIPE", help="synthetic, an image-folder root, or a recipe.")
+    ],
+    out: Annotated[
+        Path | None, typer.Option("-o", "--output", help="Write a PNG grid, one row per domain.")
+    ] = None,
+    per_row: Annotated[int, typer.Option(min=1, max=64, help="Images per domain in the grid.")] = 12,
+) -> None:
+    """Print the domains, their split sizes and class counts; write a sample grid for a person to look at."""
+    import time
+
+    from normsearch.data.spec import load_data
+    from normsearch.data.view import domain_rows, save_grid, view_config
+
+    config = view_config(spec)
+    tic = time.perf_counter()
+    data = load_data(config)
+    seconds = time.perf_counter() - tic
+    table = Table(
+        title=f"{spec}: {len(data.domains)} domains, {data.num_classes} classes, loaded in {seconds:.1f} s",
+        title_justify="left",
+    )
+    for column in ("domain", "role", "train", "val", "test", "per class (min-max)"):
+        table.add_column(column, justify="left" if column in ("domain", "role") else "right")
+    for row in domain_rows(data, config):
+        table.add_row(*row)
+    console.print(table)
+    if out is not None:
+        save_grid(data, config, out, per_row)
+        console.print(f"wrote {out}")

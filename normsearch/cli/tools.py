@@ -1,0 +1,123 @@
+"""Tools: benchmarks and retraining one architecture over seeds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from normsearch.cli.common import app, bench_app, console, load_recipe_flags, user_errors
+from normsearch.errors import NormsearchError
+
+
+@bench_app.command("norms")
+@user_errors
+def bench_norms(
+    repeats: Annotated[int, typer.Option(min=3, help="Timed repeats per layer (median reported).")] = 20,
+    warmup: Annotated[int, typer.Option(min=0, help="Untimed warm-up calls.")] = 5,
+    threads: Annotated[int, typer.Option(min=1, help="torch threads.")] = 1,
+    device: Annotated[str, typer.Option(help="cpu, cuda, or auto (cuda when available, and cpu).")] = "auto",
+    shapes: Annotated[
+        str | None,
+        typer.Option(help="N×C×H×W shapes, comma-separated, e.g. 8x16x8x8 (default: the standard three)."),
+    ] = None,
+) -> None:
+    """Time every normalizer's train step and eval forward against nn.BatchNorm2d, in one run."""
+    import torch
+
+    from normsearch.bench.norms import SHAPES, parse_shapes
+    from normsearch.bench.norms import bench_norms as run_bench
+
+    shape_list = parse_shapes(shapes) if shapes else SHAPES
+
+    if device == "auto":
+        devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    elif device in ("cpu", "cuda"):
+        if device == "cuda" and not torch.cuda.is_available():
+            raise NormsearchError("--device cuda: no CUDA device is available here; allowed: cpu, auto")
+        devices = [device]
+    else:
+        raise NormsearchError(f"--device {device!r}: allowed: cpu, cuda, auto")
+    for dev in devices:
+        table = Table(
+            title=f"normalizers vs nn.BatchNorm2d ({dev}, {threads} thread(s), median of {repeats})"
+        )
+        for column in ("layer", "shape", "train ms", "train ×BN", "target", "eval ms", "eval ×BN", "target"):
+            table.add_column(column, justify="left" if column in ("layer", "shape") else "right")
+        misses = 0
+        with console.status(f"benchmarking on {dev}...") as status:
+            for row in run_bench(shape_list, repeats=repeats, warmup=warmup, threads=threads, device=dev):
+                status.update(f"benchmarking on {dev}: {row.label} {row.shape}")
+                misses += not row.meets_target
+                mark = "" if row.meets_target else " [red]✗[/red]"
+                table.add_row(
+                    row.label,
+                    "×".join(map(str, row.shape)),
+                    f"{row.train_ms:.2f}",
+                    f"{row.train_ratio:.2f}",
+                    f"≤{row.train_target}" if row.train_target else "",
+                    f"{row.eval_ms:.2f}",
+                    f"{row.eval_ratio:.2f}",
+                    (f"≤{row.eval_target}" if row.eval_target else "") + mark,
+                )
+        console.print(table)
+        console.print(f"{misses} row(s) over target on {dev}" if misses else f"all targets met on {dev}")
+
+
+@app.command("train")
+@user_errors
+def train(
+    config: Annotated[Path, typer.Argument(help="An ArchConfig or an exported file.")],
+    recipe_path: Annotated[Path, typer.Option("--recipe", help="Recipe giving data and training.")],
+    seeds: Annotated[int, typer.Option(min=1, help="Model seeds (recipe seed, +1, ...).")] = 3,
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="torch threads (default: resources.cpu).")
+    ] = None,
+) -> None:
+    """Retrain an architecture over several seeds; mean ± standard error on source, select and test."""
+    from normsearch.arch import load_arch
+    from normsearch.data.spec import load_data
+    from normsearch.train import retrain_summary, train_candidate
+
+    recipe, _ = load_recipe_flags(recipe_path)
+    arch = load_arch(config)
+    data = load_data(recipe.data)
+    results = []
+    with console.status("training...") as status:
+        for k in range(seeds):
+            label = f"seed {recipe.seed + k} ({k + 1}/{seeds})"
+            status.update(f"training {label}")
+
+            def show(m: dict[str, Any], label: str = label) -> None:
+                status.update(
+                    f"training {label}: epoch {m['epoch']}/{recipe.train.epochs}, source val "
+                    f"{m['source_val_acc']:.1f}, select {m['target_select_acc']:.1f}"
+                )
+
+            results.append(
+                train_candidate(
+                    arch,
+                    data,
+                    recipe.data,
+                    recipe.train,
+                    seed=recipe.seed + k,
+                    report=show,
+                    threads=threads or recipe.resources.cpu,
+                )
+            )
+    table = Table(
+        title=f"{config} on {recipe.name}, {seeds} seed(s): {recipe.data.describe()}", title_justify="left"
+    )
+    for column in ("measure", "mean", "± s.e.", "per seed"):
+        table.add_column(column, justify="left" if column == "measure" else "right")
+    for measure, mean, se, values in retrain_summary(results):
+        table.add_row(measure, f"{mean:.1f}", f"{se:.1f}", " ".join(f"{v:.1f}" for v in values))
+    console.print(table)
+    flagged = [r for r in results if not r.converged]
+    if flagged:
+        console.print(
+            f"[yellow]{len(flagged)} run(s) not converged (source val < 98% and training accuracy still "
+            "climbing in the last epoch): their target accuracy is not a DG result[/yellow]"
+        )
