@@ -9,10 +9,17 @@ metrics so that nothing the search sees depends on them.
 The plan's training hooks are honoured here: the CrossNorm activation policy runs every iteration (CNSN
 §3.2); SwitchNorm slots switch from soft to hard (their argmax) at `hard_at` of training (SN §4.1.4); BN
 statistics are re-estimated by batch average before evaluation when the plan asks (SN §3 "Inference").
+
+Training is resumable: after every epoch `snapshot` receives a `TrainState` (weights, optimizer, schedule,
+every random generator, the history), and `train_candidate(..., resume=state)` continues from it with the
+same numbers an uninterrupted run would give. A non-finite loss ends training with `Diverged`. The loop
+never waits on the device inside an epoch: losses and counts accumulate as tensors and are read once per
+epoch.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable
@@ -52,6 +59,30 @@ class TrainConfig(BaseModel):
     warmup_epochs: float = Field(default=0.5, ge=0)
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
     augment: AugmentConfig = AugmentConfig()
+
+
+class Diverged(RuntimeError):
+    """Training produced a non-finite loss; the message says which and when ("NaN loss at epoch 3")."""
+
+
+@dataclass
+class TrainState:
+    """Everything needed to continue training after `epoch` finished epochs, bit for bit."""
+
+    epoch: int
+    model: dict[str, Any]
+    optimizer: dict[str, Any]
+    schedule: dict[str, Any]
+    generators: dict[str, torch.Tensor]  # data order, CrossNorm policy and layers, the global torch RNG
+    switched: int
+    history: list[dict[str, Any]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainState:
+        return cls(**data)
 
 
 @dataclass
@@ -130,6 +161,18 @@ def switch_to_hard(model: nn.Module) -> int:
     return switched
 
 
+def _generators(model: nn.Module, data_order: torch.Generator, policy: Any) -> dict[str, torch.Generator]:
+    """Every random generator training draws from, by a stable name: the data order, the CrossNorm policy,
+    each layer that owns one (CrossNorm's box and partner draws); the global RNG (augmentation) apart."""
+    found = {"data": data_order}
+    if policy is not None:
+        found["policy"] = policy.generator
+    for name, module in model.named_modules():
+        if isinstance(getattr(module, "generator", None), torch.Generator):
+            found[f"module:{name}"] = module.generator
+    return found
+
+
 def train_candidate(
     arch: ArchConfig,
     data: DomainSet,
@@ -139,9 +182,14 @@ def train_candidate(
     report: Callable[[dict[str, Any]], None] | None = None,
     threads: int | None = None,
     device: str = "cpu",
+    snapshot: Callable[[TrainState], None] | None = None,
+    resume: TrainState | None = None,
 ) -> TrainResult:
     """Train `arch` on `data_config.source` and evaluate it; deterministic from `seed` on CPU at a fixed
-    thread count. `report` receives one metrics dict per epoch (``final`` is True on the last)."""
+    thread count. `report` receives one metrics dict per epoch (``final`` is True on the last); `snapshot`,
+    called just before it, the state to continue from. With `resume`, the finished epochs are not trained
+    again (a state whose last epoch is the final one only reports it again). Raises `Diverged` on a NaN or
+    infinite training loss."""
     from normsearch.models import build_model
     from normsearch.norms.crossnorm import CrossNormPolicy
     from normsearch.norms.running import recalibrate_bn
@@ -189,13 +237,32 @@ def train_candidate(
 
     history: list[dict[str, Any]] = []
     switched = 0
-    for epoch in range(config.epochs):
+    start = 0
+    if resume is not None:
+        if resume.switched:
+            switched = switch_to_hard(model)
+        model.load_state_dict(resume.model)
+        optimizer.load_state_dict(resume.optimizer)
+        schedule.load_state_dict(resume.schedule)
+        generators = _generators(model, generator, policy)
+        for name, state in resume.generators.items():
+            if name == "global":
+                torch.set_rng_state(state)
+            else:
+                generators[name].set_state(state)
+        history = [dict(h) for h in resume.history]
+        start = resume.epoch
+        if start >= config.epochs and report is not None:
+            report(history[-1])
+    for epoch in range(start, config.epochs):
         if hard_epoch is not None and epoch == hard_epoch:
             switched = switch_to_hard(model)
         model.train()
         tic = time.perf_counter()
-        seen = correct = 0
-        loss_sum = 0.0
+        seen = 0
+        # Accumulated on the device and read once per epoch: a `.item()` per step would stall a GPU.
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        correct = torch.zeros((), dtype=torch.long, device=device)
         for x, y in train_batches(train_x, train_y, config.batch_size, generator, augment):
             if policy:
                 policy.step()
@@ -207,15 +274,18 @@ def train_candidate(
             optimizer.step()
             schedule.step()
             seen += len(y)
-            loss_sum += loss.item() * len(y)
-            correct += int((logits.argmax(1) == y).sum())
+            loss_sum += loss.detach().double() * len(y)
+            correct += (logits.argmax(1) == y).sum()
         train_seconds = time.perf_counter() - tic
+        epoch_loss = float(loss_sum) / seen
+        if not math.isfinite(epoch_loss):
+            raise Diverged(f"{'NaN' if math.isnan(epoch_loss) else 'infinite'} loss at epoch {epoch + 1}")
         evaluate()
         accs = {name: accuracy(model, x, y, standardize) for name, (x, y) in select.items()}
         metrics: dict[str, Any] = {
             "epoch": epoch + 1,
-            "loss": loss_sum / seen,
-            "train_acc": 100.0 * correct / seen,
+            "loss": epoch_loss,
+            "train_acc": 100.0 * int(correct) / seen,
             "source_val_acc": accuracy(model, *source_val, standardize),
             "target_select_acc": sum(accs.values()) / len(accs),
             **{f"select/{name}": acc for name, acc in accs.items()},
@@ -237,6 +307,20 @@ def train_candidate(
                 test["test_mean"] = sum(test[n] for n in data_config.test) / len(data_config.test)
             metrics["test"] = test
         history.append(metrics)
+        if snapshot is not None:
+            states = {n: g.get_state() for n, g in _generators(model, generator, policy).items()}
+            # Copies, not views: the caller may keep the state while training goes on.
+            snapshot(
+                TrainState(
+                    epoch + 1,
+                    copy.deepcopy(model.state_dict()),
+                    copy.deepcopy(optimizer.state_dict()),
+                    schedule.state_dict(),
+                    {**states, "global": torch.get_rng_state()},
+                    switched,
+                    copy.deepcopy(history),
+                )
+            )
         if report is not None:
             report(metrics)
 

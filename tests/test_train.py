@@ -7,7 +7,7 @@ import pytest
 from normsearch.arch import ArchConfig
 from normsearch.data.spec import DataConfig, load_data
 from normsearch.norms.switchable import SwitchNorm2d
-from normsearch.train import TrainConfig, retrain_summary, switch_to_hard, train_candidate
+from normsearch.train import Diverged, TrainConfig, retrain_summary, switch_to_hard, train_candidate
 
 DATA = DataConfig(select=["texture", "pastel"], test=["fog"], n_train=200, n_val=40, n_test=40)
 TRAIN = TrainConfig(epochs=2, batch_size=50)
@@ -78,3 +78,42 @@ def test_retrain_summary_gives_mean_and_standard_error(data) -> None:
     assert mean == pytest.approx(sum(values) / 2)
     assert se == pytest.approx(abs(values[0] - values[1]) / 2)
     assert "test: fog" in rows and "group: headline" in rows
+
+
+def _without_timing(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in h.items() if k not in ("epoch_seconds", "images_per_s")} for h in history]
+
+
+@pytest.mark.parametrize(
+    "norm",
+    [
+        {},
+        {
+            "switchable": {"stages": [1], "hard_at": 0.5},
+            "crossnorm": {"p": 1.0, "stages": [2], "crop": "both"},
+        },
+    ],
+)
+def test_resume_from_any_epoch_gives_the_uninterrupted_numbers(data, norm) -> None:
+    arch = ArchConfig.from_dict({**MINI, "norm": norm})
+    config = TrainConfig(epochs=3, batch_size=50)
+    states = []
+    whole = train_candidate(arch, data, DATA, config, seed=5, threads=1, snapshot=states.append)
+    assert [s.epoch for s in states] == [1, 2, 3]
+    for state in states[:2]:
+        reports = []
+        resumed = train_candidate(
+            arch, data, DATA, config, seed=5, threads=1, resume=state, report=reports.append
+        )
+        assert _without_timing(resumed.history) == _without_timing(whole.history)
+        assert [r["epoch"] for r in reports] == list(range(state.epoch + 1, 4))  # finished epochs not redone
+    reports = []
+    again = train_candidate(
+        arch, data, DATA, config, seed=5, threads=1, resume=states[-1], report=reports.append
+    )
+    assert [r["epoch"] for r in reports] == [3] and again.test == whole.test  # only re-reported
+
+
+def test_a_nan_loss_ends_training_with_the_epoch_named(data) -> None:
+    with pytest.raises(Diverged, match=r"^(NaN|infinite) loss at epoch 1$"):
+        train_candidate(ArchConfig.from_dict(MINI), data, DATA, TrainConfig(epochs=2, batch_size=50, lr=1e6))
