@@ -318,7 +318,11 @@ class ArchConfig(_Strict):
             for slot in targets:
                 if xbn.bfn == "gn":
                     spec = group_norm(slot, xbn.groups, "norm.xbn.groups")
-                    slots[slot] = spec if xbn.affine in (None, True) else NormSpec.of("gn", groups=spec.get("groups"), affine=False)
+                    slots[slot] = (
+                        spec
+                        if xbn.affine in (None, True)
+                        else NormSpec.of("gn", groups=spec.get("groups"), affine=False)
+                    )
                 else:
                     slots[slot] = NormSpec.of("in", affine=bool(xbn.affine))
         if norm.ibn is not None:
