@@ -17,13 +17,11 @@ from normsearch.arch import ArchConfig
 from normsearch.config import assign_path, read_mapping, validate
 from normsearch.data.spec import DataConfig
 from normsearch.errors import NormsearchError
+from normsearch.run.records import METRICS, SELECT_PREFIX, is_metric
 from normsearch.train import TrainConfig
 
 if TYPE_CHECKING:
     from normsearch.space import Space
-
-# Metrics a trial reports that can be objectives (besides `select/<domain>`), with their natural direction.
-METRICS = ("source_val_acc", "target_select_acc", "params", "loss", "train_acc")
 
 
 class _Strict(BaseModel):
@@ -51,7 +49,10 @@ class SchedulerConfig(_Strict):
 
 
 class FailureConfig(_Strict):
-    retries: int = Field(default=0, ge=0)
+    """`retries`: how often Ray Tune restarts a trial whose worker or node was lost, from its last epoch
+    checkpoint. A failure in our own code (bad data, a NaN loss) is not retried: it would fail again."""
+
+    retries: int = Field(default=2, ge=0)
 
 
 class SearchConfig(_Strict):
@@ -73,9 +74,9 @@ class SearchConfig(_Strict):
         if not value:
             raise ValueError("at least one objective")
         for name in value:
-            if name not in METRICS and not name.startswith("select/"):
+            if not is_metric(name):
                 raise ValueError(
-                    f"unknown objective {name!r}; allowed: {', '.join(METRICS)}, select/<domain>"
+                    f"unknown objective {name!r}; allowed: {', '.join(METRICS)}, {SELECT_PREFIX}<domain>"
                 )
         return value
 
@@ -159,7 +160,12 @@ def load_recipe(
         key, sep, text = item.partition("=")
         if not sep or not key:
             raise NormsearchError(f"--set {item!r}: write key.path=value, e.g. train.epochs=2")
-        assign_path(raw, key.strip(), yaml.safe_load(text))
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            detail = str(error).splitlines()[0]
+            raise NormsearchError(f"--set {item!r}: the value is not valid YAML ({detail})") from None
+        assign_path(raw, key.strip(), value)
     for key, value in flags.items():
         if value is not None:
             assign_path(raw, key, value)

@@ -210,13 +210,13 @@ class Space(BaseModel):
                     f"the recipe's model has {key}={have}"
                 )
         checked = 0
-        for values in self._probe_assignments():
+        for values in self.probe_assignments():
             arch = self.to_arch(base, values, f"{source} ({self.name} with {values})")
             arch.resolve(f"{source} ({self.name} with {values})")
             checked += 1
         return checked
 
-    def _probe_assignments(self) -> list[dict[str, Scalar]]:
+    def probe_assignments(self) -> list[dict[str, Scalar]]:
         found = self.assignments()
         if found is not None and len(found) <= 512:
             return found

@@ -173,6 +173,24 @@ def _generators(model: nn.Module, data_order: torch.Generator, policy: Any) -> d
     return found
 
 
+def hardened_arch(arch: ArchConfig, model_state: dict[str, Any]) -> ArchConfig:
+    """The ArchConfig that a trained model's weights fit: when the plan switched Switchable Norm from soft
+    to hard during training (`hard_at`), its hard choices (the one-hot ratio buffers in the state) become
+    the rule's `choices`, so that a rebuilt network is hard where the trained one was."""
+    from normsearch.norms.switchable import STATS
+
+    rule = arch.norm.switchable
+    if rule is None or rule.mode != "soft" or rule.hard_at is None:
+        return arch
+    choices = {}
+    for slot, spec in arch.resolve().slots.items():
+        mean, var = model_state.get(f"{slot}.mean_weight"), model_state.get(f"{slot}.var_weight")
+        if spec.kind == "sn" and mean is not None and var is not None:
+            choices[slot] = f"{STATS[int(mean.argmax())]}/{STATS[int(var.argmax())]}"
+    hard = rule.model_copy(update={"mode": "hard", "hard_at": None, "choices": choices})
+    return arch.model_copy(update={"norm": arch.norm.model_copy(update={"switchable": hard})})
+
+
 def train_candidate(
     arch: ArchConfig,
     data: DomainSet,

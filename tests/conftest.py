@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from normsearch.search.tuner import quiet_ray_env
+from normsearch.search.ray import quiet_ray_env
 
 # Before anything imports ray: Ray reads these at import (loopback only, no usage stats).
 quiet_ray_env()
@@ -22,7 +22,7 @@ def ray_local():
     """One private local Ray per test run (started on first use, restarted if a test shut it down)."""
     import ray
 
-    from normsearch.search.tuner import start_ray
+    from normsearch.search.ray import start_ray
 
     if not ray.is_initialized():
         start_ray(None, num_cpus=2)

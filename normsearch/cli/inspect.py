@@ -52,16 +52,13 @@ app.add_typer(data_app, name="data")
 
 
 def show_run(run_dir: Path, sort: str, top: int | None, show_all: bool) -> None:
-    from normsearch.results.front import compute_front
+    """Print a run's trials table and front (also what `run` and `resume` end with)."""
+    from normsearch.results.front import summarize
     from normsearch.results.tables import front_table, trials_table
-    from normsearch.run.records import read_trials
-    from normsearch.search.tuner import load_run
 
-    recipe, _ = load_run(run_dir)
-    trials = read_trials(run_dir)
-    front = compute_front(trials, recipe.search.objectives)
-    console.print(trials_table(trials, recipe, front, sort=sort, top=top, show_all=show_all))
-    console.print(front_table(front, recipe))
+    summary = summarize(run_dir)
+    console.print(trials_table(summary, sort=sort, top=top, show_all=show_all))
+    console.print(front_table(summary.front, summary.recipe))
 
 
 @app.command("show")
@@ -70,9 +67,11 @@ def show(
     run_dir: Annotated[Path, typer.Argument(help="A run folder.")],
     sort: Annotated[str, typer.Option(help="target or source.")] = "target",
     top: Annotated[int | None, typer.Option(min=1, help="Show only the best N.")] = None,
-    show_all: Annotated[bool, typer.Option("--all", help="Include every trial state.")] = False,
+    show_all: Annotated[
+        bool, typer.Option("--all", help="Also list repeats (configurations not trained again).")
+    ] = False,
 ) -> None:
-    """The trials table (front members starred) and the Pareto front."""
+    """The trials table (front members starred, a reason for every failed or stopped trial) and the front."""
     if sort not in ("target", "source"):
         raise NormsearchError(f"--sort {sort!r}: allowed: target, source")
     show_run(run_dir, sort, top, show_all)
@@ -86,21 +85,19 @@ def pareto(
     html: Annotated[Path | None, typer.Option(help="Write an interactive HTML scatter.")] = None,
 ) -> None:
     """The front, its hypervolume and a terminal scatter; files when asked."""
-    from normsearch.results.front import compute_front
+    from normsearch.results.front import summarize
     from normsearch.results.tables import front_table, header, plot_front, scatter
-    from normsearch.run.records import read_trials
-    from normsearch.search.tuner import load_run
 
-    recipe, _ = load_run(run_dir)
-    front = compute_front(read_trials(run_dir), recipe.search.objectives)
+    summary = summarize(run_dir)
+    front, recipe = summary.front, summary.recipe
     console.print(header(recipe), highlight=False)
     console.print(front_table(front, recipe))
     if front.hypervolume is not None:
         console.print(f"hypervolume {front.hypervolume:.1f} against reference {front.reference}")
     console.print(scatter(front), highlight=False)
-    for path in (plot, html):
+    for path, suffix in ((plot, ".png"), (html, ".html")):
         if path is not None:
-            plot_front(front, path, header(recipe))
+            plot_front(front, path, header(recipe), suffix)
             console.print(f"wrote {path}")
 
 
@@ -115,37 +112,38 @@ def export(
         float | None,
         typer.Option(help="With max-target: only trials within this many points of the best source."),
     ] = None,
+    weights: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also write the trial's trained weights (build_model(..., weights=FILE) loads them)."
+        ),
+    ] = None,
     test: Annotated[
         bool, typer.Option("--test", help="Also print the trial's test-domain accuracy.")
     ] = False,
 ) -> None:
-    """Write one trial's ArchConfig with provenance; `normsearch.build_model(FILE)` rebuilds it."""
-    from normsearch.results.front import choose, compute_front, find_trial, write_export
-    from normsearch.results.front import export as make_export
-    from normsearch.run.records import read_trials
-    from normsearch.search.tuner import load_run
+    """Write one trial's ArchConfig with provenance (and its weights); `normsearch.build_model(FILE)`
+    rebuilds it."""
+    from normsearch.results.front import export_trial, summarize
 
     if (trial is None) == (pick_rule is None):
         raise NormsearchError("export: give exactly one of --trial ID or --pick knee|max-target|max-source")
-    recipe, _ = load_run(run_dir)
-    trials = read_trials(run_dir)
-    if trial is not None:
-        chosen = find_trial(trials, trial)
-    else:
-        chosen = choose(compute_front(trials, recipe.search.objectives), pick_rule or "knee", max_source_drop)
-    write_export(make_export(run_dir, recipe, chosen, pick_rule), out)
+    summary = summarize(run_dir)
+    chosen = export_trial(summary, out, trial, pick_rule, max_source_drop, weights)
     metrics = chosen.metrics
     console.print(
         f"wrote {out}: trial {chosen.trial_id} ({chosen.status}), source val "
         f"{metrics.get('source_val_acc', float('nan')):.1f}, select target "
         f"{metrics.get('target_select_acc', float('nan')):.1f}"
+        + (f"; weights {weights}" if weights is not None else ""),
+        highlight=False,
     )
     if test:
         if not chosen.test:
             raise NormsearchError(f"trial {chosen.trial_id} has no test accuracies (it did not finish)")
         label = (
             "ORACLE (selected on these domains)"
-            if recipe.data.selection == "oracle"
+            if summary.recipe.data.selection == "oracle"
             else ("measured after selection")
         )
         parts = ", ".join(f"{k} {v:.1f}" for k, v in chosen.test.items())

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from normsearch.data.corruptions import CORRUPTIONS, corrupt_domain
 from normsearch.data.domains import Domain, DomainSet
 from normsearch.data.synthetic import STYLES, make_synthetic
+from normsearch.errors import NormsearchError
 
 _DERIVED = re.compile(r"^(?P<base>[^+@]+)\+(?P<corruption>[a-z_]+)@(?P<severity>\d)$")
 
@@ -178,6 +179,7 @@ def load_data(config: DataConfig) -> DomainSet:
             else:
                 fractions = {"val": 0.5, "test": 0.5}
             domain.split_by_fractions(fractions, config.seed)
+            _check_splits(domain, data.classes, fractions, config.root or ".")
     domains: dict[str, Domain] = dict(data.domains)
     for index, name in enumerate(config.targets):
         match = _DERIVED.match(name)
@@ -189,6 +191,27 @@ def load_data(config: DataConfig) -> DomainSet:
                 seed=config.seed * 1000 + index,
             )
     return DomainSet(data.classes, domains)
+
+
+def _check_splits(domain: Domain, classes: list[str], fractions: dict[str, float], root: str) -> None:
+    """Every split a folder domain is used through must hold images, and the source's train split every
+    class: otherwise a trial would train or report on nothing (an accuracy of 0.0 without a word)."""
+    counts = torch.bincount(domain.labels, minlength=len(classes))
+    smallest = int(counts.argmin())
+    for split, fraction in fractions.items():
+        index = domain.splits[split]
+        empty = len(index) == 0
+        if split == "train":
+            present = torch.bincount(domain.labels[index], minlength=len(classes))
+            empty = bool((present == 0).any())
+        if empty:
+            what = "lacks a class" if split == "train" and len(index) else "is empty"
+            raise NormsearchError(
+                f"data root {root}: domain {domain.name!r} has {len(domain)} images, "
+                f"{int(counts[smallest])} in class {classes[smallest]!r}; its {split} split "
+                f"({fraction:.0%} per class) {what}. Give each class more images (about 10 or more), or "
+                "change data.val_fraction / data.test_fraction"
+            )
 
 
 def _evaluation_only(domain: Domain) -> Domain:
