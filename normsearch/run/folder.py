@@ -67,10 +67,15 @@ def check_new_output(path: Path, flag: str = "output") -> None:
 
 
 def _process_start(pid: int) -> float | None:
+    """A running process's start time; None when there is none (a zombie has ended: it only waits to be
+    reaped, which an init that does not reap may never do)."""
     import psutil
 
     try:
-        return psutil.Process(pid).create_time()
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return process.create_time()
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return None
 
@@ -244,14 +249,17 @@ class RunFolder:
     def claim(self) -> None:
         """Record this process as the run's driver; refuse when another live driver holds the run."""
         held = self.driver()
-        if held and held.get("host") == socket.gethostname() and held.get("pid") != os.getpid():
-            owner = ProcessRef(int(held["pid"]), float(held.get("started", 0.0)))
+        pid = held.get("pid")
+        if pid is not None and held.get("host") == socket.gethostname() and pid != os.getpid():
+            owner = ProcessRef(int(pid), float(held.get("started", 0.0)))
             if owner.alive():
                 raise NormsearchError(
                     f"{self.path}: driven right now by process {owner.pid}; stop it, or wait for it to end"
                 )
         me = ProcessRef(os.getpid(), _process_start(os.getpid()) or time.time())
-        self._write_driver({"pid": me.pid, "started": me.started, "host": socket.gethostname(), "ray": []})
+        # The earlier drivers' Ray processes stay listed until `release`: resume ends the live ones.
+        state = {"pid": me.pid, "started": me.started, "host": socket.gethostname(), "ray": held.get("ray", [])}
+        self._write_driver(state)
 
     def record_processes(self, processes: list[ProcessRef]) -> None:
         """Add Ray processes this driver started (kept across calls, never duplicated)."""

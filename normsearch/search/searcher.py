@@ -16,8 +16,11 @@ from normsearch.search.ledger import Ledger
 
 def make_sampler(recipe: Recipe) -> Any:
     """The Optuna sampler the recipe names, seeded from it."""
+    import warnings
+
     import optuna
 
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     seed = recipe.search_seed
     algorithm = recipe.search.algorithm
     if algorithm == "nsga2":
@@ -27,7 +30,24 @@ def make_sampler(recipe: Recipe) -> Any:
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
     if algorithm == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.BruteForceSampler(seed=seed)
+    return _grid_sampler(seed)
+
+
+def _grid_sampler(seed: int) -> Any:
+    """Optuna's BruteForceSampler without its end-of-grid `study.stop()`, which only works inside
+    `study.optimize` (the study is told outside it here); the ledger ends the search when the space has
+    been visited."""
+    import optuna
+
+    class GridSampler(optuna.samplers.BruteForceSampler):
+        def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+            try:
+                super().after_trial(study, trial, state, values)
+            except RuntimeError as error:
+                if "Study.stop" not in str(error):
+                    raise
+
+    return GridSampler(seed=seed)
 
 
 def make_searcher(ledger: Ledger) -> Any:
