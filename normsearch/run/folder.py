@@ -258,8 +258,8 @@ class RunFolder:
                 )
         me = ProcessRef(os.getpid(), _process_start(os.getpid()) or time.time())
         # The earlier drivers' Ray processes stay listed until `release`: resume ends the live ones.
-        state = {"pid": me.pid, "started": me.started, "host": socket.gethostname(), "ray": held.get("ray", [])}
-        self._write_driver(state)
+        host = socket.gethostname()
+        self._write_driver({"pid": me.pid, "started": me.started, "host": host, "ray": held.get("ray", [])})
 
     def record_processes(self, processes: list[ProcessRef]) -> None:
         """Add Ray processes this driver started (kept across calls, never duplicated)."""
