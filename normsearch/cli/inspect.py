@@ -153,7 +153,7 @@ def export(
 @spaces_app.callback()
 @user_errors
 def spaces(ctx: typer.Context) -> None:
-    """List the spaces in search_spaces/ with their size and parameters."""
+    """List the shipped search spaces with their size and parameters."""
     if ctx.invoked_subcommand is not None:
         return
     from normsearch.space import list_spaces, load_space

@@ -97,6 +97,18 @@ class DataConfig(BaseModel):
     skip_unreadable: bool = False
     seed: int = 0
 
+    @model_validator(mode="before")
+    @classmethod
+    def _folder_defaults(cls, data: Any) -> Any:
+        # The built-in benchmark's domain names are defaults for it only: a folder names its own domains.
+        if isinstance(data, dict) and data.get("dataset") == "folder":
+            data = {"select": [], "test": [], **data}
+            if not data.get("root"):
+                raise ValueError("dataset folder needs root: the folder holding one sub-folder per domain")
+            if "source" not in data:
+                raise ValueError("dataset folder needs source: the domain (sub-folder) to train on")
+        return data
+
     @field_validator("select", "test", mode="before")
     @classmethod
     def _domains(cls, value: Any) -> list[str]:

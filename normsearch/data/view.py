@@ -26,7 +26,7 @@ def view_config(spec: str) -> DataConfig:
         domains = sorted(p.name for p in path.iterdir() if p.is_dir())
         if len(domains) < 2:
             raise NormsearchError(f"{spec}: an image-folder root needs at least two domain folders")
-        return DataConfig(dataset="folder", root=str(path), source=domains[0], select=domains[1:])
+        return DataConfig(dataset="folder", root=str(path), source=domains[0], select=domains[1:], test=[])
     raise NormsearchError(f"{spec}: not a recipe file, an image-folder root, or 'synthetic'")
 
 

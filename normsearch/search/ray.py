@@ -30,6 +30,7 @@ RAY_ENV = {
     "RAY_gcs_rpc_server_reconnect_timeout_s": "15",
 }
 PROBE_SECONDS = 15.0
+REFUSED_SECONDS = 3.0
 
 
 def quiet_ray_env() -> None:
@@ -70,20 +71,27 @@ def probe_address(address: str, seconds: float = PROBE_SECONDS) -> str:
     if parsed is None:
         raise NormsearchError(f"ray.address {address}: not auto, host:port or ray://host:port")
     host, port = parsed
-    deadline = time.monotonic() + seconds
+    start = time.monotonic()
+    deadline = start + seconds
     last = ""
     while time.monotonic() < deadline:
         try:
-            with socket.create_connection(
-                (host, port), timeout=min(3.0, max(deadline - time.monotonic(), 0.1))
-            ):
+            left = max(deadline - time.monotonic(), 0.1)
+            with socket.create_connection((host, port), timeout=min(3.0, left)):
                 return address
+        except ConnectionRefusedError as error:
+            # Nothing listens: a cluster that is starting gets a few seconds, not the whole allowance.
+            last = str(error)
+            if time.monotonic() - start > REFUSED_SECONDS:
+                break
+            time.sleep(0.5)
         except OSError as error:
             last = str(error) or type(error).__name__
             time.sleep(0.5)
     raise NormsearchError(
-        f"ray.address {address}: nothing answers at {host}:{port} after {seconds:.0f} s ({last}); "
-        "is the cluster up, and is the port its GCS port (default 6379) or its client port (10001)?"
+        f"ray.address {address}: nothing answers at {host}:{port} after {time.monotonic() - start:.0f} s "
+        f"({last}); is the cluster up, and is the port its GCS port (default 6379) or its client port "
+        "(10001)?"
     )
 
 
