@@ -17,6 +17,24 @@ from normsearch import __version__
 from normsearch.errors import NormsearchError
 
 
+def _usage_error_types() -> tuple[type[BaseException], ...]:
+    """Typer ≥ 0.20 raises its own vendored click's exceptions (under `typer.TyperException`); older
+    Typer raises click's. Both are caught."""
+    found: list[type[BaseException]] = []
+    if hasattr(typer, "TyperException"):
+        found.append(typer.TyperException)
+    try:
+        import click
+
+        found.append(click.ClickException)
+    except ImportError:
+        pass
+    return tuple(found)
+
+
+USAGE_ERRORS = _usage_error_types()
+
+
 class OneLineErrors(TyperGroup):
     """The root command group: a usage error (an unknown option, a missing argument, a bad value for a
     typed option) is one red line naming the command's help, exit code 2, like every other bad input."""
@@ -25,7 +43,7 @@ class OneLineErrors(TyperGroup):
         kwargs["standalone_mode"] = False
         try:
             code = super().main(*args, **kwargs)
-        except typer.TyperException as error:
+        except USAGE_ERRORS as error:
             if type(error).__name__ == "NoArgsIsHelpError":  # a bare group: its help, as asked for
                 error.show()
                 sys.exit(error.exit_code)
