@@ -1,20 +1,29 @@
-"""Models that read a NormPlan: our ResNet family (`build_model`) and `apply_plan` for torchvision ResNets."""
+"""Models that read a NormPlan: our ResNet family (`build_model`) and `apply_plan` for torchvision ResNets;
+pretrained weights (`load_weights`, `save_checkpoint`) and weight inheritance into any plan (`inherit`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from normsearch.arch import ArchConfig
 from normsearch.models.apply import apply_plan
+from normsearch.models.inherit import InheritReport, SlotInheritance, added_modules, apply_weights, inherit
 from normsearch.models.resnet import ResNet
+from normsearch.models.weights import Checkpoint, load_weights, save_checkpoint
 
 
-def build_model(config: ArchConfig | dict[str, Any] | str | Path) -> nn.Module:
+def build_model(
+    config: ArchConfig | dict[str, Any] | str | Path,
+    weights: str | Path | Checkpoint | dict[str, torch.Tensor] | None = None,
+) -> nn.Module:
     """Build the network an ArchConfig describes; `config` may be the model, a dict, or a YAML/JSON path
-    (an exported file with an `arch` section works too)."""
+    (an exported file with an `arch` section works too). `weights` (default: the config's
+    `backbone.weights`) loads a checkpoint with weight inheritance (`normsearch.models.inherit`); what each
+    slot received is then `model.inheritance`."""
     if isinstance(config, str | Path):
         config = ArchConfig.load(config)
     elif isinstance(config, dict):
@@ -22,7 +31,7 @@ def build_model(config: ArchConfig | dict[str, Any] | str | Path) -> nn.Module:
     plan = config.resolve()
     backbone = config.backbone
     spec = backbone.resolved()
-    return ResNet(
+    model = ResNet(
         backbone.topology(),
         plan,
         backbone.num_classes,
@@ -31,6 +40,22 @@ def build_model(config: ArchConfig | dict[str, Any] | str | Path) -> nn.Module:
         groups=spec["groups"],
         zero_init_last=backbone.zero_init_last,
     )
+    source = weights if weights is not None else backbone.weights
+    if source is not None:
+        apply_weights(model, config, source)
+    return model
 
 
-__all__ = ["ResNet", "apply_plan", "build_model"]
+__all__ = [
+    "Checkpoint",
+    "InheritReport",
+    "ResNet",
+    "SlotInheritance",
+    "added_modules",
+    "apply_plan",
+    "apply_weights",
+    "build_model",
+    "inherit",
+    "load_weights",
+    "save_checkpoint",
+]
