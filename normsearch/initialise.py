@@ -67,13 +67,13 @@ def starting_model(
     `resumed` (a TrainState's description) nothing is loaded: the resumed state replaces the weights."""
     from normsearch.models import apply_weights, build_model, load_weights
 
-    mode = init_mode(arch, config, given=init is not None)
-    if init is None:
-        init = arch.backbone.weights if mode == "weights" else config.init_from
     plain = arch.model_copy(update={"backbone": arch.backbone.model_copy(update={"weights": None})})
     model = build_model(plain)
     if resumed is not None:
         return model, resumed
+    mode = init_mode(arch, config, given=init is not None)
+    if init is None:
+        init = arch.backbone.weights if mode == "weights" else config.init_from
     started_from: dict[str, Any] = {"init": mode}
     if init is not None:
         where = "train.init_from" if mode == "pretrain" else "backbone.weights"

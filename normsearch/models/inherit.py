@@ -285,7 +285,7 @@ def _norm(
             module.bias.copy_(src["bias"])
             groups["affine"] = "full"
     running = getattr(module, "running_mean", None)
-    if kind in ("bn", "ibn", "sn") and isinstance(running, torch.Tensor):
+    if kind in ("bn", "ibn", "sn") and isinstance(running, torch.Tensor) and running.numel():
         groups["statistics"] = _statistics(name, module, kind, src, first, report, notes)
     elif "running_mean" in src:
         notes.append("statistics dropped")
@@ -331,6 +331,8 @@ def _statistics(
 ) -> str:
     """Copy the running statistics the checkpoint has for the channels this layer keeps them for."""
     if "running_mean" not in src or "running_var" not in src:
+        if "running_mean" in src or "running_var" in src:  # half a pair is a damaged checkpoint
+            report.missing.append(f"{name}.{'running_var' if 'running_mean' in src else 'running_mean'}")
         return "none"
     channels = module.num_channels if kind in ("ibn", "sn") else module.num_features
     if (_channels(src.get("weight")) or channels) != channels:

@@ -135,16 +135,18 @@ def _torchvision(name: str, backbone: Any, source: str) -> Checkpoint:
     label = f"{entry} (torchvision {model_name})"
     if not file.is_file() and os.environ.get(OFFLINE_ENV, "") not in ("", "0"):
         raise NormsearchError(_offline(source, label, file, entry.url, f"{OFFLINE_ENV} is set"))
-    try:
-        # Reads the cache when the file is there; downloads into it (hash-checked) otherwise.
-        state = torch.hub.load_state_dict_from_url(
-            entry.url, map_location="cpu", progress=False, check_hash=True, weights_only=True
-        )
-    except (OSError, RuntimeError) as error:  # URLError and HTTPError are OSErrors
-        reason = str(getattr(error, "reason", "") or error).splitlines()[0] or type(error).__name__
-        raise NormsearchError(_offline(source, label, file, entry.url, reason)) from None
+    if not file.is_file():
+        try:  # into the hub cache, hash-checked against the prefix in the file name, as torchvision does
+            folder.mkdir(parents=True, exist_ok=True)
+            digest = re.search(r"-([a-f0-9]+)\.", file.name)
+            torch.hub.download_url_to_file(
+                entry.url, str(file), digest[1] if digest else None, progress=False
+            )
+        except (OSError, RuntimeError) as error:  # URLError and HTTPError are OSErrors
+            reason = str(getattr(error, "reason", "") or error).splitlines()[0] or type(error).__name__
+            raise NormsearchError(_offline(source, label, file, entry.url, reason)) from None
     return Checkpoint(
-        _state_of(state, str(file)),
+        _state_of(_read_file(file).state_dict, str(file)),
         label,
         "torchvision",
         provenance={"weights": str(entry), "url": entry.url},
