@@ -126,7 +126,11 @@ def pretrain(
         arch, data, data_config, base, seed, report, threads, device, snapshot, resume, keep_weights=True
     )
     assert result.checkpoint is not None  # keep_weights
-    versions = {"normsearch": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__}
+    versions = {
+        "normsearch": __version__,
+        "torch": str(torch.__version__),
+        "torchvision": torchvision.__version__,
+    }
     provenance = {
         "kind": "pretrain",
         "seed": seed,

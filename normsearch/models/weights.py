@@ -24,6 +24,7 @@ where in a network is `normsearch.models.inherit`'s business.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -93,8 +94,9 @@ def save_checkpoint(checkpoint: Checkpoint, path: str | Path) -> Path:
         "format": FORMAT,
         "version": VERSION,
         "state_dict": {k: v.detach().cpu() for k, v in checkpoint.state_dict.items()},
-        "arch": checkpoint.arch,
-        "provenance": checkpoint.provenance,
+        # Plain JSON types, which `torch.load(weights_only=True)` reads back (a TorchVersion is not one).
+        "arch": json.loads(json.dumps(checkpoint.arch)),
+        "provenance": json.loads(json.dumps(checkpoint.provenance, default=str)),
     }
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     torch.save(payload, tmp)
