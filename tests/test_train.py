@@ -232,8 +232,12 @@ def test_fp16_resume_restores_the_grad_scaler() -> None:
     states = []
     whole = train_candidate(arch, tiny, tiny_data, config, seed=0, threads=1, snapshot=states.append)
     assert states[0].scaler is not None and states[0].scaler["scale"] > 0
-    resumed = train_candidate(arch, tiny, tiny_data, config, seed=0, threads=1, resume=states[0])
+    again: list = []
+    resumed = train_candidate(
+        arch, tiny, tiny_data, config, seed=0, threads=1, resume=states[0], snapshot=again.append
+    )
     assert _without_timing(resumed.history) == _without_timing(whole.history)
+    assert again[-1].scaler == states[-1].scaler  # the growth tracker counted on, not from zero
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (trains on cuda with bf16)")

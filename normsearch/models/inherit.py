@@ -37,6 +37,7 @@ own plan added (its `Checkpoint.added`) may be dropped by a plan without them.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
@@ -180,7 +181,10 @@ def inherit(
             slot = _insert(name, module, kind, state, keys, report)
         else:
             slot = _norm(name, module, kind, state, keys, sn_init, report)
-        if not keys and slot.status == "new" and name not in added and _has_tensors(module):
+        if not keys and name in added:
+            if kind not in ("selfnorm", "crossnorm"):
+                slot = dataclasses.replace(slot, detail="added by this plan: its own initialisation")
+        elif not keys and slot.status == "new" and _has_tensors(module):
             report.missing.append(f"{name}.*")
         consumed |= keys
         report.slots[name] = slot
