@@ -11,10 +11,17 @@ The plan's training hooks are honoured here: the CrossNorm activation policy run
 statistics are re-estimated by batch average before evaluation when the plan asks (SN §3 "Inference").
 
 Training is resumable: after every epoch `snapshot` receives a `TrainState` (weights, optimizer, schedule,
-every random generator, the history), and `train_candidate(..., resume=state)` continues from it with the
-same numbers an uninterrupted run would give. A non-finite loss ends training with `Diverged`. The loop
-never waits on the device inside an epoch: losses and counts accumulate as tensors and are read once per
-epoch.
+every random generator, the history, fp16's GradScaler), and `train_candidate(..., resume=state)` continues
+from it with the same numbers an uninterrupted run would give. A non-finite loss ends training with
+`Diverged`. The loop never waits on the device inside an epoch: losses and counts accumulate as tensors and
+are read once per epoch.
+
+Where training starts (`train.init`): ``scratch`` (random initialisation), ``weights`` (`backbone.weights`:
+a torchvision weights name or a checkpoint file), or ``pretrain``: `pretrain(...)` trains the recipe's base
+architecture once on the sources, and every candidate fine-tunes from that checkpoint
+(`train_candidate(..., init=checkpoint)`). Either way the checkpoint goes through weight inheritance
+(`normsearch.models.inherit`), and `TrainResult.extra["init"]` says what the run started from. Precision,
+layout and device placement: `normsearch.precision`.
 """
 
 from __future__ import annotations
@@ -24,16 +31,24 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from normsearch.arch import ArchConfig
 from normsearch.data.batches import AugmentConfig, Standardizer, accuracy, make_augment, train_batches
 from normsearch.data.domains import DomainSet
 from normsearch.data.spec import DataConfig, group_means
+from normsearch.initialise import init_mode as init_mode
+from normsearch.initialise import pretrain as pretrain  # the public door is normsearch.train.pretrain
+from normsearch.initialise import starting_model, trained_checkpoint
+from normsearch.precision import autocast, grad_scaler, layout, place, resolve_device
+
+if TYPE_CHECKING:
+    from normsearch.models.weights import Checkpoint
 
 # benchmark-design §6b: a run whose source accuracy is below 98% while its training accuracy was still
 # climbing (by more than a point in the last epoch) when the schedule ran out is "not converged": its target
@@ -59,6 +74,24 @@ class TrainConfig(BaseModel):
     warmup_epochs: float = Field(default=0.5, ge=0)
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
     augment: AugmentConfig = AugmentConfig()
+    # Where training starts; None: `weights` when backbone.weights is set, else `scratch`.
+    init: Literal["scratch", "weights", "pretrain"] | None = None
+    init_from: str | None = None  # init: pretrain: a checkpoint from `pretrain` instead of pretraining
+    pretrain_epochs: int | None = Field(default=None, ge=1)  # the base's pretraining budget (None: epochs)
+    pretrain_lr: float | None = Field(default=None, gt=0)  # (None: lr)
+    sn_init: Literal["equal", "bn"] = "equal"  # inherited SwitchNorm ratios: equal, or toward BN
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    channels_last: bool = False
+    cudnn_benchmark: bool = True
+
+    @model_validator(mode="after")
+    def _init_from_is_for_pretrain(self) -> TrainConfig:
+        if self.init_from is not None and self.init != "pretrain":
+            raise ValueError(
+                "init_from is the pretrained checkpoint of init: pretrain; to start from a file with "
+                "init: weights, give it as model.backbone.weights"
+            )
+        return self
 
 
 class Diverged(RuntimeError):
@@ -76,6 +109,8 @@ class TrainState:
     generators: dict[str, torch.Tensor]  # data order, CrossNorm policy and layers, the global torch RNG
     switched: int
     history: list[dict[str, Any]]
+    scaler: dict[str, Any] | None = None  # fp16's GradScaler (scale, growth tracker)
+    init: dict[str, Any] | None = None  # what training started from, reported again on resume
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -96,6 +131,7 @@ class TrainResult:
     seconds: float
     threads: int
     extra: dict[str, Any] = field(default_factory=dict)
+    checkpoint: Checkpoint | None = None  # the trained weights, with `keep_weights=True`
 
     @property
     def final(self) -> dict[str, Any]:
@@ -202,17 +238,21 @@ def train_candidate(
     device: str = "cpu",
     snapshot: Callable[[TrainState], None] | None = None,
     resume: TrainState | None = None,
+    init: Checkpoint | str | Path | dict[str, torch.Tensor] | None = None,
+    keep_weights: bool = False,
 ) -> TrainResult:
     """Train `arch` on `data_config.source` and evaluate it; deterministic from `seed` on CPU at a fixed
     thread count. `report` receives one metrics dict per epoch (``final`` is True on the last); `snapshot`,
     called just before it, the state to continue from. With `resume`, the finished epochs are not trained
-    again (a state whose last epoch is the final one only reports it again). Raises `Diverged` on a NaN or
-    infinite training loss."""
-    from normsearch.models import build_model
+    again (a state whose last epoch is the final one only reports it again). `init` (a checkpoint, a file,
+    a weights name or a state_dict) is where training starts, with weight inheritance; without it,
+    `config.init` decides (see `init_mode`). `keep_weights` returns the trained weights as
+    `result.checkpoint`. Raises `Diverged` on a NaN or infinite training loss."""
     from normsearch.norms.crossnorm import CrossNormPolicy
     from normsearch.norms.running import recalibrate_bn
 
     started = time.perf_counter()
+    dev = resolve_device(device, config.cudnn_benchmark)
     if threads is not None:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -222,16 +262,27 @@ def train_candidate(
             update={"backbone": arch.backbone.model_copy(update={"num_classes": num_classes})}
         )
     plan = arch.resolve()
-    model = build_model(arch).to(device)
+    # On resume the state's weights already hold what inheritance gave: nothing is loaded again.
+    model, started_from = starting_model(arch, config, init, resume.init if resume else None)
+    model = model.to(dev, memory_format=torch.channels_last) if config.channels_last else model.to(dev)
     params = sum(p.numel() for p in model.parameters())
 
     source = data[data_config.source]
     train_x, train_y = source.split("train")
     standardize = Standardizer.fit(train_x)
+    if dev.type != "cpu":  # batches are sliced, augmented and standardised on the device
+        standardize = Standardizer(place(standardize.mean, dev), place(standardize.std, dev))
+    train_x, train_y = place(train_x, dev), place(train_y, dev)
     augment = make_augment(config.augment, train_x.shape[-1])
-    source_val = source.split("val")
-    select = {name: data[name].split("val") for name in data_config.select}
+
+    def split(domain: str, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = data[domain].split(name)
+        return place(images, dev), labels  # `accuracy` compares labels on the host
+
+    source_val = split(data_config.source, "val")
+    select = {name: split(name, "val") for name in data_config.select}
     generator = torch.Generator().manual_seed(seed)
+    scaler = grad_scaler(dev, config.precision)
 
     steps_per_epoch = math.ceil(len(train_y) / config.batch_size)
     optimizer = _optimizer(model, config)
@@ -250,7 +301,8 @@ def train_candidate(
             policy.off()
         if batch_average:
             batches = train_batches(train_x, train_y, config.batch_size, torch.Generator().manual_seed(seed))
-            recalibrate_bn(model, ((standardize(x).to(device),) for x, _ in batches), RECALIBRATION_BATCHES)
+            with autocast(dev, config.precision):
+                recalibrate_bn(model, ((standardize(x).to(dev),) for x, _ in batches), RECALIBRATION_BATCHES)
         model.eval()
 
     history: list[dict[str, Any]] = []
@@ -262,6 +314,8 @@ def train_candidate(
         model.load_state_dict(resume.model)
         optimizer.load_state_dict(resume.optimizer)
         schedule.load_state_dict(resume.schedule)
+        if scaler is not None and resume.scaler is not None:
+            scaler.load_state_dict(resume.scaler)
         generators = _generators(model, generator, policy)
         for name, state in resume.generators.items():
             if name == "global":
@@ -279,17 +333,23 @@ def train_candidate(
         tic = time.perf_counter()
         seen = 0
         # Accumulated on the device and read once per epoch: a `.item()` per step would stall a GPU.
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        correct = torch.zeros((), dtype=torch.long, device=device)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
+        correct = torch.zeros((), dtype=torch.long, device=dev)
         for x, y in train_batches(train_x, train_y, config.batch_size, generator, augment):
             if policy:
                 policy.step()
-            x, y = standardize(x).to(device), y.to(device)
-            logits = model(x)
-            loss = loss_fn(logits, y)
+            x, y = standardize(x).to(dev, memory_format=layout(config.channels_last)), y.to(dev)
+            with autocast(dev, config.precision):
+                logits = model(x)
+                loss = loss_fn(logits, y)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            if scaler is None:
+                loss.backward()
+                optimizer.step()
+            else:  # fp16: scaled loss, unscaled gradients checked for inf before the step
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
             schedule.step()
             seen += len(y)
             loss_sum += loss.detach().double() * len(y)
@@ -299,12 +359,14 @@ def train_candidate(
         if not math.isfinite(epoch_loss):
             raise Diverged(f"{'NaN' if math.isnan(epoch_loss) else 'infinite'} loss at epoch {epoch + 1}")
         evaluate()
-        accs = {name: accuracy(model, x, y, standardize) for name, (x, y) in select.items()}
+        with autocast(dev, config.precision):
+            accs = {name: accuracy(model, x, y, standardize) for name, (x, y) in select.items()}
+            source_acc = accuracy(model, *source_val, standardize)
         metrics: dict[str, Any] = {
             "epoch": epoch + 1,
             "loss": epoch_loss,
             "train_acc": 100.0 * int(correct) / seen,
-            "source_val_acc": accuracy(model, *source_val, standardize),
+            "source_val_acc": source_acc,
             "target_select_acc": sum(accs.values()) / len(accs),
             **{f"select/{name}": acc for name, acc in accs.items()},
             "lr": optimizer.param_groups[0]["lr"],
@@ -318,9 +380,10 @@ def train_candidate(
         if metrics["final"]:
             # Once, after training: the source's and every target's test split, kept apart from what
             # selection saw (the search's objectives never read these).
-            test["source"] = accuracy(model, *source.split("test"), standardize)
-            for name in data_config.targets:
-                test[name] = accuracy(model, *data[name].split("test"), standardize)
+            with autocast(dev, config.precision):
+                test["source"] = accuracy(model, *split(data_config.source, "test"), standardize)
+                for name in data_config.targets:
+                    test[name] = accuracy(model, *split(name, "test"), standardize)
             if data_config.test:
                 test["test_mean"] = sum(test[n] for n in data_config.test) / len(data_config.test)
             metrics["test"] = test
@@ -337,6 +400,8 @@ def train_candidate(
                     {**states, "global": torch.get_rng_state()},
                     switched,
                     copy.deepcopy(history),
+                    scaler.state_dict() if scaler is not None else None,
+                    copy.deepcopy(started_from),
                 )
             )
         if report is not None:
@@ -351,7 +416,8 @@ def train_candidate(
         params,
         time.perf_counter() - started,
         torch.get_num_threads(),
-        {"switched_to_hard": switched},
+        {"switched_to_hard": switched, "init": started_from},
+        trained_checkpoint(model, arch, started_from) if keep_weights else None,
     )
 
 

@@ -90,6 +90,10 @@ class Backbone(_Strict):
     num_classes: int = Field(default=10, ge=1)
     in_channels: int = Field(default=3, ge=1)
     zero_init_last: bool = False
+    # A torchvision weights name (DEFAULT, IMAGENET1K_V1, ...) or a checkpoint file, loaded with weight
+    # inheritance (normsearch.models.weights / inherit); `strict`: unused or missing tensors are an error.
+    weights: str | None = Field(default=None, min_length=1)
+    strict: bool = True
 
     @field_validator("preset")
     @classmethod

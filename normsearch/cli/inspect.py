@@ -16,20 +16,38 @@ from normsearch.errors import NormsearchError
 @user_errors
 def plan(
     config: Annotated[Path, typer.Argument(help="An ArchConfig YAML/JSON (or an exported file).")],
+    weights: Annotated[
+        str | None,
+        typer.Option(help="A checkpoint file or torchvision weights name: show what each slot inherits."),
+    ] = None,
 ) -> None:
-    """Print every normalization slot of the network CONFIG describes, and a summary."""
+    """Print every normalization slot of the network CONFIG describes, and a summary; with --weights (or
+    the config's backbone.weights), whether each slot is inherited, partly inherited or new."""
     from normsearch.arch import load_arch
     from normsearch.models import build_model
 
     arch = load_arch(config)
     resolved = arch.resolve(str(config))
-    table = Table(title=f"norm plan of {config}")
-    for column in ("slot", "channels", "normalizer"):
+    model = build_model(arch, weights=weights)
+    inheritance = getattr(model, "inheritance", None)
+    table = Table(title=f"norm plan of {config}" + (f" from {inheritance.source}" if inheritance else ""))
+    columns = ("slot", "channels", "normalizer") + (("from checkpoint", "what") if inheritance else ())
+    for column in columns:
         table.add_column(column, justify="right" if column == "channels" else "left")
     for slot, channels, normalizer in resolved.rows():
-        table.add_row(slot, str(channels), normalizer)
+        got = inheritance.slots.get(slot) if inheritance else None
+        table.add_row(slot, str(channels), normalizer, *((got.status, got.detail) if got else ()))
     console.print(table)
-    model = build_model(arch)
+    if inheritance:
+        console.print(inheritance.summary(), highlight=False, soft_wrap=True)
+        lists = (
+            ("unused", inheritance.unused),
+            ("missing", inheritance.missing),
+            ("dropped", inheritance.dropped),
+        )
+        for label, keys in lists:
+            if keys:
+                console.print(f"{label}: {', '.join(keys)}", highlight=False, soft_wrap=True)
     params = sum(p.numel() for p in model.parameters())
     kinds = ", ".join(f"{kind} {count}" for kind, count in sorted(resolved.kind_counts().items()))
     console.print(f"parameters: {params:,}   slots per kind: {kinds}   input: {resolved.input_norm}")

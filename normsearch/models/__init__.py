@@ -1,23 +1,29 @@
-"""Models that read a NormPlan: our ResNet family (`build_model`) and `apply_plan` for torchvision ResNets."""
+"""Models that read a NormPlan: our ResNet family (`build_model`) and `apply_plan` for torchvision ResNets;
+pretrained weights (`load_weights`, `save_checkpoint`) and weight inheritance into any plan (`inherit`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from normsearch.arch import ArchConfig
 from normsearch.models.apply import apply_plan
+from normsearch.models.inherit import InheritReport, SlotInheritance, added_modules, apply_weights, inherit
 from normsearch.models.resnet import ResNet
+from normsearch.models.weights import Checkpoint, load_weights, save_checkpoint
 
 
 def build_model(
-    config: ArchConfig | dict[str, Any] | str | Path, weights: str | Path | None = None
+    config: ArchConfig | dict[str, Any] | str | Path,
+    weights: str | Path | Checkpoint | dict[str, torch.Tensor] | None = None,
 ) -> nn.Module:
     """Build the network an ArchConfig describes; `config` may be the model, a dict, or a YAML/JSON path
-    (an exported file with an `arch` section works too). `weights` (a file written by `normsearch export
-    --weights`, or a bare state_dict) is loaded strictly."""
+    (an exported file with an `arch` section works too). `weights` (default: the config's
+    `backbone.weights`) loads a checkpoint with weight inheritance (`normsearch.models.inherit`); what each
+    slot received is then `model.inheritance`."""
     if isinstance(config, str | Path):
         config = ArchConfig.load(config)
     elif isinstance(config, dict):
@@ -34,11 +40,22 @@ def build_model(
         groups=spec["groups"],
         zero_init_last=backbone.zero_init_last,
     )
-    if weights is not None:
-        from normsearch.models.checkpoint import load_strict, read_weights
-
-        load_strict(model, read_weights(weights), str(weights))
+    source = weights if weights is not None else backbone.weights
+    if source is not None:
+        apply_weights(model, config, source)
     return model
 
 
-__all__ = ["ResNet", "apply_plan", "build_model"]
+__all__ = [
+    "Checkpoint",
+    "InheritReport",
+    "ResNet",
+    "SlotInheritance",
+    "added_modules",
+    "apply_plan",
+    "apply_weights",
+    "build_model",
+    "inherit",
+    "load_weights",
+    "save_checkpoint",
+]

@@ -134,7 +134,7 @@ def export_trial(
     document = export(summary.folder.path, summary.recipe, chosen, rule, str(weights) if weights else None)
     if weights is not None:
         from normsearch.arch import ArchConfig
-        from normsearch.models.checkpoint import save_weights
+        from normsearch.models.weights import Checkpoint, save_checkpoint
         from normsearch.train import hardened_arch
 
         if not chosen.complete:
@@ -145,7 +145,8 @@ def export_trial(
         state = summary.folder.final_state(chosen.trial_id)
         arch = hardened_arch(ArchConfig.from_dict(chosen.arch or {}), state.model).to_dict()
         document["arch"] = arch
-        save_weights(weights, state.model, arch, document["provenance"])
+        source = f"{summary.folder.path} trial {chosen.trial_id}"
+        save_checkpoint(Checkpoint(state.model, source, "normsearch", arch, document["provenance"]), weights)
     write_export(document, out)
     return chosen
 
