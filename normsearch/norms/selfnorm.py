@@ -8,9 +8,10 @@ sigmoid. Two forms:
 - ``two_branch`` (the paper's Eq. 6): sigma' = g·sigma and mu' = f·mu, so
   ``y = sigma' (x - mu) / sigma + mu' = g·x + (f - g)·mu``.
 
-sigma = sqrt(unbiased var + 1e-5) as released. Departures, on purpose: a batch of one in training
-uses the BatchNorm1d's running statistics instead of raising, and 1×1 maps use the biased variance
-instead of returning NaN.
+sigma = sqrt(unbiased var + eps) with eps = 1e-12 as released (`models/cnsn.py` calls
+``calc_ins_mean_std(x, eps=1e-12)`` in SelfNorm; 1e-5 is the CrossNorm value); ``eps`` is a key.
+Departures, on purpose: a batch of one in training uses the BatchNorm1d's running statistics instead of
+raising, and 1×1 maps use the biased variance instead of returning NaN.
 """
 
 from __future__ import annotations
@@ -20,12 +21,14 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call
 
 from normsearch.errors import NormsearchError
-from normsearch.norms._stats import channel_affine, instance_mean_std
+from normsearch.norms._amp import float32_forward
+from normsearch.norms._stats import Stats, stat_affine
 
 FORMS = ("tied", "two_branch")
-STD_EPS = 1e-5
+STD_EPS = 1e-12  # the released SelfNorm's eps inside the sqrt
 
 
 class _Attention(nn.Module):
@@ -51,20 +54,41 @@ class _Attention(nn.Module):
 class SelfNorm(nn.Module):
     """Style recalibration by self-gating; learns in training and acts in training and test."""
 
-    def __init__(self, num_channels: int, form: str = "tied") -> None:
+    def __init__(self, num_channels: int, form: str = "tied", eps: float = STD_EPS) -> None:
         super().__init__()
         if form not in FORMS:
             raise NormsearchError(f"selfnorm: form must be one of {'|'.join(FORMS)}, got {form!r}")
+        if not float(eps) >= 0.0:
+            raise NormsearchError(f"selfnorm: eps must be >= 0, got {eps}")
         self.num_channels = num_channels
         self.form = form
+        self.eps = float(eps)
         self.g = _Attention(num_channels)
         self.f = _Attention(num_channels) if form == "two_branch" else None
 
     def extra_repr(self) -> str:
-        return f"{self.num_channels}, form={self.form}"
+        return f"{self.num_channels}, form={self.form}, eps={self.eps}"
 
+    @float32_forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mu, std = instance_mean_std(x, STD_EPS)
-        g = self.g(mu, std)
-        shift = torch.zeros_like(g) if self.f is None else (self.f(mu, std) - g) * mu
-        return channel_affine(x, g, shift)
+        length = x.shape[2] * x.shape[3]
+        correction = length / (length - 1) if length > 1 else 1.0
+        units = {"g": self.g} if self.f is None else {"g": self.g, "f": self.f}
+        names = [name for name, _ in self.named_parameters()]
+
+        def scale_shift(stats: Stats, *params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            # y = x·g + (f - g)·mu = (x - mu)·g + f·mu  (tied: f = g)
+            mu, var = stats[0]
+            std = (var * correction + self.eps).sqrt()
+            gates = {}
+            for key, unit in units.items():
+                prefix = key + "."
+                own = {
+                    n.removeprefix(prefix): p
+                    for n, p in zip(names, params, strict=True)
+                    if n.startswith(prefix)
+                }
+                gates[key] = functional_call(unit, own, (mu, std))
+            return gates["g"], gates.get("f", gates["g"]) * mu
+
+        return stat_affine(x, scale_shift, tuple(self.parameters()))
