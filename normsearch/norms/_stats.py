@@ -17,10 +17,12 @@ touch (with glibc's default allocator a (32, 64, 32, 32) IBN step spent half its
 
 - forward: a sum for the mean, one fresh tensor ``d = x - mu`` (two-pass, numerically stable), its
   squared norm for the variance, then ``d`` becomes ``y`` in place. One full-size allocation, like BN.
+  Statistics of further whole-map regions are taken in cache-sized chunks, without a full temporary.
 - backward: ``sum g`` and ``sum g·(x - mu)`` in one fused pass (the native BatchNorm backward kernel on the
   (1, N·C, H, W) view, which reads x and g without a temporary), autograd over the small graph, and one
   fresh ``gx = g·S + (x - mu)·a + b`` (the native BatchNorm inference kernel, then one in-place addcmul).
-- the input is saved for backward, not a centred copy of it.
+- the input is saved for backward, not a centred copy of it; a box (CrossNorm's crops) is copied once to
+  contiguous memory and its centred copy saved, since strided passes over a box cost several times more.
 """
 
 from __future__ import annotations
@@ -52,20 +54,37 @@ def _length(x: torch.Tensor) -> int:
 
 
 def _centred(xr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Mean, biased variance (N, C) and the fresh centred tensor (N, C, h, w) of a (possibly cropped) map."""
+    """Mean, biased variance (N, C) and a fresh, contiguous centred copy (N, C, h, w) of a map or a box."""
     n, c = xr.shape[:2]
     length = _length(xr)
-    flat = xr.reshape(n, c, length) if xr.is_contiguous() else xr
-    mu = (flat.sum(-1) if flat.dim() == 3 else flat.sum((2, 3))) / length
-    d = xr - mu[..., None, None]
-    var = torch.linalg.vector_norm(d.reshape(n, c, length), dim=-1).square() / length
+    if xr.is_contiguous():
+        mu = xr.view(n, c, length).sum(-1) / length
+        d = xr - mu[..., None, None]
+    else:  # a box: one copy, then every pass runs over contiguous memory (strided ones are several x slower)
+        d = xr.contiguous()
+        mu = d.view(n, c, length).sum(-1) / length
+        d.sub_(mu[..., None, None])
+    var = torch.linalg.vector_norm(d.view(n, c, length), dim=-1).square() / length
     return mu, var, d
 
 
-def region_moments(x: torch.Tensor, region: Region = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-instance, per-channel mean and biased variance (N, C) of x (N, C, H, W) over `region`."""
-    mu, var, _ = _centred(_crop(x, region))
-    return mu, var
+_CHUNK = 1 << 16  # elements per chunk of centred rows: a temporary that stays in cache
+
+
+def _moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and biased variance (N, C) of a whole contiguous map, two-pass, without a full-size temporary."""
+    n, c = x.shape[:2]
+    length = _length(x)
+    rows = x.reshape(n * c, length)
+    mu = rows.sum(-1) / length
+    step = max(1, _CHUNK // length)
+    var = torch.cat(
+        [
+            torch.linalg.vector_norm(rows[i : i + step] - mu[i : i + step, None], dim=-1)
+            for i in range(0, n * c, step)
+        ]
+    )
+    return mu.view(n, c), var.square().view(n, c) / length
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
@@ -74,47 +93,61 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(1, n * c, h, w)
 
 
-def _sums(g: torch.Tensor, x: torch.Tensor, mu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``sum g`` and ``sum g·(x - mu)`` over H·W, (N, C) each, in one fused pass and without temporaries."""
-    ones = torch.ones(mu.numel(), dtype=x.dtype, device=x.device)
+def _sums(g: torch.Tensor, x: torch.Tensor, mu: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``sum g`` and ``sum g·(x - mu)`` (mu None: x is centred) over H·W, (N, C) each, in one fused pass
+    without temporaries."""
+    n, c = x.shape[:2]
+    ones = torch.ones(n * c, dtype=x.dtype, device=x.device)
+    mean = torch.zeros_like(ones) if mu is None else mu.reshape(-1)
     _, gd, a = torch.ops.aten.native_batch_norm_backward(
-        _rows(g), _rows(x), None, None, None, mu.reshape(-1), ones, True, 0.0, [False, True, True]
+        _rows(g), _rows(x), None, None, None, mean, ones, True, 0.0, [False, True, True]
     )
-    return a.view_as(mu), gd.view_as(mu)
+    return a.view(n, c), gd.view(n, c)
 
 
-def _linear_in_x(
-    x: torch.Tensor, mu: torch.Tensor, slope: torch.Tensor, offset: torch.Tensor
+def _linear(
+    x: torch.Tensor, mu: torch.Tensor | None, slope: torch.Tensor, offset: torch.Tensor
 ) -> torch.Tensor:
-    """Fresh ``(x - mu)·slope + offset`` per (n, c): the native BatchNorm inference kernel (mean mu,
-    variance 1, eps 0, so its scale is exactly `slope`) on the (1, N·C, H, W) view."""
-    ones = torch.ones(mu.numel(), dtype=x.dtype, device=x.device)
-    rows = F.batch_norm(
-        _rows(x), mu.reshape(-1), ones, slope.reshape(-1), offset.reshape(-1), False, 0.0, 0.0
-    )
+    """Fresh ``(x - mu)·slope + offset`` per (n, c) (mu None: x is centred): the native BatchNorm inference
+    kernel (mean mu, variance 1, eps 0, so its scale is exactly `slope`) on the (1, N·C, H, W) view."""
+    ones = torch.ones(slope.numel(), dtype=x.dtype, device=x.device)
+    mean = torch.zeros_like(ones) if mu is None else mu.reshape(-1)
+    rows = F.batch_norm(_rows(x), mean, ones, slope.reshape(-1), offset.reshape(-1), False, 0.0, 0.0)
     return rows.view_as(x)
 
 
-def _assemble(x: torch.Tensor, d: torch.Tensor, region: Region, scale: torch.Tensor, shift: torch.Tensor):
-    """y = d·S + T on `region` (d becomes y in place), x elsewhere."""
-    d.mul_(scale[..., None, None]).add_(shift[..., None, None])
-    if region is None:
-        return d
-    y = x.clone()
-    _crop(y, region).copy_(d)
-    return y
-
-
-def _moments(x: torch.Tensor, regions: Sequence[Region]) -> tuple[Stats, torch.Tensor]:
-    """The statistics of every region, and the centred tensor of the first (which becomes the output)."""
+def _statistics(x: torch.Tensor, regions: Sequence[Region]) -> tuple[Stats, list[torch.Tensor | None]]:
+    """The statistics of every region, and the centred copies: the first region's (it becomes the output),
+    and every box's (backward reads them instead of strided crops of x); None for whole-map regions."""
     stats: Stats = []
-    first = None
-    for region in regions:
-        mu, var, d = _centred(_crop(x, region))
+    centred: list[torch.Tensor | None] = []
+    for index, region in enumerate(regions):
+        if index > 0 and region is None:
+            mu, var = _moments(x)
+            d = None
+        else:
+            mu, var, d = _centred(_crop(x, region))
         stats.append((mu, var))
-        first = d if first is None else first
-    assert first is not None
-    return stats, first
+        centred.append(d)
+    return stats, centred
+
+
+def _output(
+    x: torch.Tensor,
+    d: torch.Tensor,
+    region: Region,
+    mu: torch.Tensor,
+    scale: torch.Tensor,
+    shift: torch.Tensor,
+) -> torch.Tensor:
+    """y = (x - mu)·S + T on `region`, x elsewhere. For the whole map the centred copy d becomes y in place;
+    for a box, two in-place passes over the box of a copy of x (y = x·S + (T - mu·S) there, as BatchNorm's
+    inference kernel folds it) cost less than a box temporary and a strided copy."""
+    if region is None:
+        return d.mul_(scale[..., None, None]).add_(shift[..., None, None])
+    y = x.clone()
+    _crop(y, region).mul_(scale[..., None, None]).add_((shift - mu * scale)[..., None, None])
+    return y
 
 
 @amp_function
@@ -124,15 +157,20 @@ class _StatAffine(torch.autograd.Function):
         ctx: Any, x: torch.Tensor, fn: StatFn, regions: tuple[Region, ...], *params: torch.Tensor
     ) -> torch.Tensor:
         # The statistics are computed without autograd; only the small function of them is recorded.
-        stats, first = _moments(x, regions)
+        stats, centred = _statistics(x, regions)
         for mu, var in stats:
             mu.requires_grad_(), var.requires_grad_()
         leaves = [p.detach().requires_grad_(p.requires_grad) for p in params]
         with torch.enable_grad():
             scale, shift = fn(stats, *leaves)
-        y = _assemble(x, first, regions[0], scale.detach(), shift.detach())
+        first = centred[0]
+        assert first is not None
+        y = _output(x, first, regions[0], stats[0][0].detach(), scale.detach(), shift.detach())
+        if regions[0] is None:
+            centred[0] = None  # it is y now; backward reads x
         ctx.save_for_backward(x)
         ctx.graph = (scale, shift, stats, leaves)
+        ctx.centred = centred
         ctx.regions = regions
         return y
 
@@ -141,11 +179,14 @@ class _StatAffine(torch.autograd.Function):
     def backward(ctx: Any, gy: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
         (x,) = ctx.saved_tensors
         scale, shift, stats, leaves = ctx.graph
-        regions = ctx.regions
+        regions, centred = ctx.regions, ctx.centred
         gy = gy.contiguous()
-        x0, g0 = _crop(x, regions[0]), _crop(gy, regions[0])
-        mu0 = stats[0][0].detach()
-        a, gd = _sums(g0, x0, mu0)
+        if regions[0] is None:
+            g0 = gy
+            a, gd = _sums(gy, x, stats[0][0].detach())
+        else:
+            g0 = _crop(gy, regions[0]).clone(memory_format=torch.contiguous_format)  # ours to overwrite
+            a, gd = _sums(g0, centred[0], None)
         # y0 = (x0 - mu0)·S + T: dL/dS = sum g·(x0 - mu0), dL/dT = sum g.
         wanted = [t for pair in stats for t in pair] + [p for p in leaves if p.requires_grad]
         outputs = [(o, go) for o, go in ((scale, gd), (shift, a)) if o.requires_grad]
@@ -166,27 +207,28 @@ class _StatAffine(torch.autograd.Function):
         if not ctx.needs_input_grad[0]:
             return (None, None, None, *gparams)
         s = scale.detach()
-        gx = None
-        for index, (region, (mu, _)) in enumerate(zip(regions, stats, strict=True)):
+        gx = gy if regions[0] is None else gy.clone()  # replaced below when region 0 is the whole map
+        for index, (region, (mu, _), d) in enumerate(zip(regions, stats, centred, strict=True)):
             gmu, gvar = stat_grads[2 * index], stat_grads[2 * index + 1]
             gmu = torch.zeros_like(mu) if gmu is None else gmu
             gvar = torch.zeros_like(mu) if gvar is None else gvar
             if index == 0:
                 gmu = gmu - s * a  # the explicit centring in y0 = (x0 - mu0)·S + T
-            length = _length(_crop(x, region))
+            length = x.shape[2] * x.shape[3] if region is None else _length(d)
             # mu = mean(x), var = mean((x - mu)^2): dmu/dx = 1/L, dvar/dx = 2 (x - mu) / L.
             slope, offset, mu = 2.0 * gvar / length, gmu / length, mu.detach()
-            if index == 0 and region is None:
-                gx = _linear_in_x(x, mu, slope, offset)
+            if region is None and index == 0:
+                gx = _linear(x, mu, slope, offset)
                 gx.addcmul_(gy, s[..., None, None])
-                continue
-            if gx is None:
-                gx = gy.clone()
-            part = _crop(gx, region)
-            if index == 0:
-                part.mul_(s[..., None, None])
-            part.addcmul_(_crop(x, region), slope[..., None, None])
-            part.add_((offset - mu * slope)[..., None, None])
+            elif region is None:
+                gx.addcmul_(x, slope[..., None, None])
+                gx.add_((offset - mu * slope)[..., None, None])
+            elif index == 0:
+                # g0 is a fresh contiguous copy: g0·S + d·slope + offset in place, then one strided write.
+                g0.mul_(s[..., None, None]).addcmul_(d, slope[..., None, None]).add_(offset[..., None, None])
+                _crop(gx, region).copy_(g0)
+            else:
+                _crop(gx, region).add_(_linear(d, None, slope, offset))
         return (gx, None, None, *gparams)
 
 
@@ -210,6 +252,8 @@ def stat_affine(
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params))
     if needs_grad:
         return _StatAffine.apply(x, fn, regions, *params)
-    stats, first = _moments(x, regions)
+    stats, centred = _statistics(x, regions)
     scale, shift = fn(stats, *params)
-    return _assemble(x, first, regions[0], scale, shift)
+    first = centred[0]
+    assert first is not None
+    return _output(x, first, regions[0], stats[0][0], scale, shift)

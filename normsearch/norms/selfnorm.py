@@ -21,7 +21,6 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
 
 from normsearch.errors import NormsearchError
 from normsearch.norms._amp import float32_forward
@@ -42,12 +41,26 @@ class _Attention(nn.Module):
         self.bn = nn.BatchNorm1d(num_channels)
 
     def forward(self, mu: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-        z = mu * self.weight[:, 0] + std * self.weight[:, 1]
+        return self.gate(mu, std, self.weight, self.bn.weight, self.bn.bias)
+
+    def gate(
+        self,
+        mu: torch.Tensor,
+        std: torch.Tensor,
+        weight: torch.Tensor,
+        bn_weight: torch.Tensor,
+        bn_bias: torch.Tensor,
+    ) -> torch.Tensor:
+        """The unit on given parameter tensors (so that a caller can differentiate through copies of them);
+        the BatchNorm1d's running statistics update as `nn.BatchNorm1d` would update them."""
+        z = mu * weight[:, 0] + std * weight[:, 1]
         bn = self.bn
-        if self.training and z.shape[0] == 1:
-            z = F.batch_norm(z, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
-        else:
-            z = bn(z)
+        use_batch = self.training and z.shape[0] > 1  # a batch of one: the running statistics
+        factor = 0.0
+        if use_batch:
+            bn.num_batches_tracked.add_(1)
+            factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+        z = F.batch_norm(z, bn.running_mean, bn.running_var, bn_weight, bn_bias, use_batch, factor, bn.eps)
         return torch.sigmoid(z)
 
 
@@ -73,22 +86,14 @@ class SelfNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         length = x.shape[2] * x.shape[3]
         correction = length / (length - 1) if length > 1 else 1.0
-        units = {"g": self.g} if self.f is None else {"g": self.g, "f": self.f}
-        names = [name for name, _ in self.named_parameters()]
+        units = [self.g] if self.f is None else [self.g, self.f]
 
         def scale_shift(stats: Stats, *params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            # y = x·g + (f - g)·mu = (x - mu)·g + f·mu  (tied: f = g)
+            # y = x·g + (f - g)·mu = (x - mu)·g + f·mu  (tied: f = g); params: 3 tensors per unit
             mu, var = stats[0]
             std = (var * correction + self.eps).sqrt()
-            gates = {}
-            for key, unit in units.items():
-                prefix = key + "."
-                own = {
-                    n.removeprefix(prefix): p
-                    for n, p in zip(names, params, strict=True)
-                    if n.startswith(prefix)
-                }
-                gates[key] = functional_call(unit, own, (mu, std))
-            return gates["g"], gates.get("f", gates["g"]) * mu
+            gates = [unit.gate(mu, std, *params[3 * i : 3 * i + 3]) for i, unit in enumerate(units)]
+            return gates[0], gates[-1] * mu
 
-        return stat_affine(x, scale_shift, tuple(self.parameters()))
+        params = [t for unit in units for t in (unit.weight, unit.bn.weight, unit.bn.bias)]
+        return stat_affine(x, scale_shift, params)

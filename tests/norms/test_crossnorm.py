@@ -204,3 +204,15 @@ def test_unknown_pairing_and_boxes_are_clear_errors() -> None:
         make_norm("crossnorm:pairing=shuffle", 4)
     with pytest.raises(NormsearchError, match=r"crossnorm: boxes must be one of inside\|clipped, got 'free'"):
         make_norm("crossnorm:boxes=free", 4)
+
+
+@pytest.mark.parametrize(
+    "spec", ["crossnorm:crop=content,boxes=clipped", "crossnorm:crop=both,boxes=clipped"]
+)
+def test_gradcheck_when_the_box_falls_back_to_the_whole_map(spec: str) -> None:
+    x = _x((3, 2, 2, 2)).requires_grad_(True)  # a 2×2 map: the clipped sampler never finds a box
+    grad = torch.randn(3, 2, 2, 2, dtype=torch.float64)
+    before = grad.clone()
+    _active(spec, 2, seed=4)(x).backward(grad)
+    assert torch.equal(grad, before)  # the incoming gradient is not written to
+    assert torch.autograd.gradcheck(lambda inp: _active(spec, 2, seed=4)(inp), (x.detach().requires_grad_(),))
