@@ -24,8 +24,9 @@ touch (with glibc's default allocator a (32, 64, 32, 32) IBN step spent half its
 - the input is saved for backward, not a centred copy of it.
 - a box (CrossNorm's crops) is a 0/1 mask over the whole map, not a slice: passes over a box slice run row
   by row (rows of 6 to 30 values on these maps) and cost 3-8x a pass over the whole contiguous map. Its
-  mean is one matrix-vector product with the mask, its centred copy ``(x - mu)·mask`` is saved, and the
-  output is ``x + d·(S - 1) + mask·(T - mu)``: the identity outside the box.
+  sums are matrix-vector products with the mask, its centred terms are formed in cache-sized chunks of
+  rows, and the output is ``x + mask·((x - mu)·(S - 1) + T - mu)``: the identity outside the box, and one
+  fresh tensor per pass, as for the whole map.
 """
 
 from __future__ import annotations
@@ -57,40 +58,59 @@ def _mask(x: torch.Tensor, box: Box) -> tuple[torch.Tensor, int]:
     return mask, (bottom - top) * (right - left)
 
 
-def _centred(x: torch.Tensor, box: Box | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Mean and biased variance (N, C) of the map or of a box, and the fresh centred tensor (N, C, H, W):
-    ``x - mu`` for the map, ``(x - mu)·mask`` (zero outside) for a box."""
+def _centred(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mean and biased variance (N, C) of the whole map, and the fresh centred tensor ``x - mu``."""
     n, c = x.shape[:2]
-    rows = x.reshape(n * c, _length(x))
-    if box is None:
-        mu = rows.sum(-1).view(n, c) / rows.shape[1]
-        d = x - mu[..., None, None]
-        length = rows.shape[1]
-    else:
-        mask, length = _mask(x, box)
-        mu = torch.mv(rows, mask.reshape(-1)).view(n, c) / length
-        d = (x - mu[..., None, None]).mul_(mask)
-    var = torch.linalg.vector_norm(d.view(n, c, -1), dim=-1).square() / length
+    length = _length(x)
+    mu = x.view(n, c, length).sum(-1) / length
+    d = x - mu[..., None, None]
+    var = torch.linalg.vector_norm(d.view(n, c, length), dim=-1).square() / length
     return mu, var, d
 
 
 _CHUNK = 1 << 18  # elements per chunk of centred rows (1 MiB in float32): a temporary that stays in cache
 
 
-def _moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and biased variance (N, C) of the whole map, two-pass, without a full-size temporary."""
+def _chunks(x: torch.Tensor) -> range:
+    """Row offsets of cache-sized chunks of the (N·C, H·W) view."""
+    step = max(1, _CHUNK // _length(x))
+    return range(0, x.shape[0] * x.shape[1], step)
+
+
+def _moments(x: torch.Tensor, box: Box | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and biased variance (N, C) of the whole map or of a box, two-pass, without a full-size
+    temporary (centred rows are formed chunk by chunk)."""
     n, c = x.shape[:2]
-    length = _length(x)
-    rows = x.reshape(n * c, length)
-    mu = rows.sum(-1) / length
-    step = max(1, _CHUNK // length)
-    var = torch.cat(
-        [
-            torch.linalg.vector_norm(rows[i : i + step] - mu[i : i + step, None], dim=-1)
-            for i in range(0, n * c, step)
-        ]
-    )
-    return mu.view(n, c), var.square().view(n, c) / length
+    rows = x.reshape(n * c, _length(x))
+    if box is None:
+        length, flat = rows.shape[1], None
+        mu = rows.sum(-1) / length
+    else:
+        mask, length = _mask(x, box)
+        flat = mask.reshape(-1)
+        mu = torch.mv(rows, flat) / length
+    step = max(1, _CHUNK // rows.shape[1])
+    parts = []
+    for i in _chunks(x):
+        centred = rows[i : i + step] - mu[i : i + step, None]
+        parts.append(torch.linalg.vector_norm(centred if flat is None else centred.mul_(flat), dim=-1))
+    return mu.view(n, c), torch.cat(parts).square().view(n, c) / length
+
+
+def _add_region_term(
+    gx: torch.Tensor, x: torch.Tensor, box: Box, mu: torch.Tensor, slope: torch.Tensor, offset: torch.Tensor
+) -> None:
+    """gx += mask·((x - mu)·slope + offset), chunk by chunk (no full-size temporary, centred)."""
+    n, c = x.shape[:2]
+    mask, _ = _mask(x, box)
+    flat = mask.reshape(-1)
+    rows, grows = x.reshape(n * c, -1), gx.view(n * c, -1)
+    mu, slope, offset = mu.reshape(-1, 1), slope.reshape(-1, 1), offset.reshape(-1, 1)
+    step = max(1, _CHUNK // rows.shape[1])
+    for i in _chunks(x):
+        j = i + step
+        term = (rows[i:j] - mu[i:j]).mul_(slope[i:j]).add_(offset[i:j]).mul_(flat)
+        grows[i:j].add_(term)
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
@@ -111,6 +131,25 @@ def _sums(g: torch.Tensor, x: torch.Tensor, mu: torch.Tensor | None) -> tuple[to
     return a.view(n, c), gd.view(n, c)
 
 
+def _box_sums(
+    g: torch.Tensor, x: torch.Tensor, box: Box, mu: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``sum g`` and ``sum g·(x - mu)`` over `box`, (N, C) each: a matrix-vector product with the mask, and
+    centred products formed chunk by chunk."""
+    n, c = x.shape[:2]
+    mask, _ = _mask(x, box)
+    flat = mask.reshape(-1)
+    rows, grows, mu = x.reshape(n * c, -1), g.reshape(n * c, -1), mu.reshape(-1, 1)
+    step = max(1, _CHUNK // rows.shape[1])
+    gd = torch.cat(
+        [
+            torch.mv((rows[i : i + step] - mu[i : i + step]).mul_(grows[i : i + step]), flat)
+            for i in _chunks(x)
+        ]
+    )
+    return torch.mv(grows, flat).view(n, c), gd.view(n, c)
+
+
 def _linear(x: torch.Tensor, mu: torch.Tensor, slope: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
     """Fresh ``(x - mu)·slope + offset`` per (n, c): the native BatchNorm inference kernel (mean mu,
     variance 1, eps 0, so its scale is exactly `slope`) on the (1, N·C, H, W) view."""
@@ -121,20 +160,18 @@ def _linear(x: torch.Tensor, mu: torch.Tensor, slope: torch.Tensor, offset: torc
     return rows.view_as(x)
 
 
-def _statistics(x: torch.Tensor, regions: Sequence[Region]) -> tuple[Stats, list[torch.Tensor | None]]:
-    """The statistics of every region and the centred tensors: the first region's (it becomes the output)
-    and every box's (backward reads them); None for a further whole-map region."""
+def _statistics(x: torch.Tensor, regions: Sequence[Region]) -> tuple[Stats, torch.Tensor | None]:
+    """The statistics of every region, and for a whole-map first region its centred tensor (it becomes
+    the output); boxes and further regions are reduced chunk by chunk, without full-size temporaries."""
     stats: Stats = []
-    centred: list[torch.Tensor | None] = []
+    first = None
     for index, region in enumerate(regions):
-        if index > 0 and region is None:
-            mu, var = _moments(x)
-            d = None
+        if index == 0 and region is None:
+            mu, var, first = _centred(x)
         else:
-            mu, var, d = _centred(x, region)
+            mu, var = _moments(x, region)
         stats.append((mu, var))
-        centred.append(d)
-    return stats, centred
+    return stats, first
 
 
 def _col(t: torch.Tensor) -> torch.Tensor:
@@ -143,18 +180,19 @@ def _col(t: torch.Tensor) -> torch.Tensor:
 
 def _output(
     x: torch.Tensor,
-    d: torch.Tensor,
+    d: torch.Tensor | None,
     region: Region,
     mu: torch.Tensor,
     scale: torch.Tensor,
     shift: torch.Tensor,
 ) -> torch.Tensor:
     """y = (x - mu)·S + T on `region`, x elsewhere. For the whole map the centred d becomes y in place; for
-    a box (d = (x - mu)·mask, kept for backward) y = x + d·(S - 1) + mask·(T - mu)."""
+    a box, y = x + mask·((x - mu)·(S - 1) + T - mu): one fresh tensor, as for the whole map."""
     if region is None:
+        assert d is not None
         return d.mul_(_col(scale)).add_(_col(shift))
     mask, _ = _mask(x, region)
-    return x.clone().addcmul_(d, _col(scale - 1.0)).addcmul_(mask, _col(shift - mu))
+    return _linear(x, mu, scale - 1.0, shift - mu).mul_(mask).add_(x)
 
 
 @amp_function
@@ -164,20 +202,15 @@ class _StatAffine(torch.autograd.Function):
         ctx: Any, x: torch.Tensor, fn: StatFn, regions: tuple[Region, ...], *params: torch.Tensor
     ) -> torch.Tensor:
         # The statistics are computed without autograd; only the small function of them is recorded.
-        stats, centred = _statistics(x, regions)
+        stats, first = _statistics(x, regions)
         for mu, var in stats:
             mu.requires_grad_(), var.requires_grad_()
         leaves = [p.detach().requires_grad_(p.requires_grad) for p in params]
         with torch.enable_grad():
             scale, shift = fn(stats, *leaves)
-        first = centred[0]
-        assert first is not None
         y = _output(x, first, regions[0], stats[0][0].detach(), scale.detach(), shift.detach())
-        if regions[0] is None:
-            centred[0] = None  # it is y now; backward reads x
         ctx.save_for_backward(x)
         ctx.graph = (scale, shift, stats, leaves)
-        ctx.centred = centred
         ctx.regions = regions
         return y
 
@@ -186,15 +219,12 @@ class _StatAffine(torch.autograd.Function):
     def backward(ctx: Any, gy: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
         (x,) = ctx.saved_tensors
         scale, shift, stats, leaves = ctx.graph
-        regions, centred = ctx.regions, ctx.centred
+        regions = ctx.regions
         gy = gy.contiguous()
-        n, c = x.shape[:2]
         if regions[0] is None:
             a, gd = _sums(gy, x, stats[0][0].detach())
         else:
-            mask0, _ = _mask(x, regions[0])
-            _, gd = _sums(gy, centred[0], None)  # d is zero outside the box
-            a = torch.mv(gy.view(n * c, -1), mask0.reshape(-1)).view(n, c)
+            a, gd = _box_sums(gy, x, regions[0], stats[0][0].detach())
         # y0 = (x0 - mu0)·S + T: dL/dS = sum g·(x0 - mu0), dL/dT = sum g.
         wanted = [t for pair in stats for t in pair] + [p for p in leaves if p.requires_grad]
         outputs = [(o, go) for o, go in ((scale, gd), (shift, a)) if o.requires_grad]
@@ -216,7 +246,7 @@ class _StatAffine(torch.autograd.Function):
             return (None, None, None, *gparams)
         s = scale.detach()
         gx = gy
-        for index, (region, (mu, _), d) in enumerate(zip(regions, stats, centred, strict=True)):
+        for index, (region, (mu, _)) in enumerate(zip(regions, stats, strict=True)):
             gmu, gvar = stat_grads[2 * index], stat_grads[2 * index + 1]
             gmu = torch.zeros_like(mu) if gmu is None else gmu
             gvar = torch.zeros_like(mu) if gvar is None else gvar
@@ -228,13 +258,12 @@ class _StatAffine(torch.autograd.Function):
             if index == 0 and mask is None:
                 gx = _linear(x, mu, slope, offset).addcmul_(gy, _col(s))
             elif index == 0:
-                # gy + gy·mask·(S - 1) + d·slope + mask·offset: gy·S + (x - mu)·slope + offset in the box.
-                gx = (gy * mask).mul_(_col(s - 1.0)).add_(gy)
-                gx.addcmul_(d, _col(slope)).addcmul_(mask, _col(offset))
+                # gy + mask·(gy·(S - 1) + (x - mu)·slope + offset): gy·S + (x - mu)·slope + offset in the box.
+                gx = _linear(x, mu, slope, offset).addcmul_(gy, _col(s - 1.0)).mul_(mask).add_(gy)
             elif mask is None:
                 gx.addcmul_(x, _col(slope)).add_(_col(offset - mu * slope))
             else:
-                gx.addcmul_(d, _col(slope)).addcmul_(mask, _col(offset))
+                _add_region_term(gx, x, region, mu, slope, offset)
         return (gx, None, None, *gparams)
 
 
@@ -259,8 +288,6 @@ def stat_affine(
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params))
     if needs_grad:
         return _StatAffine.apply(x, fn, regions, *params)
-    stats, centred = _statistics(x, regions)
+    stats, first = _statistics(x, regions)
     scale, shift = fn(stats, *params)
-    first = centred[0]
-    assert first is not None
     return _output(x, first, regions[0], stats[0][0], scale, shift)
