@@ -31,7 +31,7 @@ from normsearch.arch.plan import CrossNormSchedule, Insert, NormPlan, SwitchSche
 from normsearch.arch.topology import BlockType, Topology, resnet_topology
 from normsearch.config import read_mapping, validate
 from normsearch.errors import NormsearchError
-from normsearch.norms.crossnorm import CROPS, MODES
+from normsearch.norms.crossnorm import BOXES, CROPS, MODES, PAIRINGS
 from normsearch.norms.registry import validate_spec
 from normsearch.norms.selfnorm import FORMS
 from normsearch.norms.spec import NormSpec
@@ -151,7 +151,7 @@ class SwitchableRule(_Strict):
     stem: bool | None = None
     # The released SN ResNet zero-initialises γ of the last SN in every block (`last_gamma`).
     last_gamma: bool = True
-    mode: Literal["soft", "hard"] = "soft"
+    mode: Literal["soft", "hard", "sparse"] = "soft"  # sparse: Sparse SN (`ssn`, SparsestMax ratios)
     mean: Literal["in", "ln", "bn"] = "bn"  # hard mode: the choice for every slot without its own
     var: Literal["in", "ln", "bn"] = "bn"
     choices: dict[str, str] = Field(default_factory=dict)  # hard mode: slot -> "mean/var", e.g. "in/bn"
@@ -202,6 +202,8 @@ class CrossNormRule(_Strict):
     crop: Annotated[str, _one_of(CROPS)] = "none"
     threshold: float = Field(default=0.1, gt=0.0, le=1.0)
     beta: float = Field(default=1.0, gt=0.0)
+    pairing: Annotated[str, _one_of(PAIRINGS)] = "derangement"  # randperm: the released pairing
+    boxes: Annotated[str, _one_of(BOXES)] = "inside"  # clipped: the released crop-box sampler
     position: InsertPosition = "residual"
     stages: Stages | None = None
 
@@ -388,7 +390,13 @@ class ArchConfig(_Strict):
                 continue
             if name == "crossnorm":
                 spec = NormSpec.of(
-                    "crossnorm", mode=rule.mode, crop=rule.crop, threshold=rule.threshold, beta=rule.beta
+                    "crossnorm",
+                    mode=rule.mode,
+                    crop=rule.crop,
+                    threshold=rule.threshold,
+                    beta=rule.beta,
+                    pairing=rule.pairing,
+                    boxes=rule.boxes,
                 )
                 cn_schedule = CrossNormSchedule(p=rule.p, active_num=rule.active_num)
             else:
@@ -413,6 +421,8 @@ class ArchConfig(_Strict):
             params["unbiased"] = False
         if rule.mode == "soft":
             return NormSpec.of("sn", **params)
+        if rule.mode == "sparse":
+            return NormSpec.of("ssn", **params)
         mean, var = rule.choices.get(slot, f"{rule.mean}/{rule.var}").split("/")
         return NormSpec.of("sn", mode="hard", mean=mean, var=var, **params)
 
