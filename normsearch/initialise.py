@@ -27,6 +27,7 @@ from normsearch.errors import NormsearchError
 
 if TYPE_CHECKING:
     from normsearch.data.domains import DomainSet
+    from normsearch.data.protocol import Unit
     from normsearch.data.spec import DataConfig
     from normsearch.models.weights import Checkpoint
     from normsearch.train import TrainConfig, TrainResult, TrainState
@@ -102,8 +103,10 @@ def pretrain(
     device: str = "cpu",
     snapshot: Callable[[TrainState], None] | None = None,
     resume: TrainState | None = None,
+    unit: Unit | None = None,
 ) -> TrainResult:
-    """Train the recipe's base architecture `arch` once on the sources, for `train.init: pretrain`:
+    """Train the recipe's base architecture `arch` once on the sources (of `unit`: a fold's base never
+    sees the fold's held-out domain), for `train.init: pretrain`:
     `pretrain_epochs` at `pretrain_lr` (default: the candidates' epochs and lr), from `backbone.weights`
     if set, else from scratch. `result.checkpoint` is the pretrained base with its provenance (seed,
     budget, source domain, accuracies, versions); `save_checkpoint` writes it and
@@ -122,8 +125,20 @@ def pretrain(
             "init_from": None,
         }
     )
+    unit = unit or data_config.units()[0]
     result = train_candidate(
-        arch, data, data_config, base, seed, report, threads, device, snapshot, resume, keep_weights=True
+        arch,
+        data,
+        data_config,
+        base,
+        seed,
+        report,
+        threads,
+        device,
+        snapshot,
+        resume,
+        keep_weights=True,
+        unit=unit,
     )
     assert result.checkpoint is not None  # keep_weights
     versions = {
@@ -136,9 +151,10 @@ def pretrain(
         "seed": seed,
         "epochs": base.epochs,
         "lr": base.lr,
-        "source_domain": data_config.source,
+        "source_domains": list(unit.sources),
+        "selection": data_config.selection,
         "source_val_acc": result.final["source_val_acc"],
-        "target_select_acc": result.final["target_select_acc"],
+        "target_select_acc": result.final.get("target_select_acc"),
         "started_from": result.extra["init"],
         "versions": versions,
     }

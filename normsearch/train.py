@@ -30,7 +30,6 @@ import copy
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -39,22 +38,34 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from normsearch.arch import ArchConfig
-from normsearch.data.batches import AugmentConfig, Standardizer, accuracy, make_augment, train_batches
 from normsearch.data.domains import DomainSet
+from normsearch.data.pipeline import (
+    AugmentConfig,
+    Standardizer,
+    balanced_batches,
+    make_augment,
+)
+from normsearch.data.protocol import Unit
 from normsearch.data.spec import DataConfig, group_means
+from normsearch.evaluation import UnitSets, epoch_metrics, test_accuracies, unit_sets
 from normsearch.initialise import init_mode as init_mode
 from normsearch.initialise import pretrain as pretrain  # the public door is normsearch.train.pretrain
 from normsearch.initialise import starting_model, trained_checkpoint
+from normsearch.norms.sparse_switchable import set_sparse_progress
 from normsearch.precision import autocast, grad_scaler, layout, place, resolve_device
+from normsearch.train_state import (  # the public doors stay normsearch.train.*
+    Diverged as Diverged,
+)
+from normsearch.train_state import TrainResult as TrainResult
+from normsearch.train_state import TrainState as TrainState
+from normsearch.train_state import _generators, converged
+from normsearch.train_state import hardened_arch as hardened_arch
+from normsearch.train_state import retrain_summary as retrain_summary
+from normsearch.train_state import switch_to_hard as switch_to_hard
 
 if TYPE_CHECKING:
     from normsearch.models.weights import Checkpoint
 
-# benchmark-design §6b: a run whose source accuracy is below 98% while its training accuracy was still
-# climbing (by more than a point in the last epoch) when the schedule ran out is "not converged": its target
-# accuracy is not a domain-generalization result.
-CONVERGED_SOURCE_ACC = 98.0
-STILL_CLIMBING = 1.0
 RECALIBRATION_BATCHES = 20
 
 
@@ -94,64 +105,6 @@ class TrainConfig(BaseModel):
         return self
 
 
-class Diverged(RuntimeError):
-    """Training produced a non-finite loss; the message says which and when ("NaN loss at epoch 3")."""
-
-
-@dataclass
-class TrainState:
-    """Everything needed to continue training after `epoch` finished epochs, bit for bit."""
-
-    epoch: int
-    model: dict[str, Any]
-    optimizer: dict[str, Any]
-    schedule: dict[str, Any]
-    generators: dict[str, torch.Tensor]  # data order, CrossNorm policy and layers, the global torch RNG
-    switched: int
-    history: list[dict[str, Any]]
-    scaler: dict[str, Any] | None = None  # fp16's GradScaler (scale, growth tracker)
-    init: dict[str, Any] | None = None  # what training started from, reported again on resume
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainState:
-        return cls(**data)
-
-
-@dataclass
-class TrainResult:
-    """What one training run produced: per-epoch metrics, the last epoch's, and the test-domain accuracies."""
-
-    history: list[dict[str, Any]]
-    test: dict[str, float]
-    groups: dict[str, float]
-    params: int
-    seconds: float
-    threads: int
-    extra: dict[str, Any] = field(default_factory=dict)
-    checkpoint: Checkpoint | None = None  # the trained weights, with `keep_weights=True`
-
-    @property
-    def final(self) -> dict[str, Any]:
-        return self.history[-1]
-
-    @property
-    def converged(self) -> bool:
-        return converged(self.history)
-
-
-def converged(history: list[dict[str, Any]]) -> bool:
-    """False when source val accuracy is below 98% and training accuracy still rose by more than a point
-    in the last epoch (see CONVERGED_SOURCE_ACC)."""
-    if not history or history[-1]["source_val_acc"] >= CONVERGED_SOURCE_ACC:
-        return True
-    if len(history) < 2:
-        return False
-    return history[-1]["train_acc"] - history[-2]["train_acc"] <= STILL_CLIMBING
-
-
 def _lr_factor(config: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
     total = config.epochs * steps_per_epoch
     warmup = round(config.warmup_epochs * steps_per_epoch)
@@ -181,50 +134,13 @@ def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
 
-def switch_to_hard(model: nn.Module) -> int:
-    """Replace every soft SwitchNorm2d by its hard argmax layer (SN §4.1.4), keeping the affine parameters
-    as the same Parameter objects so the optimizer's momentum carries over. Returns how many switched."""
-    from normsearch.norms.switchable import SwitchNorm2d
-
-    switched = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, SwitchNorm2d) and child.mode == "soft":
-                hard = child.to_hard()
-                hard.weight, hard.bias = child.weight, child.bias
-                setattr(parent, name, hard)
-                switched += 1
-    return switched
-
-
-def _generators(model: nn.Module, data_order: torch.Generator, policy: Any) -> dict[str, torch.Generator]:
-    """Every random generator training draws from, by a stable name: the data order, the CrossNorm policy,
-    each layer that owns one (CrossNorm's box and partner draws); the global RNG (augmentation) apart."""
-    found = {"data": data_order}
-    if policy is not None:
-        found["policy"] = policy.generator
-    for name, module in model.named_modules():
-        if isinstance(getattr(module, "generator", None), torch.Generator):
-            found[f"module:{name}"] = module.generator
-    return found
-
-
-def hardened_arch(arch: ArchConfig, model_state: dict[str, Any]) -> ArchConfig:
-    """The ArchConfig that a trained model's weights fit: when the plan switched Switchable Norm from soft
-    to hard during training (`hard_at`), its hard choices (the one-hot ratio buffers in the state) become
-    the rule's `choices`, so that a rebuilt network is hard where the trained one was."""
-    from normsearch.norms.switchable import STATS
-
-    rule = arch.norm.switchable
-    if rule is None or rule.mode != "soft" or rule.hard_at is None:
-        return arch
-    choices = {}
-    for slot, spec in arch.resolve().slots.items():
-        mean, var = model_state.get(f"{slot}.mean_weight"), model_state.get(f"{slot}.var_weight")
-        if spec.kind == "sn" and mean is not None and var is not None:
-            choices[slot] = f"{STATS[int(mean.argmax())]}/{STATS[int(var.argmax())]}"
-    hard = rule.model_copy(update={"mode": "hard", "hard_at": None, "choices": choices})
-    return arch.model_copy(update={"norm": arch.norm.model_copy(update={"switchable": hard})})
+def _standardizer(arch: ArchConfig, data_config: DataConfig, sets: UnitSets) -> Standardizer:
+    """The input standardisation: the sources' own statistics, or ImageNet's for a pretrained backbone
+    (`data.normalize: auto` picks ImageNet's when `backbone.weights` is set)."""
+    rule = data_config.normalize
+    if rule == "imagenet" or (rule == "auto" and arch.backbone.weights):
+        return Standardizer.imagenet()
+    return Standardizer.fit(sets.train_images())
 
 
 def train_candidate(
@@ -240,8 +156,10 @@ def train_candidate(
     resume: TrainState | None = None,
     init: Checkpoint | str | Path | dict[str, torch.Tensor] | None = None,
     keep_weights: bool = False,
+    unit: Unit | None = None,
 ) -> TrainResult:
-    """Train `arch` on `data_config.source` and evaluate it; deterministic from `seed` on CPU at a fixed
+    """Train `arch` on one unit of the data protocol (default: the recipe's only one; `data_config.units()`)
+    and evaluate it (normsearch.evaluation); deterministic from `seed` on CPU at a fixed
     thread count. `report` receives one metrics dict per epoch (``final`` is True on the last); `snapshot`,
     called just before it, the state to continue from. With `resume`, the finished epochs are not trained
     again (a state whose last epoch is the final one only reports it again). `init` (a checkpoint, a file,
@@ -267,24 +185,18 @@ def train_candidate(
     model = model.to(dev, memory_format=torch.channels_last) if config.channels_last else model.to(dev)
     params = sum(p.numel() for p in model.parameters())
 
-    source = data[data_config.source]
-    train_x, train_y = source.split("train")
-    standardize = Standardizer.fit(train_x)
+    unit = unit or data_config.units()[0]
+    sets = unit_sets(data, unit, lambda t: place(t, dev))
+    standardize = _standardizer(arch, data_config, sets)
     if dev.type != "cpu":  # batches are sliced, augmented and standardised on the device
         standardize = Standardizer(place(standardize.mean, dev), place(standardize.std, dev))
-    train_x, train_y = place(train_x, dev), place(train_y, dev)
-    augment = make_augment(config.augment, train_x.shape[-1])
-
-    def split(domain: str, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        images, labels = data[domain].split(name)
-        return place(images, dev), labels  # `accuracy` compares labels on the host
-
-    source_val = split(data_config.source, "val")
-    select = {name: split(name, "val") for name in data_config.select}
+    train_parts = list(sets.train.values())
+    augment = make_augment(config.augment, train_parts[0][0].shape[-1])
+    n_train = sum(len(y) for _, y in train_parts)
     generator = torch.Generator().manual_seed(seed)
     scaler = grad_scaler(dev, config.precision)
 
-    steps_per_epoch = math.ceil(len(train_y) / config.batch_size)
+    steps_per_epoch = math.ceil(n_train / config.batch_size)
     optimizer = _optimizer(model, config)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(config, steps_per_epoch))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
@@ -295,12 +207,13 @@ def train_candidate(
     if plan.switchable and plan.switchable.hard_at is not None:
         hard_epoch = min(config.epochs - 1, math.ceil(plan.switchable.hard_at * config.epochs))
     batch_average = bool(plan.switchable and plan.switchable.batch_average)
+    sparse = set_sparse_progress(model, 0.0) > 0
 
     def evaluate() -> None:
         if policy:
             policy.off()
         if batch_average:
-            batches = train_batches(train_x, train_y, config.batch_size, torch.Generator().manual_seed(seed))
+            batches = balanced_batches(train_parts, config.batch_size, torch.Generator().manual_seed(seed))
             with autocast(dev, config.precision):
                 recalibrate_bn(model, ((standardize(x).to(dev),) for x, _ in batches), RECALIBRATION_BATCHES)
         model.eval()
@@ -335,9 +248,13 @@ def train_candidate(
         # Accumulated on the device and read once per epoch: a `.item()` per step would stall a GPU.
         loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
         correct = torch.zeros((), dtype=torch.long, device=dev)
-        for x, y in train_batches(train_x, train_y, config.batch_size, generator, augment):
+        for step, (x, y) in enumerate(balanced_batches(train_parts, config.batch_size, generator, augment)):
             if policy:
                 policy.step()
+            if sparse:  # Sparse SN anneals its radius over training (SSN §3.3)
+                set_sparse_progress(
+                    model, (epoch * steps_per_epoch + step) / (config.epochs * steps_per_epoch)
+                )
             x, y = standardize(x).to(dev, memory_format=layout(config.channels_last)), y.to(dev)
             with autocast(dev, config.precision):
                 logits = model(x)
@@ -360,15 +277,12 @@ def train_candidate(
             raise Diverged(f"{'NaN' if math.isnan(epoch_loss) else 'infinite'} loss at epoch {epoch + 1}")
         evaluate()
         with autocast(dev, config.precision):
-            accs = {name: accuracy(model, x, y, standardize) for name, (x, y) in select.items()}
-            source_acc = accuracy(model, *source_val, standardize)
+            measured = epoch_metrics(model, sets, standardize)
         metrics: dict[str, Any] = {
             "epoch": epoch + 1,
             "loss": epoch_loss,
             "train_acc": 100.0 * int(correct) / seen,
-            "source_val_acc": source_acc,
-            "target_select_acc": sum(accs.values()) / len(accs),
-            **{f"select/{name}": acc for name, acc in accs.items()},
+            **measured,
             "lr": optimizer.param_groups[0]["lr"],
             "images_per_s": seen / train_seconds,
             "epoch_seconds": time.perf_counter() - tic,
@@ -381,11 +295,7 @@ def train_candidate(
             # Once, after training: the source's and every target's test split, kept apart from what
             # selection saw (the search's objectives never read these).
             with autocast(dev, config.precision):
-                test["source"] = accuracy(model, *split(data_config.source, "test"), standardize)
-                for name in data_config.targets:
-                    test[name] = accuracy(model, *split(name, "test"), standardize)
-            if data_config.test:
-                test["test_mean"] = sum(test[n] for n in data_config.test) / len(data_config.test)
+                test = test_accuracies(model, data, unit, standardize, lambda t: place(t, dev))
             metrics["test"] = test
         history.append(metrics)
         if snapshot is not None:
@@ -408,7 +318,7 @@ def train_candidate(
             report(metrics)
 
     test = history[-1]["test"]
-    groups = group_means({n: test[n] for n in data_config.targets}, data_config.dataset)
+    groups = group_means({n: test[n] for n in unit.targets}, data_config.dataset)
     return TrainResult(
         history,
         test,
@@ -421,20 +331,41 @@ def train_candidate(
     )
 
 
-def retrain_summary(results: list[TrainResult]) -> list[tuple[str, float, float, list[float]]]:
-    """(measure, mean, standard error, per-seed values) for source val, select mean and every test-split
-    accuracy of several seeds' runs."""
-    measures: dict[str, list[float]] = {}
-    for result in results:
-        measures.setdefault("source val", []).append(result.final["source_val_acc"])
-        measures.setdefault("select target (val)", []).append(result.final["target_select_acc"])
-        for name, value in result.test.items():
-            measures.setdefault(f"test: {name}", []).append(value)
-        for name, value in result.groups.items():
-            measures.setdefault(f"group: {name}", []).append(value)
-    rows = []
-    for name, values in measures.items():
-        mean = sum(values) / len(values)
-        var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
-        rows.append((name, mean, math.sqrt(var / len(values)), values))
-    return rows
+def train_units(
+    arch: ArchConfig,
+    data: DomainSet,
+    data_config: DataConfig,
+    config: TrainConfig,
+    seed: int = 0,
+    report: Callable[[str, dict[str, Any]], None] | None = None,
+    threads: int | None = None,
+    device: str = "cpu",
+) -> TrainResult:
+    """Train `arch` once per unit of the data protocol (data/protocol.py) and combine the units as the
+    search does: mean metrics, and under rotation each held-out domain's accuracy with their average.
+    `report(unit, metrics)` receives each unit's epochs. One unit: exactly `train_candidate`."""
+    from normsearch.data.protocol import combine_units
+
+    units = data_config.units()
+    results = {}
+    for unit in units:
+        unit_report = (lambda m, u=unit.name: report(u, m)) if report is not None else None
+        results[unit.name] = train_candidate(
+            arch, data, data_config, config, seed, unit_report, threads, device, unit=unit
+        )
+    if len(units) == 1:
+        return results[units[0].name]
+    metrics, test = combine_units(
+        units, {n: r.final for n, r in results.items()}, {n: r.test for n, r in results.items()}
+    )
+    first = results[units[0].name]
+    groups = group_means({k: v for k, v in test.items() if k in data_config.targets}, data_config.dataset)
+    return TrainResult(
+        [{**metrics, "final": True, "converged": all(r.converged for r in results.values())}],
+        test,
+        groups,
+        first.params,
+        sum(r.seconds for r in results.values()),
+        first.threads,
+        {"units": {n: {"final": r.final, "test": r.test} for n, r in results.items()}},
+    )

@@ -72,10 +72,12 @@ app.add_typer(data_app, name="data")
 def show_run(run_dir: Path, sort: str, top: int | None, show_all: bool) -> None:
     """Print a run's trials table and front (also what `run` and `resume` end with)."""
     from normsearch.results.front import summarize
-    from normsearch.results.tables import front_table, trials_table
+    from normsearch.results.tables import domainbed_table, front_table, trials_table
 
     summary = summarize(run_dir)
     console.print(trials_table(summary, sort=sort, top=top, show_all=show_all))
+    if summary.recipe.data.rotate:
+        console.print(domainbed_table(summary))
     console.print(front_table(summary.front, summary.recipe))
 
 

@@ -79,7 +79,7 @@ def train(
     """Retrain an architecture over several seeds; mean ± standard error on source, select and test."""
     from normsearch.arch import load_arch
     from normsearch.data.spec import load_data
-    from normsearch.train import retrain_summary, train_candidate
+    from normsearch.train import retrain_summary, train_units
 
     recipe, _ = load_recipe_flags(recipe_path)
     arch = load_arch(config)
@@ -90,14 +90,16 @@ def train(
             label = f"seed {recipe.seed + k} ({k + 1}/{seeds})"
             status.update(f"training {label}")
 
-            def show(m: dict[str, Any], label: str = label) -> None:
+            def show(unit: str, m: dict[str, Any], label: str = label) -> None:
+                where = f" unit {unit}" if unit else ""
+                select = f", select {m['target_select_acc']:.1f}" if "target_select_acc" in m else ""
                 status.update(
-                    f"training {label}: epoch {m['epoch']}/{recipe.train.epochs}, source val "
-                    f"{m['source_val_acc']:.1f}, select {m['target_select_acc']:.1f}"
+                    f"training {label}{where}: epoch {m['epoch']}/{recipe.train.epochs}, source val "
+                    f"{m['source_val_acc']:.1f}{select}"
                 )
 
             results.append(
-                train_candidate(
+                train_units(
                     arch,
                     data,
                     recipe.data,

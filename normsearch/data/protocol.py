@@ -58,7 +58,7 @@ def expand_units(
         if selection == "leave_one_domain_out":
             for chooser in fold_sources:
                 rest = tuple(s for s in fold_sources if s != chooser)
-                name = f"{prefix}/{chooser}" if prefix else chooser
+                name = f"{prefix}~{chooser}" if prefix else chooser  # a folder name: no "/"
                 units.append(Unit(name, rest, (chooser,), tuple(fold_test), held_out))
             continue
         chosen: tuple[str, ...]
@@ -94,5 +94,29 @@ def describe_rule(
         rule = "leave-one-domain-out validation: each source in turn held out of training selects"
     else:
         rule = f"selected on held-out domains {', '.join(select)}"
-    reported = "the held-out domain" if rotate else (", ".join(test) or "none")
-    return f"{where}; {rule}; test domains {reported} reported after selection{extra}"
+    reported = "the held-out domain is" if rotate else f"test domains {', '.join(test) or 'none'}"
+    return f"{where}; {rule}; {reported} reported after selection{extra}"
+
+
+def combine_units(units: list[Unit], finals: dict[str, dict], tests: dict[str, dict]) -> tuple[dict, dict]:
+    """A candidate's numbers from its units': every metric all units report, averaged (the objectives are
+    fold means); the test accuracies averaged per domain, and under rotation each held-out domain's
+    accuracy from the folds that held it out with their average under ``avg`` (DomainBed's table row)."""
+    names = [u.name for u in units]
+    common = set.intersection(*(set(finals[n]) for n in names))
+    metrics = {
+        k: sum(float(finals[n][k]) for n in names) / len(names)
+        for k in common
+        if all(isinstance(finals[n][k], int | float) and not isinstance(finals[n][k], bool) for n in names)
+    }
+    test: dict[str, float] = {}
+    held = [u for u in units if u.held_out is not None]
+    if held:
+        for domain in dict.fromkeys(u.held_out for u in held):
+            values = [tests[u.name][domain] for u in held if u.held_out == domain]
+            test[domain] = sum(values) / len(values)
+        test["avg"] = sum(test.values()) / len(test)
+    shared = set.intersection(*(set(tests[n]) for n in names)) - set(test)
+    for key in sorted(shared):
+        test[key] = sum(tests[n][key] for n in names) / len(names)
+    return metrics, test

@@ -18,7 +18,7 @@ from normsearch.files import atomic_write_text
 from normsearch.recipe import Recipe
 from normsearch.results.pareto import hypervolume_2d, non_dominated, pick, worst_reference
 from normsearch.run.folder import RunFolder
-from normsearch.run.records import TrialRecord
+from normsearch.run.records import UNIT_SEPARATOR, TrialRecord
 from normsearch.space import Space
 
 
@@ -31,6 +31,11 @@ class RunSummary:
     space: Space
     trials: list[TrialRecord]
     front: Front
+
+    @property
+    def candidates(self) -> list[TrialRecord]:
+        """One record per searched configuration (a candidate's per-unit records left out)."""
+        return [t for t in self.trials if UNIT_SEPARATOR not in t.trial_id]
 
 
 def summarize(run_dir: str | Path) -> RunSummary:
@@ -60,6 +65,8 @@ def compute_front(trials: list[TrialRecord], objectives: dict[str, str]) -> Fron
     """Collapse duplicate configurations (mean of their objectives) and find the non-dominated points."""
     groups: dict[str, list[TrialRecord]] = {}
     for trial in trials:
+        if UNIT_SEPARATOR in trial.trial_id:
+            continue  # a unit of a candidate: the candidate's own record carries its combined numbers
         if trial.complete and all(name in trial.metrics for name in objectives):
             groups.setdefault(trial.key(), []).append(trial)
     points = [
@@ -110,6 +117,8 @@ def export(
                 k: v for k, v in trial.metrics.items() if isinstance(v, int | float) and k != "final"
             },
             "selection": recipe.data.describe(),
+            "selection_rule": recipe.data.selection,
+            "started_from": trial.extra.get("init"),
             "versions": trial.versions,
             "weights": weights,
         },

@@ -50,7 +50,7 @@ def trials_table(
     configurations that were not trained again)."""
     recipe, front = summary.recipe, summary.front
     members = front.member_ids()
-    rows = [t for t in summary.trials if show_all or t.status != "repeat"]
+    rows = [t for t in summary.candidates if show_all or t.status != "repeat"]
     key = "target_select_acc" if sort == "target" else "source_val_acc"
     rows.sort(key=lambda t: (t.complete, float(t.metrics.get(key, -1.0))), reverse=True)
     if top is not None:
@@ -59,9 +59,15 @@ def trials_table(
     table = Table(title=header(recipe), title_justify="left", show_lines=False)
     table.add_column("trial")
     table.add_column("config", overflow="fold")
+    several = len(recipe.data.units()[0].sources) > 1
+    selects = bool(recipe.data.units()[0].select)
+    fixed = [d for d in recipe.data.select if all(d in u.select for u in recipe.data.units())]
     table.add_column("source val", justify="right")
-    table.add_column("target (select)" + (" ORACLE" if oracle else ""), justify="right")
-    for domain in recipe.data.select:
+    if several:
+        table.add_column("worst source", justify="right")
+    if selects:
+        table.add_column("target (select)" + (" ORACLE" if oracle else ""), justify="right")
+    for domain in fixed:
         table.add_column(domain, justify="right")
     table.add_column("epochs", justify="right")
     table.add_column("status")
@@ -74,8 +80,9 @@ def trials_table(
             t.trial_id,
             arch_summary(t.arch, t.config),
             _pct(m.get("source_val_acc")),
-            _pct(m.get("target_select_acc")),
-            *[_pct(m.get(f"select/{d}")) for d in recipe.data.select],
+            *([_pct(m.get("worst_source_val_acc"))] if several else []),
+            *([_pct(m.get("target_select_acc"))] if selects else []),
+            *[_pct(m.get(f"select/{d}")) for d in fixed],
             str(t.epoch or "-"),
             Text(
                 t.status + (" (not converged)" if t.complete and t.metrics.get("converged") is False else ""),
@@ -86,6 +93,31 @@ def trials_table(
         if any(r.reason for r in rows):
             cells.append(Text(t.reason or "", style=STATUS_STYLE.get(t.status, "")))
         table.add_row(*cells)
+    return table
+
+
+def domainbed_table(summary: RunSummary) -> Table:
+    """DomainBed's layout for a rotated run: one row per complete configuration, one column per held-out
+    test domain (its accuracy when held out) and their average; the selection rule in the title."""
+    recipe = summary.recipe
+    held = recipe.data.sources
+    extra = [d for d in recipe.data.test if d not in held]
+    table = Table(title=f"test accuracy per held-out domain — {header(recipe)}", title_justify="left")
+    table.add_column("trial")
+    table.add_column("config", overflow="fold")
+    for domain in [*held, "Avg", *extra]:
+        table.add_column(domain, justify="right")
+    done = [t for t in summary.candidates if t.complete]
+    done.sort(key=lambda t: float(t.test.get("avg", -1.0)), reverse=True)
+    for t in done:
+        cells = [_pct(t.test.get(d)) if d in t.test else "X" for d in held]
+        table.add_row(
+            t.trial_id,
+            arch_summary(t.arch, t.config),
+            *cells,
+            _pct(t.test.get("avg")),
+            *[_pct(t.test.get(d)) for d in extra],
+        )
     return table
 
 

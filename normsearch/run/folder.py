@@ -7,6 +7,7 @@ A run folder holds everything a later command needs::
     trials.jsonl              one record per evaluation, appended as results arrive (run/records.py)
     tune/attempt-<k>/         Ray Tune's state of each driver that worked on the run, one per `run`/`resume`;
                               `<trial>/checkpoint_*` holds the trial's last epoch checkpoint (run/checkpoints)
+    pretrained/<unit>.pt      `train.init: pretrain`: the base pretrained once on the (unit's) sources
     driver.json               the driver that holds the run (pid, host, start time) and the Ray processes
                               it started, so that `resume` can end them after a killed driver
 
@@ -42,6 +43,7 @@ STUDY = "study.db"
 TRIALS = "trials.jsonl"
 TUNE = "tune"
 DRIVER = "driver.json"
+PRETRAINED = "pretrained"
 ATTEMPT_PREFIX = "attempt-"
 
 
@@ -235,6 +237,10 @@ class RunFolder:
         if not state.history or not state.history[-1].get("final"):
             raise NormsearchError(f"{checkpoint}: holds epoch {state.epoch}, not the trial's final epoch")
         return state
+
+    def pretrained_path(self, unit: str) -> Path:
+        """Where the pretrained base of a unit (`train.init: pretrain`) is kept ("base" for a single unit)."""
+        return self.path / PRETRAINED / f"{unit or 'base'}.pt"
 
     # --- the driver and its Ray processes ------------------------------------------------------------
     def driver(self) -> dict[str, Any]:

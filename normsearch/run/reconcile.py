@@ -18,19 +18,20 @@ from pathlib import Path
 from typing import Any
 
 from normsearch.run.folder import ProcessRef, RunFolder
-from normsearch.run.records import TrialRecord, trial_key
+from normsearch.run.records import UNIT_SEPARATOR, TrialRecord, trial_key, unit_trial_id
 from normsearch.run.study import close_trial, running_trials, set_attrs
 
 
 @dataclass(frozen=True)
 class Continued:
-    """An unfinished trial the next driver runs again: its study trial, sampled values and checkpoint."""
+    """An unfinished candidate the next driver runs again: its study trial, sampled values, the units still
+    to train (unit name, its newest checkpoint or None, the epochs it holds) and the units already done."""
 
     number: int
     key: str
     params: dict[str, Any]
-    checkpoint: Path | None
-    epoch: int  # epochs its checkpoint holds (0 without one)
+    jobs: list[tuple[str, Path | None, int]]
+    finished: dict[str, TrialRecord] = field(default_factory=dict)
 
 
 @dataclass
@@ -45,17 +46,27 @@ class Recovery:
     def summary(self) -> str:
         parts = [f"{len(self.closed)} finished trial(s) told to the study"] if self.closed else []
         if self.continued:
-            resumed = ", ".join(f"{c.key} from epoch {c.epoch}" for c in self.continued)
-            parts.append(f"{len(self.continued)} unfinished trial(s) continue ({resumed})")
+            resumed = ", ".join(
+                f"{unit_trial_id(c.key, unit)} from epoch {epoch}"
+                for c in self.continued
+                for unit, _, epoch in c.jobs
+            )
+            parts.append(
+                f"{len(self.continued)} unfinished trial(s) continue ({resumed or 'to be combined'})"
+            )
         if self.ended_processes:
             parts.append(f"{self.ended_processes} Ray process(es) of the killed driver ended")
         return "; ".join(parts) or "nothing to recover"
 
 
-def reconcile(folder: RunFolder, study: Any, objectives: dict[str, str]) -> Recovery:
-    """Close or continue every study trial left RUNNING by an earlier driver (see the module docstring)."""
+def reconcile(
+    folder: RunFolder, study: Any, objectives: dict[str, str], units: list[str] | None = None
+) -> Recovery:
+    """Close or continue every study trial left RUNNING by an earlier driver (see the module docstring).
+    `units` are the names of the protocol's training units ([""] for one)."""
     from normsearch.run.checkpoints import checkpoint_epoch
 
+    units = units or [""]
     records = {t.trial_id: t for t in folder.trials()} if folder.records_path.is_file() else {}
     recovery = Recovery()
     waiting: list[tuple[int, str]] = []
@@ -70,16 +81,16 @@ def reconcile(folder: RunFolder, study: Any, objectives: dict[str, str]) -> Reco
             close_trial(study, frozen.number, record, objectives)
             recovery.closed.append(key)
             continue
-        checkpoint = folder.last_checkpoint(key)
-        recovery.continued.append(
-            Continued(
-                frozen.number,
-                key,
-                dict(frozen.params),
-                checkpoint,
-                checkpoint_epoch(checkpoint) if checkpoint else 0,
-            )
-        )
+        jobs, finished = [], {}
+        for unit in units:
+            uid = unit_trial_id(key, unit)
+            done = records.get(uid)
+            if done is not None and done.finished and uid != key:
+                finished[unit] = done
+                continue
+            checkpoint = folder.last_checkpoint(uid)
+            jobs.append((unit, checkpoint, checkpoint_epoch(checkpoint) if checkpoint else 0))
+        recovery.continued.append(Continued(frozen.number, key, dict(frozen.params), jobs, finished))
     for number, twin in waiting:
         done = records.get(twin)
         if done is not None and done.finished:
@@ -141,8 +152,9 @@ def mark_interrupted(folder: RunFolder, study: Any) -> list[str]:
                     "reason": "the driver was interrupted; `normsearch resume` continues it",
                 }
             )
-            if trial.trial_id in numbers:
-                set_attrs(study, numbers[trial.trial_id], {"interrupted": True})
+            candidate = trial.trial_id.partition(UNIT_SEPARATOR)[0]
+            if candidate in numbers:
+                set_attrs(study, numbers[candidate], {"interrupted": True})
             marked.append(trial.trial_id)
     return marked
 

@@ -12,9 +12,11 @@ trained), ``repeat_of`` (the trial whose result a repeated configuration reuses)
 epoch a continued trial started from), ``node_id``/``worker``/``device``.
 
 A trial's state is the fold of its records: the last status wins, except that a finished trial (complete,
-pruned, failed, repeat) never goes back to running; metrics and test accuracies carry forward. This module
-imports nothing of normsearch but the error type, so that every layer (the recipe's objective check
-included) can take the metric names from here.
+pruned, failed, repeat) never goes back to running; metrics and test accuracies carry forward. A candidate
+trained once per protocol unit (several sources held out in turn, leave-one-domain-out) has one record per
+unit (``trial_id`` ``t003@<unit>``, ``unit``) and, when the last unit ends, its own record (``t003``) with
+the units' combined numbers. This module imports nothing of normsearch at import time, so that every layer
+(the recipe's objective check included) can take the metric names from here.
 """
 
 from __future__ import annotations
@@ -27,12 +29,14 @@ from typing import Any
 # the study's metric names and the Ray result are all built from this list (plus `select/<domain>`).
 METRICS: dict[str, str] = {
     "source_val_acc": "max",
+    "worst_source_val_acc": "max",
     "target_select_acc": "max",
     "params": "min",
     "loss": "min",
     "train_acc": "max",
 }
 SELECT_PREFIX = "select/"
+SOURCE_PREFIX = "source/"
 # Reported alongside the metrics, never objectives.
 INFO_KEYS = ("epoch", "lr", "images_per_s", "epoch_seconds", "final", "converged", "worker", "device")
 RESULT_KEYS = frozenset({*METRICS, *INFO_KEYS})
@@ -43,7 +47,7 @@ FINISHED = frozenset({"complete", "pruned", "failed", "repeat"})
 
 def is_metric(name: str) -> bool:
     """Whether `name` is something a trial reports that can be an objective."""
-    return name in METRICS or name.startswith(SELECT_PREFIX)
+    return name in METRICS or name.startswith((SELECT_PREFIX, SOURCE_PREFIX))
 
 
 def trial_key(number: int) -> str:
@@ -51,9 +55,54 @@ def trial_key(number: int) -> str:
     return f"t{number:03d}"
 
 
+UNIT_SEPARATOR = "@"
+
+
+def unit_trial_id(key: str, unit: str) -> str:
+    """The id of one training unit of candidate `key` (the candidate's own id when it has one unit)."""
+    return f"{key}{UNIT_SEPARATOR}{unit}" if unit else key
+
+
+def candidate_record(
+    key: str, units: list, outcomes: dict[str, TrialRecord], base: dict[str, Any]
+) -> dict[str, Any]:
+    """The terminal record of a candidate trained once per protocol unit (data/protocol.py): complete when
+    every unit completed, with the units' mean metrics and DomainBed's per-held-out-domain test accuracies
+    (`combine_units`); failed or pruned, with the first such unit's reason, otherwise. The units' own
+    numbers stay under ``extra.units``."""
+    import time
+
+    from normsearch.data.protocol import combine_units
+
+    order = [u.name for u in units]
+    failed = [n for n in order if outcomes[n].status == "failed"]
+    pruned = [n for n in order if outcomes[n].status == "pruned"]
+    record: dict[str, Any] = {"trial_id": key, "time": time.time(), **base}
+    if failed or pruned:
+        name = (failed or pruned)[0]
+        record.update(status="failed" if failed else "pruned", reason=f"unit {name}: {outcomes[name].reason}")
+        record["epoch"] = outcomes[name].epoch
+    else:
+        metrics, test = combine_units(
+            units, {n: outcomes[n].metrics for n in order}, {n: outcomes[n].test for n in order}
+        )
+        record.update(
+            status="complete", final=True, metrics=metrics, test=test, epoch=outcomes[order[0]].epoch
+        )
+    record["extra"] = {
+        "units": {
+            n: {"status": outcomes[n].status, "metrics": outcomes[n].metrics, "test": outcomes[n].test}
+            for n in order
+        }
+    }
+    return record
+
+
 def metrics_of(result: dict[str, Any]) -> dict[str, Any]:
     """The recorded part of a reported result: the metrics, per-domain accuracies and run information."""
-    return {k: v for k, v in result.items() if k in RESULT_KEYS or k.startswith(SELECT_PREFIX)}
+    return {
+        k: v for k, v in result.items() if k in RESULT_KEYS or k.startswith((SELECT_PREFIX, SOURCE_PREFIX))
+    }
 
 
 @dataclass

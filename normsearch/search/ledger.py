@@ -21,9 +21,18 @@ from normsearch.recipe import Recipe
 from normsearch.results.pareto import non_dominated
 from normsearch.run.folder import RunFolder
 from normsearch.run.reconcile import Continued, repeat_record
-from normsearch.run.records import TrialRecord, config_key, fold_records, metrics_of, trial_key
+from normsearch.run.records import (
+    UNIT_SEPARATOR,
+    TrialRecord,
+    candidate_record,
+    config_key,
+    fold_records,
+    metrics_of,
+    trial_key,
+    unit_trial_id,
+)
 from normsearch.run.study import close_trial, set_attrs
-from normsearch.search.trial import FAILED, RESUME_KEY, TRACE, TRIAL_KEY
+from normsearch.search.trial import FAILED, INIT_KEY, RESUME_KEY, STARTED_FROM, TRACE, TRIAL_KEY, UNIT_KEY
 from normsearch.space import Space
 
 MAX_REPEATS_IN_A_ROW = 200  # a sampler that proposes only visited points this often has nothing new
@@ -73,39 +82,51 @@ class Ledger:
         waiting: dict[str, list[int]] | None = None,
         on_change: Callable[[Progress], None] | None = None,
         versions: dict[str, str] | None = None,
+        pretrained: dict[str, str] | None = None,
     ) -> None:
         self.folder, self.study, self.recipe, self.space = folder, study, recipe, space
         self.objectives = recipe.search.objectives
         self.attempt = attempt
         self.budget = budget
+        self.units = recipe.data.units()
+        self.pretrained = pretrained or {}  # unit -> the pretrained base it fine-tunes from
         self.pending = list(continued or [])
         self.waiting: dict[str, list[int]] = {k: list(v) for k, v in (waiting or {}).items()}
         self.on_change = on_change
         self.versions = versions or {}
         self.size = space.size()
         self.exhausted = False
-        self.handed_out = 0
-        self.live: dict[str, dict[str, Any]] = {}  # trial key -> {number, config, arch, last}
+        self.handed_out = 0  # candidates
+        self.queue: list[dict[str, Any]] = []  # unit configurations handed out next
+        self.candidates: dict[
+            str, dict[str, Any]
+        ] = {}  # trial key -> number, config, arch, units left, outcomes
+        self.live: dict[str, dict[str, Any]] = {}  # unit trial id -> {key, unit, last}
         self.trained: dict[str, TrialRecord] = {}  # config key -> the trial that trained it (finished)
         self.training: dict[str, str] = {}  # config key -> trial key training it now
         self.progress = Progress(total=budget)
         for trial in folder.trials() if folder.records_path.is_file() else []:
-            if trial.finished and trial.status != "repeat":
+            if trial.finished and trial.status != "repeat" and UNIT_SEPARATOR not in trial.trial_id:
                 self.trained.setdefault(trial.key(), trial)
                 self._count(trial)
         self.progress.total = budget + self.progress.done + self.progress.pruned + self.progress.failed
 
     # --- asking ----------------------------------------------------------------------------------------
     def next_config(self) -> dict[str, Any] | None:
-        """The next configuration to train, or None when the search is over (budget spent, space visited)."""
+        """The next (candidate, unit) to train, or None when the search is over (budget spent, space
+        visited). All units of a candidate are handed out before the next candidate is asked for."""
+        if self.queue:
+            return self.queue.pop(0)
         if self.handed_out >= self.budget:
             return None
         if self.pending:
             job = self.pending.pop(0)
             values = {k: v for k, v in job.params.items() if k in self.space.params}
             arch = self.space.to_arch(self.recipe.model, values).to_dict()
-            self._start(job.key, job.number, values, arch)
-            return {**values, TRIAL_KEY: job.key, RESUME_KEY: str(job.checkpoint) if job.checkpoint else None}
+            self._start(job.key, job.number, values, arch, job.jobs, job.finished)
+            if not self.queue:  # every unit had finished before the kill: only the candidate is left
+                self._close_candidate(job.key)
+            return self.next_config()
         for _ in range(MAX_REPEATS_IN_A_ROW):
             if self.size is not None and len(self.trained) + len(self.training) >= self.size:
                 break
@@ -122,8 +143,8 @@ class Ledger:
                 set_attrs(self.study, asked.number, {"trial": key, "repeat_of": twin})
                 self.waiting.setdefault(twin, []).append(asked.number)
                 continue
-            self._start(key, asked.number, values, arch)
-            return {**values, TRIAL_KEY: key, RESUME_KEY: None}
+            self._start(key, asked.number, values, arch, [(u.name, None, 0) for u in self.units], {})
+            return self.queue.pop(0)
         self.exhausted = True
         self.progress.message = (
             f"space exhausted: all {self.size} configuration(s) trained"
@@ -133,11 +154,37 @@ class Ledger:
         self._changed()
         return None
 
-    def _start(self, key: str, number: int, values: dict[str, Any], arch: dict[str, Any]) -> None:
+    def _start(
+        self,
+        key: str,
+        number: int,
+        values: dict[str, Any],
+        arch: dict[str, Any],
+        jobs: list[tuple[str, Any, int]],
+        finished: dict[str, TrialRecord],
+    ) -> None:
         self.handed_out += 1
-        self.live[key] = {"number": number, "config": values, "arch": arch, "last": None}
+        self.candidates[key] = {
+            "number": number,
+            "config": values,
+            "arch": arch,
+            "left": {name for name, _, _ in jobs},
+            "outcomes": dict(finished),
+        }
         self.training[config_key(arch)] = key
         set_attrs(self.study, number, {"trial": key})
+        for name, checkpoint, _ in jobs:
+            uid = unit_trial_id(key, name)
+            self.live[uid] = {"key": key, "unit": name, "last": None}
+            self.queue.append(
+                {
+                    **values,
+                    TRIAL_KEY: uid,
+                    UNIT_KEY: name,
+                    RESUME_KEY: str(checkpoint) if checkpoint else None,
+                    INIT_KEY: self.pretrained.get(name),
+                }
+            )
 
     def _repeat(self, key: str, number: int, twin: TrialRecord) -> None:
         record = repeat_record(key, twin, attempt=self.attempt, versions=self.versions)
@@ -146,32 +193,36 @@ class Ledger:
         self.progress.repeats += 1
 
     # --- trial events (from the Tune callback) ---------------------------------------------------------
-    def _base(self, key: str, status: str) -> dict[str, Any]:
-        live = self.live[key]
-        return {
-            "trial_id": key,
+    def _base(self, uid: str, status: str) -> dict[str, Any]:
+        candidate = self.candidates[self.live[uid]["key"] if uid in self.live else uid]
+        record = {
+            "trial_id": uid,
             "status": status,
             "time": time.time(),
-            "config": live["config"],
-            "arch": live["arch"],
+            "config": candidate["config"],
+            "arch": candidate["arch"],
             "seed": self.recipe.seed,
+            "selection": self.recipe.data.selection,
             "attempt": self.attempt,
             "versions": self.versions,
         }
+        if uid in self.live and self.live[uid]["unit"]:
+            record["unit"] = self.live[uid]["unit"]
+        return record
 
-    def started(self, key: str) -> None:
-        if key in self.live:
-            self.progress.running.add(key)
+    def started(self, uid: str) -> None:
+        if uid in self.live:
+            self.progress.running.add(self.live[uid]["key"])
             self._changed()
 
-    def result(self, key: str, result: dict[str, Any]) -> None:
+    def result(self, uid: str, result: dict[str, Any]) -> None:
         """A per-epoch result: recorded as "running" (the terminal record comes when the trial ends)."""
-        if key not in self.live or FAILED in result:
-            if key in self.live:
-                self.live[key]["last"] = result
+        if uid not in self.live:
             return
-        self.live[key]["last"] = result
-        record = self._base(key, "running")
+        self.live[uid]["last"] = result
+        if FAILED in result:
+            return
+        record = self._base(uid, "running")
         record.update(
             epoch=result.get("epoch"),
             final=bool(result.get("final")),
@@ -182,12 +233,13 @@ class Ledger:
             record["resumed_from"] = result["resumed_from"]
         self.folder.append(record)
 
-    def ended(self, key: str, error: str | None = None) -> None:
-        """The trial ended (finished, stopped, failed in our code, or lost its worker): terminal record,
-        then the study, then its waiting repeats."""
-        if key not in self.live:
+    def ended(self, uid: str, error: str | None = None) -> None:
+        """A unit's trial ended (finished, stopped, failed in our code, or lost its worker): its terminal
+        record; once every unit of the candidate has ended, the candidate's record, then the study, then
+        its waiting repeats."""
+        if uid not in self.live:
             return
-        last = self.live[key]["last"] or {}
+        last = self.live[uid]["last"] or {}
         if error is not None:
             status, reason = "failed", error
         elif FAILED in last:
@@ -199,8 +251,8 @@ class Ledger:
             reason = (
                 f"stopped by the {self.recipe.search.scheduler.kind} scheduler at epoch {last.get('epoch')}"
             )
-        record = self._base(key, status)
-        epoch_result = self._last_epoch_result(key) if status != "complete" else last
+        record = self._base(uid, status)
+        epoch_result = last if status == "complete" else self._last_epoch_result(last)
         record.update(epoch=last.get("epoch"), final=status == "complete", node_id=last.get("node_id"))
         if epoch_result:
             record["metrics"] = metrics_of(epoch_result)
@@ -210,21 +262,45 @@ class Ledger:
             record["reason"] = reason
         if TRACE in last:
             record["traceback"] = last[TRACE]
+        if last.get(STARTED_FROM):
+            record["extra"] = {"init": last[STARTED_FROM]}
         self.folder.append(record)
-        folded = fold_records([record])[0]
-        close_trial(self.study, self.live[key]["number"], folded, self.objectives)
-        ckey = config_key(self.live[key]["arch"])
+        live = self.live.pop(uid)
+        candidate = self.candidates[live["key"]]
+        candidate["left"].discard(live["unit"])
+        candidate["outcomes"][live["unit"]] = fold_records([record])[0]
+        if not candidate["left"]:
+            self._close_candidate(live["key"])
+        self._changed()
+
+    def _close_candidate(self, key: str) -> None:
+        """Every unit of `key` ended: its candidate record (the only record with one unit), the study."""
+        candidate = self.candidates.pop(key)
+        if len(self.units) == 1:
+            folded = candidate["outcomes"][self.units[0].name]
+        else:
+            base = {
+                "config": candidate["config"],
+                "arch": candidate["arch"],
+                "seed": self.recipe.seed,
+                "selection": self.recipe.data.selection,
+                "attempt": self.attempt,
+                "versions": self.versions,
+            }
+            record = candidate_record(key, self.units, candidate["outcomes"], base)
+            self.folder.append(record)
+            folded = fold_records([record])[0]
+        close_trial(self.study, candidate["number"], folded, self.objectives)
+        ckey = config_key(candidate["arch"])
         self.training.pop(ckey, None)
         self.trained.setdefault(ckey, folded)
         for number in self.waiting.pop(key, []):
             self._repeat(trial_key(number), number, folded)
         self.progress.running.discard(key)
         self._count(folded)
-        del self.live[key]
-        self._changed()
 
-    def _last_epoch_result(self, key: str) -> dict[str, Any] | None:
-        last = self.live[key]["last"]
+    @staticmethod
+    def _last_epoch_result(last: dict[str, Any]) -> dict[str, Any] | None:
         return last if last and FAILED not in last and "epoch" in last and "source_val_acc" in last else None
 
     # --- progress --------------------------------------------------------------------------------------
@@ -250,8 +326,8 @@ class Ledger:
             self.on_change(self.progress)
 
     def unfinished(self) -> list[str]:
-        """Trials handed out and not ended (interrupted ones, after `fit` returns)."""
-        return sorted(self.live)
+        """Candidates handed out and not ended (interrupted ones, after `fit` returns)."""
+        return sorted(self.candidates)
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles its callbacks and searcher with the experiment; the ledger (a study connection, a

@@ -22,7 +22,10 @@ from normsearch.recipe import Recipe
 from normsearch.space import Space
 
 TRIAL_KEY = "__trial__"
+UNIT_KEY = "__unit__"  # which unit of the data protocol (data/protocol.py) this trial trains
 RESUME_KEY = "__resume__"
+INIT_KEY = "__init__"  # `train.init: pretrain`: the run's pretrained base this unit fine-tunes from
+STARTED_FROM = "started_from"  # result key: what the trial's training started from (weights, inheritance)
 FAILED = "failed"  # result key holding a failure's reason
 TRACE = "traceback"
 
@@ -79,6 +82,7 @@ def run_trial(config: dict[str, Any], recipe_json: str, space_json: str) -> None
         resumed = {"resumed_from": state.epoch} if state is not None else {}
         epoch = state.epoch if state is not None else 0
         values = {k: config[k] for k in space.params if k in config}
+        unit = next(u for u in recipe.data.units() if u.name == config.get(UNIT_KEY, ""))
         arch = space.to_arch(recipe.model, values)
         data = _cached_data(recipe.data.model_dump_json())
 
@@ -86,6 +90,7 @@ def run_trial(config: dict[str, Any], recipe_json: str, space_json: str) -> None
             folder = tempfile.mkdtemp(prefix="normsearch-ckpt-")
             write_state(train_state, folder)
             pending["checkpoint"] = folder
+            pending["init"] = train_state.init
 
         def report(metrics: dict[str, Any]) -> None:
             nonlocal epoch
@@ -93,7 +98,10 @@ def run_trial(config: dict[str, Any], recipe_json: str, space_json: str) -> None
             folder = pending.pop("checkpoint", None)
             checkpoint = tune.Checkpoint.from_directory(folder) if folder else None
             try:
-                tune.report({**metrics, **where, **resumed}, checkpoint=checkpoint)
+                started = (
+                    {STARTED_FROM: pending.pop("init")} if metrics.get("final") and "init" in pending else {}
+                )
+                tune.report({**metrics, **where, **resumed, **started}, checkpoint=checkpoint)
             finally:
                 if folder:
                     import shutil
@@ -111,6 +119,8 @@ def run_trial(config: dict[str, Any], recipe_json: str, space_json: str) -> None
             device=device,
             snapshot=snapshot,
             resume=state,
+            unit=unit,
+            init=config.get(INIT_KEY),
         )
     except Exception as error:  # our code failed: say why, once, and end the trial (no Tune retry)
         tune.report(

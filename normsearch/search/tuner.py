@@ -17,6 +17,7 @@ from pathlib import Path
 from normsearch.recipe import Recipe
 from normsearch.run.folder import RunFolder
 from normsearch.run.reconcile import Recovery, end_orphans, mark_interrupted, reconcile
+from normsearch.run.records import UNIT_SEPARATOR
 from normsearch.run.study import open_study
 from normsearch.search.ledger import Ledger, Progress, make_callback
 from normsearch.search.preflight import Preflight, preflight, trial_budget
@@ -57,6 +58,55 @@ class SearchOutcome:
     def all_failed(self) -> bool:
         p = self.progress
         return p is not None and p.failed > 0 and p.done == 0 and p.pruned == 0 and p.repeats == 0
+
+
+def pretrained_bases(
+    folder: RunFolder, recipe: Recipe, on_change: Callable[[Progress], None] | None = None
+) -> dict[str, str]:
+    """`train.init: pretrain`: the base architecture pretrained once per set of sources (a fold's base never
+    sees its held-out domain) and kept in the run folder; a base already there is used, never retrained
+    (resume). Returns unit name -> checkpoint path; empty for any other `train.init`."""
+    from normsearch.data.spec import load_data
+    from normsearch.initialise import init_mode
+    from normsearch.models.weights import save_checkpoint
+    from normsearch.train import pretrain
+
+    if recipe.train.init_from is not None or init_mode(recipe.model, recipe.train, given=True) != "pretrain":
+        return {}
+    paths: dict[str, str] = {}
+    by_sources: dict[tuple[str, ...], str] = {}
+    data = None
+    progress = Progress(total=0)
+    for unit in recipe.data.units():
+        if unit.sources in by_sources:
+            paths[unit.name] = by_sources[unit.sources]
+            continue
+        path = folder.pretrained_path(unit.name)
+        if not path.is_file():
+            data = data or load_data(recipe.data)
+
+            def report(metrics: dict, unit=unit) -> None:
+                progress.message = (
+                    f"pretraining the base on {', '.join(unit.sources)}: epoch {metrics['epoch']}, "
+                    f"source val {metrics['source_val_acc']:.1f}"
+                )
+                if on_change is not None:
+                    on_change(progress)
+
+            result = pretrain(
+                recipe.model,
+                data,
+                recipe.data,
+                recipe.train,
+                seed=recipe.seed,
+                report=report,
+                threads=recipe.resources.cpu,
+                unit=unit,
+            )
+            assert result.checkpoint is not None
+            save_checkpoint(result.checkpoint, path)
+        by_sources[unit.sources] = paths[unit.name] = str(path)
+    return paths
 
 
 def _trainable(recipe: Recipe, space: Space):
@@ -124,17 +174,16 @@ def run_search(
     if started and recipe.ray.address is None:
         folder.record_processes(local_ray_processes())
 
+    bases = pretrained_bases(folder, recipe, on_change)
     objectives = recipe.search.objectives
     study = open_study(folder, recipe.name, objectives, make_sampler(recipe))
-    recovery = reconcile(folder, study, objectives) if resume else None
+    unit_names = [u.name for u in recipe.data.units()]
+    recovery = reconcile(folder, study, objectives, unit_names) if resume else None
     if recovery is not None:
         recovery.ended_processes = ended
-    trained_before = len(
-        [
-            t
-            for t in (folder.trials() if folder.records_path.is_file() else [])
-            if t.finished and t.status != "repeat"
-        ]
+    trained_before = sum(
+        t.finished and t.status != "repeat" and UNIT_SEPARATOR not in t.trial_id
+        for t in (folder.trials() if folder.records_path.is_file() else [])
     )
     budget = max(trial_budget(recipe, space) - trained_before, 0)
     attempt = folder.new_attempt()
@@ -149,6 +198,7 @@ def run_search(
         waiting=recovery.waiting if recovery else None,
         on_change=on_change,
         versions=versions(),
+        pretrained=bases,
     )
     outcome = SearchOutcome(folder, ledger.progress, recovery)
     if budget == 0:
@@ -160,7 +210,7 @@ def run_search(
         tune_config=tune.TuneConfig(
             search_alg=make_searcher(ledger),
             scheduler=_scheduler(recipe),
-            num_samples=budget,
+            num_samples=budget * len(recipe.data.units()),
             max_concurrent_trials=recipe.search.max_concurrent,
             reuse_actors=True,
             trial_name_creator=_trial_name,
