@@ -105,7 +105,7 @@ def epoch_metrics(model: torch.nn.Module, sets: UnitSets, standardize: Standardi
     return out
 
 
-def test_accuracies(
+def final_accuracies(
     model: torch.nn.Module,
     data: DomainSet,
     unit: Unit,

@@ -47,7 +47,7 @@ from normsearch.data.pipeline import (
 )
 from normsearch.data.protocol import Unit
 from normsearch.data.spec import DataConfig, group_means
-from normsearch.evaluation import UnitSets, epoch_metrics, test_accuracies, unit_sets
+from normsearch.evaluation import UnitSets, epoch_metrics, final_accuracies, unit_sets
 from normsearch.initialise import init_mode as init_mode
 from normsearch.initialise import pretrain as pretrain  # the public door is normsearch.train.pretrain
 from normsearch.initialise import starting_model, trained_checkpoint
@@ -295,7 +295,7 @@ def train_candidate(
             # Once, after training: the source's and every target's test split, kept apart from what
             # selection saw (the search's objectives never read these).
             with autocast(dev, config.precision):
-                test = test_accuracies(model, data, unit, standardize, lambda t: place(t, dev))
+                test = final_accuracies(model, data, unit, standardize, lambda t: place(t, dev))
             metrics["test"] = test
         history.append(metrics)
         if snapshot is not None:

@@ -180,3 +180,21 @@ def test_train_retrains_over_seeds_and_reports_mean_and_standard_error(tmp_path:
     assert result.exit_code == 0, result.output
     for measure in ("source val", "select target (val)", "test: fog", "test: source", "± s.e."):
         assert measure in result.stdout
+
+
+def test_bench_data_prints_both_throughputs_and_their_ratio() -> None:
+    result = runner.invoke(
+        app,
+        [
+            "bench",
+            "data",
+            str(ROOT / "recipes" / "quickstart.yaml"),
+            "--batches",
+            "1",
+            "--set",
+            "data.n_train=200",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "input pipeline" in result.stdout and "train step" in result.stdout
+    assert "pipeline / train step = " in result.stdout

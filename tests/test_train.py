@@ -249,3 +249,21 @@ def test_cuda_bf16_channels_last_training_runs_on_the_device_and_learns(data) ->
     cpu = train_candidate(ArchConfig.from_dict(MINI), data, DATA, config, seed=0, threads=1)
     assert abs(result.final["source_val_acc"] - cpu.final["source_val_acc"]) <= 10.0
     assert result.history[-1]["loss"] < result.history[0]["loss"]
+
+
+def test_a_224_px_folder_domain_trains_one_step_with_resnet18(
+    tmp_path, make_image_folder, monkeypatch
+) -> None:
+    """The ImageNet stem at 224 px, DomainBed augmentation, ImageNet normalisation: one real step."""
+    monkeypatch.setenv("NORMSEARCH_CACHE", str(tmp_path / "cache"))
+    root = make_image_folder(tmp_path / "photos", ["a", "b"], ["cat", "dog"], 10, size=230)
+    config = DataConfig(
+        dataset="folder", root=str(root), source="a", select=["b"], test=[], size=224, normalize="imagenet"
+    )
+    data = load_data(config)
+    assert data["a"].images.shape[1:] == (3, 224, 224)
+    arch = ArchConfig.from_dict({"backbone": {"preset": "resnet18"}})
+    train = TrainConfig(epochs=1, batch_size=16, augment={"preset": "domainbed"})
+    result = train_candidate(arch, data, config, train, seed=0, threads=1)
+    assert result.final["epoch"] == 1 and 0.0 <= result.final["source_val_acc"] <= 100.0
+    assert result.params == 11_177_538  # resnet18 with a two-class head
