@@ -32,8 +32,8 @@ def view_config(spec: str) -> DataConfig:
 
 def role(name: str, config: DataConfig) -> str:
     """source / select / test (both, under oracle selection)."""
-    if name == config.source:
-        return "source"
+    if name in config.sources:
+        return "source (held out in turn)" if config.rotate else "source"
     roles = [r for r, names in (("select", config.select), ("test", config.test)) if name in names]
     return "+".join(roles) or "stored"
 
