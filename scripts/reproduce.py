@@ -1,7 +1,7 @@
 """Measure a paper finding on the built-in benchmark: every configuration of a reproduce recipe's (finite)
 space, trained over several model seeds with the project's own training code, one thread per run.
 
-    python scripts/reproduce.py recipes/reproduce_ibn_ratio.yaml --seeds 3 [--jobs 2] [--out docs/reproduction]
+    python scripts/reproduce.py recipes/reproduce_ibn_ratio.yaml --seeds 3 [--jobs 2] [--out DIR]
 
 Writes `<out>/<recipe name>.json` (every run's final metrics and test accuracies) and prints a Markdown
 table: mean ± standard error over seeds of source test accuracy, the headline target mean and its
@@ -106,7 +106,8 @@ def main() -> None:
             runs[_key(run["values"], run["seed"])] = run
             save()
             print(
-                f"[{done}/{len(todo)}] {run['values']} seed {run['seed']}: source {run['test']['source']:.1f}, "
+                f"[{done}/{len(todo)}] {run['values']} seed {run['seed']}: "
+                f"source {run['test']['source']:.1f}, "
                 f"headline {run['groups'].get('headline', float('nan')):.1f}",
                 flush=True,
             )
