@@ -14,6 +14,7 @@ from normsearch.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
+SHIPPED_DATA = [p for p in RECIPES if p.stem != "pacs"]  # pacs.yaml points at the user's own PACS folder
 runner = CliRunner()
 
 
@@ -94,12 +95,39 @@ def test_flags_beat_the_recipe_and_the_recipe_beats_defaults(tmp_path: Path) -> 
         load_recipe(path, overrides=["epochs"])
 
 
-@pytest.mark.parametrize("recipe", RECIPES, ids=[p.stem for p in RECIPES])
+@pytest.mark.parametrize("recipe", SHIPPED_DATA, ids=[p.stem for p in SHIPPED_DATA])
 def test_every_recipe_passes_dry_run(recipe: Path, tmp_path: Path) -> None:
     result = runner.invoke(app, ["run", str(recipe), "--dry-run", "--output", str(tmp_path / "x")])
     assert result.exit_code == 0, result.output
     assert "configurations" in result.stdout and "estimated" in result.stdout
     assert not (tmp_path / "x").exists()  # a dry run writes nothing
+
+
+def test_the_pacs_recipe_dry_runs_on_a_pacs_layout_folder_and_names_missing_weights(
+    tmp_path: Path, make_image_folder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NORMSEARCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("NORMSEARCH_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # an empty hub cache: no weights here
+    domains = ["art_painting", "cartoon", "photo", "sketch"]
+    root = make_image_folder(tmp_path / "PACS", domains, ["dog", "horse", "house"], 10, size=40)
+    recipe = str(ROOT / "recipes" / "pacs.yaml")
+    flags = [
+        "--dry-run",
+        "--output",
+        str(tmp_path / "x"),
+        "--set",
+        f"data.root={root}",
+        "--set",
+        "data.size=32",
+    ]
+    result = runner.invoke(app, ["run", recipe, *flags, "--set", "model.backbone.weights=null"])
+    assert result.exit_code == 0, result.output
+    assert "each of art_painting, cartoon, photo, sketch held out in turn" in result.stdout
+    offline = runner.invoke(app, ["run", recipe, *flags])
+    assert offline.exit_code == 2 and len(offline.stderr.strip().splitlines()) == 1
+    assert "resnet18-f37072fd.pth" in offline.stderr and str(tmp_path / "torch") in offline.stderr
+    assert not (tmp_path / "x").exists()
 
 
 def test_bad_recipe_on_the_cli_is_one_red_line_exit_2(tmp_path: Path) -> None:
