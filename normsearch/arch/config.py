@@ -77,12 +77,16 @@ PRESETS: dict[str, dict[str, Any]] = {
         "kwargs": {"growth_rate": 12, "block_config": [16, 16, 16]},
     },
     "allconvnet": {"module": "normsearch.models.cifar:all_conv_net", "kwargs": {}},
-    # Small variants that train on the built-in benchmark in the quickstart's time (32 px).
+    # Small variants (0.3M parameters, stride-2 stem) that train on the built-in benchmark (32 px) in a
+    # few times resnet-mini's time.
     "densenet-mini": {
         "module": "normsearch.models.cifar:densenet_cifar",
-        "kwargs": {"growth_rate": 12, "block_config": [3, 3, 3], "num_init_features": 24, "bn_size": 2},
+        "kwargs": {"growth_rate": 16, "block_config": [6, 6, 6], "num_init_features": 32, "stem_stride": 2},
     },
-    "mobilenetv2-mini": {"module": "normsearch.models.cifar:mobilenet_v2_cifar", "kwargs": {}},
+    "mobilenetv2-mini": {
+        "module": "normsearch.models.cifar:mobilenet_v2_cifar",
+        "kwargs": {"stem_stride": 2},
+    },
 }
 RESNET_KEYS = ("block", "depths", "widths", "stem", "groups", "width_per_group")
 
@@ -130,8 +134,8 @@ class Backbone(_Strict):
                 raise ValueError(
                     f"{', '.join(resnet_given)} describe our ResNet, not a {self.source} backbone"
                 )
-            if self.se:
-                raise ValueError("se adds squeeze-and-excitation to our ResNet family only")
+            if self.se or self.zero_init_last:
+                raise ValueError("se and zero_init_last apply to our ResNet family only")
             if self.kwargs and self.preset:
                 raise ValueError("kwargs go with module: (a preset fixes its own)")
             return self

@@ -70,7 +70,7 @@ class Analysis:
 
     structure: Structure
     anchors: dict[str, Anchor] = field(default_factory=dict)  # insert/post module name -> anchor
-    slot_names: list[str] = field(default_factory=list)
+    traced: list[str] = field(default_factory=list)  # the modules the trace went down to
 
 
 def family_of(module: nn.Module) -> str | None:
@@ -80,7 +80,7 @@ def family_of(module: nn.Module) -> str | None:
 
 def _flat(model: nn.Module, slots: dict[str, nn.Module], family: str, note: str) -> Analysis:
     infos = {n: SlotInfo(n, slot_channels(m), type(m).__name__) for n, m in slots.items()}
-    return Analysis(Structure(family, infos, traced=False, note=note), slot_names=list(slots))
+    return Analysis(Structure(family, infos, traced=False, note=note))
 
 
 def analyze(model: nn.Module, size: int = 224, with_shapes: bool = True) -> Analysis:
@@ -89,8 +89,9 @@ def analyze(model: nn.Module, size: int = 224, with_shapes: bool = True) -> Anal
     slots = {n: m for n, m in model.named_modules() if n and is_norm_slot(m)}
     fam_units = {n: family_of(m) for n, m in model.named_modules() if family_of(m)}
     family = next(iter(fam_units.values()), None)
+    through = list(slots) + list(fam_units)
     try:
-        gm = trace(model, list(slots) + list(fam_units))
+        gm = trace(model, through)
     except Exception as error:  # fx raises many types for data-dependent control flow
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
         return _flat(model, slots, family or "untraceable", f"torch.fx could not trace it: {first[:160]}")
@@ -107,7 +108,7 @@ def analyze(model: nn.Module, size: int = 224, with_shapes: bool = True) -> Anal
         except Exception as error:
             first = (str(error).strip().splitlines() or [type(error).__name__])[0]
             return _flat(model, slots, family or "untraceable", f"shape pass failed: {first[:160]}")
-    builder = _Builder(model, graph, slots, slot_nodes, order, shape)
+    builder = _Builder(model, graph, slots, slot_nodes, order, shape, through)
     if fam_units:
         builder.family_units(fam_units)
     else:
@@ -121,7 +122,8 @@ def analyze(model: nn.Module, size: int = 224, with_shapes: bool = True) -> Anal
 class _Builder:
     """Collects units and anchors from one traced graph, then numbers stages and positions."""
 
-    def __init__(self, model, graph: Graph, slots, slot_nodes, order, shape) -> None:
+    def __init__(self, model, graph: Graph, slots, slot_nodes, order, shape, through) -> None:
+        self.through = through
         self.model, self.g, self.slots, self.slot_nodes, self.order, self.shape = (
             model,
             graph,
@@ -340,22 +342,23 @@ class _Builder:
                 name, slot_channels(self.slots[name]), type(self.slots[name]).__name__, stage, None, pos, dw
             )
         posts: dict[int, tuple[str, int]] = {}
+        for scope in dict.fromkeys(self.stage_scopes.values()):  # a dense block's output, whatever its stage
+            _, out = self.g.scope_io(scope)
+            if out is not None:
+                self.anchors[f"{scope}.post"] = Anchor(out.name, "after")
         for stage in range(1, len(sizes) + 1):
             members = [u for u in units if u.stage == stage]
             if not members:
                 continue
             lastu = members[-1]
             scope = self.stage_scopes.get(lastu.name)
-            if scope:
+            if scope and f"{scope}.post" in self.anchors:
                 _, out = self.g.scope_io(scope)
-                if out is not None:
-                    name = f"{scope}.post"
-                    posts[stage] = (name, self._ch(out))
-                    self.anchors[name] = Anchor(out.name, "after")
+                posts[stage] = (f"{scope}.post", self._ch(out))
             elif "post" in lastu.positions:
                 posts[stage] = (lastu.child("post"), lastu.positions["post"])
         structure = Structure(family, infos, tuple(units), len(sizes), posts, released)
-        return Analysis(structure, self.anchors, list(self.order))
+        return Analysis(structure, self.anchors, self.through)
 
 
 def _child(unit: dict, position: str) -> str:
