@@ -70,3 +70,5 @@ def read_trials(run_dir: Path) -> list[TrialRecord]:
         )
         trials[tid] = trial
     return list(trials.values())
+
+
