@@ -127,8 +127,10 @@ class Backbone(_Strict):
     def _complete(self) -> Backbone:
         given = [k for k in SOURCES if getattr(self, k) is not None]
         resnet_given = [k for k in RESNET_KEYS if getattr(self, k) is not None]
-        if len(given) > 1 or (given and (self.preset or resnet_given)):
-            raise ValueError(f"give one of preset, an explicit ResNet, {', '.join(SOURCES)} (got {given})")
+        if len(given) > 1:
+            raise ValueError(f"give one source, not {' and '.join(given)}")
+        if given and self.preset:
+            raise ValueError(f"give preset or {given[0]}, not both")
         if self.source != "resnet":
             if resnet_given:
                 raise ValueError(

@@ -211,26 +211,38 @@ class _Builder:
                 fork = self.g.fork(fork, a) if fork is not None else None
             if fork is None:
                 continue
-            inside = set(self.g.between(fork, node))
-            norms = [n for n in self.order if self.slot_nodes.get(n) in inside and n not in claimed]
-            if not norms:
-                continue
-            branch_of = {
-                n: [i for i, a in enumerate(args) if self.slot_nodes[n] in (self.g.ancestors(a) | {a})]
-                for n in norms
-            }
-            counts = [sum(1 for n in norms if i in branch_of[n]) for i in range(len(args))]
-            res = max(range(len(args)), key=counts.__getitem__)
-            main = [n for n in norms if res in branch_of[n]] if kind == "add" else norms
-            short = [n for n in norms if n not in main]
             from normsearch.arch.trace import scopes
 
             stack = [s for s in scopes(node) if s]
             taken = {u["name"] for u in self.units}
             is_module = bool(stack) and stack[-1] not in taken
             name = stack[-1] if is_module else node.name
-            if is_module:
-                pre = Anchor(fork.name, "within", scope=name)
+            inside = set(self.g.between(fork, node))
+            norms = [
+                n
+                for n in self.order
+                if n not in claimed
+                and (self.slot_nodes.get(n) in inside or (is_module and n.startswith(name + ".")))
+            ]
+            if not norms:
+                continue
+            # A norm only the non-residual branches read is a shortcut norm; one before the fork inside
+            # the unit's module (a pre-activation block's first norm) is on the main path.
+            reach = [self.g.ancestors(a) | {a} for a in args]
+            counts = [sum(1 for n in norms if self.slot_nodes.get(n) in r) for r in reach]
+            res = max(range(len(args)), key=counts.__getitem__)
+            short = [
+                n
+                for n in norms
+                if kind == "add"
+                and self.slot_nodes.get(n) not in reach[res]
+                and self.slot_nodes.get(n) in inside
+            ]
+            main = [n for n in norms if n not in short]
+            unit_input = self.g.scope_io(name)[0] if is_module else None
+            if is_module and unit_input is not None:
+                pre = Anchor(unit_input.name, "within", scope=name)
+                fork = unit_input
             else:  # no module of its own: only the nodes between the fork and the join read the new input
                 pre = Anchor(fork.name, "between", scope=node.name)
             anchors: dict[str, tuple[Anchor, fx.Node | None]] = {"pre": (pre, fork)}

@@ -23,12 +23,21 @@ def plan(
 
     arch = load_arch(config)
     resolved = arch.resolve(str(config))
-    table = Table(title=f"norm plan of {config}")
-    for column in ("slot", "channels", "normalizer"):
-        table.add_column(column, justify="right" if column == "channels" else "left")
+    structure = arch.structure()
+    table = Table(title=f"norm plan of {config} ({structure.family}, {structure.num_stages} stages)")
+    for column in ("slot", "stage", "unit", "position", "channels", "normalizer"):
+        table.add_column(column, justify="right" if column in ("channels", "stage") else "left")
     for slot, channels, normalizer in resolved.rows():
-        table.add_row(slot, str(channels), normalizer)
+        info = structure.slots.get(slot)
+        stage = "" if info is None or info.stage is None else str(info.stage)
+        if info is None:  # an after-addition norm: its unit (or stage) is its module name's prefix
+            stage = next((str(k) for k, (name, _) in structure.stage_posts.items() if name == slot), "")
+        owner = slot.removesuffix(".post").removesuffix("_post")
+        unit, position = (info.unit or "", info.position or "") if info else (owner, "post")
+        table.add_row(slot, stage, unit, position, str(channels), normalizer)
     console.print(table)
+    if not structure.traced:
+        console.print(f"[yellow]structure unknown: {structure.note}; per-slot plans only[/yellow]")
     model = build_model(arch)
     params = sum(p.numel() for p in model.parameters())
     kinds = ", ".join(f"{kind} {count}" for kind, count in sorted(resolved.kind_counts().items()))
