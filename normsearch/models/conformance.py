@@ -97,15 +97,18 @@ def check_network(backbone: dict[str, Any], size: int = 64, name: str | None = N
         except Exception as error:  # a conformance report names what broke instead of stopping
             result.checks[check] = f"FAIL: {type(error).__name__}: {str(error).splitlines()[0][:200]}"
 
+    reference: list[nn.Module] = []
+
     def same_outputs(norm: dict[str, Any]) -> None:
-        torch.manual_seed(0)
-        reference = build_model(base)
-        state = reference.state_dict()
+        if not reference:
+            torch.manual_seed(0)
+            reference.append(build_model(base).eval())
+        state = reference[0].state_dict()
         planned = ArchConfig.from_dict({"backbone": backbone, "norm": norm})
         torch.manual_seed(1)
         model = build_model(planned)
         model.load_state_dict(state, strict=True)
-        if not torch.equal(_eval(reference, x), _eval(model, x)):
+        if not torch.equal(_eval(reference[0], x), _eval(model, x)):
             raise NormsearchError("eval outputs differ from the network's own")
 
     def trains(norm: dict[str, Any]) -> None:
