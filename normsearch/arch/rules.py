@@ -17,7 +17,8 @@ A key a rule leaves unset takes the family's released value (`Structure.released
   unit counted across the network (D2/D4/D8); a unit with a depthwise conv takes P2 at its depthwise
   norms (the released MobileNetV2/ShuffleNetV2 position), a unit with two norms P2 at the first (basic
   blocks: P1, P2 -> bn1, P3 -> bn2); plus the stem when `stem` (released: ResNet yes, mobile no); shortcut
-  norms stay; GN groups clamp to C.
+  norms stay; GN groups clamp to C (and, when `groups` is left unset, fall to the largest count below the
+  released one that divides C, e.g. 40 on a DenseNet's 80 channels).
 - Switchable: every slot of the listed stages (units, transitions, head), and the stem when the rule covers
   the whole network, with γ of each unit's last SN zero-initialised (`last_gamma`), as the released SN
   ResNet does.
@@ -90,9 +91,11 @@ def resolve_plan(structure: Structure, norm: NormConfig, source: str = "config")
     def slot_channels(slot: str) -> int:
         return channels.get(slot) or post_names[slot]
 
-    def group_norm(slot: str, groups: int, key: str) -> NormSpec:
+    def group_norm(slot: str, groups: int, key: str, adapt: bool = False) -> NormSpec:
         c = slot_channels(slot)
         g = min(groups, c)  # clamp to C as the released XBN code does
+        if adapt:  # groups left to the family default: the largest count up to it that divides C
+            g = max(d for d in range(1, g + 1) if c % d == 0)
         if c % g:
             raise NormsearchError(
                 f"{source}: {key}: groups={g} does not divide the {c} channels of slot {slot}"
@@ -113,7 +116,7 @@ def resolve_plan(structure: Structure, norm: NormConfig, source: str = "config")
         groups = xbn.groups if xbn.groups is not None else released.xbn_groups
         for slot in targets:
             if xbn.bfn == "gn":
-                spec = group_norm(slot, groups, "norm.xbn.groups")
+                spec = group_norm(slot, groups, "norm.xbn.groups", adapt=xbn.groups is None)
                 if xbn.affine is False:
                     spec = NormSpec.of("gn", groups=spec.get("groups"), affine=False)
                 slots[slot] = spec

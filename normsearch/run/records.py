@@ -70,5 +70,3 @@ def read_trials(run_dir: Path) -> list[TrialRecord]:
         )
         trials[tid] = trial
     return list(trials.values())
-
-
