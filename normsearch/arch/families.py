@@ -25,7 +25,16 @@ from dataclasses import dataclass, field
 from torch import fx, nn
 
 from normsearch.arch.structure import UNIT_POSITIONS, Released, SlotInfo, Structure, UnitInfo
-from normsearch.arch.trace import Graph, is_join, is_norm_slot, shapes, slot_channels, trace
+from normsearch.arch.trace import (
+    Graph,
+    depthwise,
+    is_join,
+    is_norm_slot,
+    nearest,
+    shapes,
+    slot_channels,
+    trace,
+)
 
 UNIT_CLASSES: dict[tuple[str, str], str] = {
     ("resnet", "BasicBlock"): "resnet",
@@ -122,7 +131,16 @@ def analyze(model: nn.Module, size: int = 224, with_shapes: bool = True) -> Anal
 class _Builder:
     """Collects units and anchors from one traced graph, then numbers stages and positions."""
 
-    def __init__(self, model, graph: Graph, slots, slot_nodes, order, shape, through) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        graph: Graph,
+        slots: dict[str, nn.Module],
+        slot_nodes: dict[str, fx.Node],
+        order: list[str],
+        shape: dict[str, tuple[int, ...]],
+        through: list[str],
+    ) -> None:
         self.through = through
         self.model, self.g, self.slots, self.slot_nodes, self.order, self.shape = (
             model,
@@ -322,7 +340,7 @@ class _Builder:
             node = self.slot_nodes.get(name)
             s = self.shape.get(node.args[0].name) if node is not None and node.args else None
             size = int(s[-1]) if s and len(s) == 4 else None
-            dw = _depthwise(self.model, node)
+            dw = depthwise(self.model, node)
             if name in in_unit:
                 u = in_unit[name]
                 if name in u["short"]:
@@ -348,7 +366,7 @@ class _Builder:
                     dw,
                 )
                 continue
-            stage = 0 if i < first else _nearest(sizes, size)
+            stage = 0 if i < first else nearest(sizes, size)
             pos = "stem" if i < first else "head" if i > last else "transition"
             infos[name] = SlotInfo(
                 name, slot_channels(self.slots[name]), type(self.slots[name]).__name__, stage, None, pos, dw
@@ -376,23 +394,3 @@ class _Builder:
 def _child(unit: dict, position: str) -> str:
     """The key an insertion point is stored under: the unit's name and position."""
     return f"{unit['name']}|{position}"
-
-
-def _nearest(sizes: list[int], size: int | None) -> int:
-    if size is None or not sizes:
-        return 0
-    return min(range(len(sizes)), key=lambda i: abs(sizes[i] - size)) + 1
-
-
-def _depthwise(model: nn.Module, node: fx.Node | None) -> bool:
-    if node is None or not node.args or not isinstance(node.args[0], fx.Node):
-        return False
-    prev = node.args[0]
-    if prev.op != "call_module":
-        return False
-    conv = model.get_submodule(str(prev.target))
-    return (
-        isinstance(conv, nn.Conv2d)
-        and conv.groups > 1
-        and conv.groups == conv.in_channels == conv.out_channels
-    )

@@ -160,3 +160,25 @@ def shapes(gm: fx.GraphModule, size: int) -> dict[str, tuple[int, ...]]:
         if meta is not None and hasattr(meta, "shape"):
             out[n.name] = tuple(meta.shape)
     return out
+
+
+def nearest(sizes: list[int], size: int | None) -> int:
+    """The 1-based rank of the size in `sizes` (descending) nearest to `size`; 0 when unknown."""
+    if size is None or not sizes:
+        return 0
+    return min(range(len(sizes)), key=lambda i: abs(sizes[i] - size)) + 1
+
+
+def depthwise(model: nn.Module, node: fx.Node | None) -> bool:
+    """Whether the norm at `node` reads a depthwise conv (groups = in = out channels)."""
+    if node is None or not node.args or not isinstance(node.args[0], fx.Node):
+        return False
+    prev = node.args[0]
+    if prev.op != "call_module":
+        return False
+    conv = model.get_submodule(str(prev.target))
+    return (
+        isinstance(conv, nn.Conv2d)
+        and conv.groups > 1
+        and conv.groups == conv.in_channels == conv.out_channels
+    )
