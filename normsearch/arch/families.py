@@ -141,18 +141,10 @@ class _Builder:
         shape: dict[str, tuple[int, ...]],
         through: list[str],
     ) -> None:
-        self.through = through
-        self.model, self.g, self.slots, self.slot_nodes, self.order, self.shape = (
-            model,
-            graph,
-            slots,
-            slot_nodes,
-            order,
-            shape,
-        )
-        self.units: list[
-            dict
-        ] = []  # name, kind, main, shortcut, anchors {position: (Anchor, node)}, is_module
+        self.model, self.g, self.slots, self.slot_nodes = model, graph, slots, slot_nodes
+        self.order, self.shape, self.through = order, shape, through
+        # each unit: name, kind, main and shortcut norms, anchors {position: (Anchor, node)}, module
+        self.units: list[dict] = []
         self.anchors: dict[str, Anchor] = {}
         self.stage_scopes: dict[str, str] = {}  # unit -> the stage module whose output a stage post follows
 
