@@ -46,10 +46,11 @@ class Conformance:
 
 
 def _gn_groups(channels: list[int]) -> int:
+    """The largest group count up to 32 that divides every slot's channels."""
     g = 0
     for c in channels:
         g = math.gcd(g, c)
-    return max(1, min(g, 32))
+    return max(d for d in range(1, min(g, 32) + 1) if g % d == 0)
 
 
 def _step(model: nn.Module, x: torch.Tensor) -> None:
