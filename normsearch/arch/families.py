@@ -8,8 +8,8 @@ for anything else, a flat list of slots when even that fails.
   branches) with norms between its fork and itself is a unit, named by the module whose forward does it.
   A network with no units at all (VGG-BN, AllConvNet) is plain: each conv-norm stage is a unit.
 - Stages are resolution levels: a unit's stage ranks the spatial size at its last norm among all units'
-  (one meta-device shape pass, nothing computed); norms before the first unit are the stem, after the
-  last the head, between units a transition (DenseNet's).
+  (one meta-device shape pass at 299 px, Inception v3's size; nothing computed); norms before the first
+  unit are the stem, after the last the head, between units a transition (DenseNet's).
 - Positions: the unit's main-path norms in order are first / middle / last (one norm: only); norms on the
   shortcut (`downsample`, `proj`, ShuffleNetV2's `branch1`, or the trace's other branch) are shortcut.
 - Insertion points: ``pre`` (the unit's input), ``residual`` (the main branch's end, before the addition
@@ -92,7 +92,7 @@ def _flat(model: nn.Module, slots: dict[str, nn.Module], family: str, note: str)
     return Analysis(Structure(family, infos, traced=False, note=note))
 
 
-def analyze(model: nn.Module, size: int = 224, with_shapes: bool = True) -> Analysis:
+def analyze(model: nn.Module, size: int = 299, with_shapes: bool = True) -> Analysis:
     """The Structure of `model` and its insertion anchors. Never raises for a network it cannot trace:
     the Structure then lists the slots only (``traced=False``, `note` says why)."""
     slots = {n: m for n, m in model.named_modules() if n and is_norm_slot(m)}

@@ -144,7 +144,8 @@ class Graph:
 
 
 def shapes(gm: fx.GraphModule, size: int) -> dict[str, tuple[int, ...]]:
-    """Each node's output shape for one meta-device image of `size` px (nothing is computed)."""
+    """Each node's output shape for two meta-device images of `size` px (nothing is computed; two, so a
+    BatchNorm in training mode accepts a 1×1 map)."""
     from torch.fx.passes.shape_prop import ShapeProp
 
     gm = gm.to("meta")
@@ -153,7 +154,7 @@ def shapes(gm: fx.GraphModule, size: int) -> dict[str, tuple[int, ...]]:
         if isinstance(m, nn.Conv2d):
             in_ch = m.in_channels
             break
-    ShapeProp(gm).propagate(torch.empty(1, in_ch, size, size, device="meta"))
+    ShapeProp(gm).propagate(torch.empty(2, in_ch, size, size, device="meta"))
     out = {}
     for n in gm.graph.nodes:
         meta = n.meta.get("tensor_meta")
