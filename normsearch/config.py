@@ -51,8 +51,12 @@ def _is_union_tag(part: Any) -> bool:
 
 
 def describe_validation_error(error: ValidationError, model: type[BaseModel], source: str) -> str:
-    """One line for the first problem in `error`: ``source: key.path: what is wrong (allowed ...)``."""
-    first = error.errors()[0]
+    """One line for the first problem in `error`: ``source: key.path: what is wrong (allowed ...)``.
+
+    An unknown key is reported before anything else: a misspelt key (``serach``) also makes the key it
+    meant missing, and "did you mean" is the useful line."""
+    errors = error.errors()
+    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     loc = tuple(p for p in first["loc"] if not _is_union_tag(p))
     path = ".".join(str(p) for p in loc) or "(top level)"
     message = first["msg"]

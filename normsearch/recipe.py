@@ -17,13 +17,11 @@ from normsearch.arch import ArchConfig
 from normsearch.config import assign_path, read_mapping, validate
 from normsearch.data.spec import DataConfig
 from normsearch.errors import NormsearchError
+from normsearch.run.records import METRICS, SELECT_PREFIX, SOURCE_PREFIX, is_metric
 from normsearch.train import TrainConfig
 
 if TYPE_CHECKING:
     from normsearch.space import Space
-
-# Metrics a trial reports that can be objectives (besides `select/<domain>`), with their natural direction.
-METRICS = ("source_val_acc", "target_select_acc", "params", "loss", "train_acc")
 
 
 class _Strict(BaseModel):
@@ -51,7 +49,10 @@ class SchedulerConfig(_Strict):
 
 
 class FailureConfig(_Strict):
-    retries: int = Field(default=0, ge=0)
+    """`retries`: how often Ray Tune restarts a trial whose worker or node was lost, from its last epoch
+    checkpoint. A failure in our own code (bad data, a NaN loss) is not retried: it would fail again."""
+
+    retries: int = Field(default=2, ge=0)
 
 
 class SearchConfig(_Strict):
@@ -73,9 +74,10 @@ class SearchConfig(_Strict):
         if not value:
             raise ValueError("at least one objective")
         for name in value:
-            if name not in METRICS and not name.startswith("select/"):
+            if not is_metric(name):
                 raise ValueError(
-                    f"unknown objective {name!r}; allowed: {', '.join(METRICS)}, select/<domain>"
+                    f"unknown objective {name!r}; allowed: {', '.join(METRICS)}, {SELECT_PREFIX}<domain>, "
+                    f"{SOURCE_PREFIX}<domain>"
                 )
         return value
 
@@ -114,14 +116,45 @@ class Recipe(_Strict):
     ray: RayConfig = RayConfig()
     output: str | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _objectives_of_the_rule(cls, data: Any) -> Any:
+        # Training-domain validation chooses on the sources alone: mean and worst source (a trade-off
+        # visible without touching any target). The other rules default to source vs select target.
+        if not isinstance(data, dict) or not isinstance(data.get("search"), dict):
+            return data
+        selection = (data.get("data") or {}).get("selection") if isinstance(data.get("data"), dict) else None
+        if selection == "training_domain" and "objectives" not in data["search"]:
+            search = {
+                **data["search"],
+                "objectives": {"source_val_acc": "max", "worst_source_val_acc": "max"},
+            }
+            data = {**data, "search": search}
+        return data
+
     @model_validator(mode="after")
     def _check(self) -> Recipe:
+        units = self.data.units()
+        rule = self.data.selection
         for name in self.search.objectives:
-            domain = name.removeprefix("select/")
-            if name.startswith("select/") and domain not in self.data.select:
+            if name.startswith("select/"):
+                domain = name.removeprefix("select/")
+                if not all(domain in unit.select for unit in units):
+                    raise ValueError(
+                        f"search.objectives: {name!r} names no domain every training unit selects on; select "
+                        f"domains: {', '.join(self.data.select) or 'none'}"
+                    )
+            if name.startswith("source/"):
+                domain = name.removeprefix("source/")
+                if not all(domain in unit.sources for unit in units) or len(units[0].sources) < 2:
+                    raise ValueError(
+                        f"search.objectives: {name!r}: per-source accuracies exist for a domain every unit "
+                        f"trains on, with several sources; sources: {', '.join(self.data.sources)}"
+                    )
+            if name == "target_select_acc" and not units[0].select:
                 raise ValueError(
-                    f"search.objectives: {name!r} names no select domain; select domains: "
-                    f"{', '.join(self.data.select)}"
+                    f"search.objectives: target_select_acc: under selection {rule} no target is selected on; "
+                    "use source_val_acc and worst_source_val_acc"
                 )
         return self
 
@@ -159,7 +192,12 @@ def load_recipe(
         key, sep, text = item.partition("=")
         if not sep or not key:
             raise NormsearchError(f"--set {item!r}: write key.path=value, e.g. train.epochs=2")
-        assign_path(raw, key.strip(), yaml.safe_load(text))
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            detail = str(error).splitlines()[0]
+            raise NormsearchError(f"--set {item!r}: the value is not valid YAML ({detail})") from None
+        assign_path(raw, key.strip(), value)
     for key, value in flags.items():
         if value is not None:
             assign_path(raw, key, value)

@@ -210,13 +210,13 @@ class Space(BaseModel):
                     f"the recipe's model has {key}={have}"
                 )
         checked = 0
-        for values in self._probe_assignments():
+        for values in self.probe_assignments():
             arch = self.to_arch(base, values, f"{source} ({self.name} with {values})")
             arch.resolve(f"{source} ({self.name} with {values})")
             checked += 1
         return checked
 
-    def _probe_assignments(self) -> list[dict[str, Scalar]]:
+    def probe_assignments(self) -> list[dict[str, Scalar]]:
         found = self.assignments()
         if found is not None and len(found) <= 512:
             return found
@@ -286,19 +286,20 @@ def first_comment(text: str) -> str:
 
 
 def spaces_dir() -> Path:
-    """The `search_spaces/` folder of this checkout (next to the package)."""
-    return Path(__file__).resolve().parent.parent / "search_spaces"
+    """The shipped spaces: `normsearch/search_spaces/`, inside the installed package."""
+    return Path(__file__).resolve().parent / "search_spaces"
 
 
 def load_space(spec: str | dict[str, Any], relative_to: Path | None = None, source: str = "space") -> Space:
-    """A space from a file (absolute, relative to `relative_to` or its parent, or under search_spaces/)
-    or an inline mapping."""
+    """A space from a file (absolute, or relative to `relative_to` or its parent), a shipped space by file
+    name (`ibn_ratio` or `ibn_ratio.yaml`), or an inline mapping."""
     if isinstance(spec, dict):
         return validate(Space, spec, source)
     candidates = [Path(spec)]
     if relative_to is not None:
         candidates += [relative_to / spec, relative_to.parent / spec]
-    candidates += [spaces_dir() / spec, spaces_dir() / Path(spec).name]
+    name = Path(spec).name
+    candidates += [spaces_dir() / name, spaces_dir() / f"{name}.yaml"]
     path = next((p for p in candidates if p.is_file()), None)
     if path is None:
         raise NormsearchError(

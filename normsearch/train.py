@@ -9,30 +9,63 @@ metrics so that nothing the search sees depends on them.
 The plan's training hooks are honoured here: the CrossNorm activation policy runs every iteration (CNSN
 §3.2); SwitchNorm slots switch from soft to hard (their argmax) at `hard_at` of training (SN §4.1.4); BN
 statistics are re-estimated by batch average before evaluation when the plan asks (SN §3 "Inference").
+
+Training is resumable: after every epoch `snapshot` receives a `TrainState` (weights, optimizer, schedule,
+every random generator, the history, fp16's GradScaler), and `train_candidate(..., resume=state)` continues
+from it with the same numbers an uninterrupted run would give. A non-finite loss ends training with
+`Diverged`. The loop never waits on the device inside an epoch: losses and counts accumulate as tensors and
+are read once per epoch.
+
+Where training starts (`train.init`): ``scratch`` (random initialisation), ``weights`` (`backbone.weights`:
+a torchvision weights name or a checkpoint file), or ``pretrain``: `pretrain(...)` trains the recipe's base
+architecture once on the sources, and every candidate fine-tunes from that checkpoint
+(`train_candidate(..., init=checkpoint)`). Either way the checkpoint goes through weight inheritance
+(`normsearch.models.inherit`), and `TrainResult.extra["init"]` says what the run started from. Precision,
+layout and device placement: `normsearch.precision`.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from normsearch.arch import ArchConfig
-from normsearch.data.batches import AugmentConfig, Standardizer, accuracy, make_augment, train_batches
 from normsearch.data.domains import DomainSet
+from normsearch.data.pipeline import (
+    AugmentConfig,
+    Standardizer,
+    balanced_batches,
+    make_augment,
+)
+from normsearch.data.protocol import Unit
 from normsearch.data.spec import DataConfig, group_means
+from normsearch.evaluation import UnitSets, epoch_metrics, final_accuracies, unit_sets
+from normsearch.initialise import init_mode as init_mode
+from normsearch.initialise import pretrain as pretrain  # the public door is normsearch.train.pretrain
+from normsearch.initialise import starting_model, trained_checkpoint
+from normsearch.norms.sparse_switchable import set_sparse_progress
+from normsearch.precision import autocast, grad_scaler, layout, place, resolve_device
+from normsearch.train_state import (  # the public doors stay normsearch.train.*
+    Diverged as Diverged,
+)
+from normsearch.train_state import TrainResult as TrainResult
+from normsearch.train_state import TrainState as TrainState
+from normsearch.train_state import _generators, converged
+from normsearch.train_state import hardened_arch as hardened_arch
+from normsearch.train_state import retrain_summary as retrain_summary
+from normsearch.train_state import switch_to_hard as switch_to_hard
 
-# benchmark-design §6b: a run whose source accuracy is below 98% while its training accuracy was still
-# climbing (by more than a point in the last epoch) when the schedule ran out is "not converged": its target
-# accuracy is not a domain-generalization result.
-CONVERGED_SOURCE_ACC = 98.0
-STILL_CLIMBING = 1.0
+if TYPE_CHECKING:
+    from normsearch.models.weights import Checkpoint
+
 RECALIBRATION_BATCHES = 20
 
 
@@ -52,37 +85,24 @@ class TrainConfig(BaseModel):
     warmup_epochs: float = Field(default=0.5, ge=0)
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
     augment: AugmentConfig = AugmentConfig()
+    # Where training starts; None: `weights` when backbone.weights is set, else `scratch`.
+    init: Literal["scratch", "weights", "pretrain"] | None = None
+    init_from: str | None = None  # init: pretrain: a checkpoint from `pretrain` instead of pretraining
+    pretrain_epochs: int | None = Field(default=None, ge=1)  # the base's pretraining budget (None: epochs)
+    pretrain_lr: float | None = Field(default=None, gt=0)  # (None: lr)
+    sn_init: Literal["equal", "bn"] = "equal"  # inherited SwitchNorm ratios: equal, or toward BN
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    channels_last: bool = False
+    cudnn_benchmark: bool = True
 
-
-@dataclass
-class TrainResult:
-    """What one training run produced: per-epoch metrics, the last epoch's, and the test-domain accuracies."""
-
-    history: list[dict[str, Any]]
-    test: dict[str, float]
-    groups: dict[str, float]
-    params: int
-    seconds: float
-    threads: int
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def final(self) -> dict[str, Any]:
-        return self.history[-1]
-
-    @property
-    def converged(self) -> bool:
-        return converged(self.history)
-
-
-def converged(history: list[dict[str, Any]]) -> bool:
-    """False when source val accuracy is below 98% and training accuracy still rose by more than a point
-    in the last epoch (see CONVERGED_SOURCE_ACC)."""
-    if not history or history[-1]["source_val_acc"] >= CONVERGED_SOURCE_ACC:
-        return True
-    if len(history) < 2:
-        return False
-    return history[-1]["train_acc"] - history[-2]["train_acc"] <= STILL_CLIMBING
+    @model_validator(mode="after")
+    def _init_from_is_for_pretrain(self) -> TrainConfig:
+        if self.init_from is not None and self.init != "pretrain":
+            raise ValueError(
+                "init_from is the pretrained checkpoint of init: pretrain; to start from a file with "
+                "init: weights, give it as model.backbone.weights"
+            )
+        return self
 
 
 def _lr_factor(config: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
@@ -114,20 +134,13 @@ def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
 
-def switch_to_hard(model: nn.Module) -> int:
-    """Replace every soft SwitchNorm2d by its hard argmax layer (SN §4.1.4), keeping the affine parameters
-    as the same Parameter objects so the optimizer's momentum carries over. Returns how many switched."""
-    from normsearch.norms.switchable import SwitchNorm2d
-
-    switched = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, SwitchNorm2d) and child.mode == "soft":
-                hard = child.to_hard()
-                hard.weight, hard.bias = child.weight, child.bias
-                setattr(parent, name, hard)
-                switched += 1
-    return switched
+def _standardizer(arch: ArchConfig, data_config: DataConfig, sets: UnitSets) -> Standardizer:
+    """The input standardisation: the sources' own statistics, or ImageNet's for a pretrained backbone
+    (`data.normalize: auto` picks ImageNet's when `backbone.weights` is set)."""
+    rule = data_config.normalize
+    if rule == "imagenet" or (rule == "auto" and arch.backbone.weights):
+        return Standardizer.imagenet()
+    return Standardizer.fit(sets.train_images())
 
 
 def train_candidate(
@@ -139,14 +152,25 @@ def train_candidate(
     report: Callable[[dict[str, Any]], None] | None = None,
     threads: int | None = None,
     device: str = "cpu",
+    snapshot: Callable[[TrainState], None] | None = None,
+    resume: TrainState | None = None,
+    init: Checkpoint | str | Path | dict[str, torch.Tensor] | None = None,
+    keep_weights: bool = False,
+    unit: Unit | None = None,
 ) -> TrainResult:
-    """Train `arch` on `data_config.source` and evaluate it; deterministic from `seed` on CPU at a fixed
-    thread count. `report` receives one metrics dict per epoch (``final`` is True on the last)."""
-    from normsearch.models import build_model
+    """Train `arch` on one unit of the data protocol (default: the recipe's only one; `data_config.units()`)
+    and evaluate it (normsearch.evaluation); deterministic from `seed` on CPU at a fixed
+    thread count. `report` receives one metrics dict per epoch (``final`` is True on the last); `snapshot`,
+    called just before it, the state to continue from. With `resume`, the finished epochs are not trained
+    again (a state whose last epoch is the final one only reports it again). `init` (a checkpoint, a file,
+    a weights name or a state_dict) is where training starts, with weight inheritance; without it,
+    `config.init` decides (see `init_mode`). `keep_weights` returns the trained weights as
+    `result.checkpoint`. Raises `Diverged` on a NaN or infinite training loss."""
     from normsearch.norms.crossnorm import CrossNormPolicy
     from normsearch.norms.running import recalibrate_bn
 
     started = time.perf_counter()
+    dev = resolve_device(device, config.cudnn_benchmark)
     if threads is not None:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -156,18 +180,23 @@ def train_candidate(
             update={"backbone": arch.backbone.model_copy(update={"num_classes": num_classes})}
         )
     plan = arch.resolve()
-    model = build_model(arch).to(device)
+    # On resume the state's weights already hold what inheritance gave: nothing is loaded again.
+    model, started_from = starting_model(arch, config, init, resume.init if resume else None)
+    model = model.to(dev, memory_format=torch.channels_last) if config.channels_last else model.to(dev)
     params = sum(p.numel() for p in model.parameters())
 
-    source = data[data_config.source]
-    train_x, train_y = source.split("train")
-    standardize = Standardizer.fit(train_x)
-    augment = make_augment(config.augment, train_x.shape[-1])
-    source_val = source.split("val")
-    select = {name: data[name].split("val") for name in data_config.select}
+    unit = unit or data_config.units()[0]
+    sets = unit_sets(data, unit, lambda t: place(t, dev))
+    standardize = _standardizer(arch, data_config, sets)
+    if dev.type != "cpu":  # batches are sliced, augmented and standardised on the device
+        standardize = Standardizer(place(standardize.mean, dev), place(standardize.std, dev))
+    train_parts = list(sets.train.values())
+    augment = make_augment(config.augment, train_parts[0][0].shape[-1])
+    n_train = sum(len(y) for _, y in train_parts)
     generator = torch.Generator().manual_seed(seed)
+    scaler = grad_scaler(dev, config.precision)
 
-    steps_per_epoch = math.ceil(len(train_y) / config.batch_size)
+    steps_per_epoch = math.ceil(n_train / config.batch_size)
     optimizer = _optimizer(model, config)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(config, steps_per_epoch))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
@@ -178,47 +207,82 @@ def train_candidate(
     if plan.switchable and plan.switchable.hard_at is not None:
         hard_epoch = min(config.epochs - 1, math.ceil(plan.switchable.hard_at * config.epochs))
     batch_average = bool(plan.switchable and plan.switchable.batch_average)
+    sparse = set_sparse_progress(model, 0.0) > 0
 
     def evaluate() -> None:
         if policy:
             policy.off()
         if batch_average:
-            batches = train_batches(train_x, train_y, config.batch_size, torch.Generator().manual_seed(seed))
-            recalibrate_bn(model, ((standardize(x).to(device),) for x, _ in batches), RECALIBRATION_BATCHES)
+            batches = balanced_batches(train_parts, config.batch_size, torch.Generator().manual_seed(seed))
+            with autocast(dev, config.precision):
+                recalibrate_bn(model, ((standardize(x).to(dev),) for x, _ in batches), RECALIBRATION_BATCHES)
         model.eval()
 
     history: list[dict[str, Any]] = []
     switched = 0
-    for epoch in range(config.epochs):
+    start = 0
+    if resume is not None:
+        if resume.switched:
+            switched = switch_to_hard(model)
+        model.load_state_dict(resume.model)
+        optimizer.load_state_dict(resume.optimizer)
+        schedule.load_state_dict(resume.schedule)
+        if scaler is not None and resume.scaler is not None:
+            scaler.load_state_dict(resume.scaler)
+        generators = _generators(model, generator, policy)
+        for name, state in resume.generators.items():
+            if name == "global":
+                torch.set_rng_state(state)
+            else:
+                generators[name].set_state(state)
+        history = [dict(h) for h in resume.history]
+        start = resume.epoch
+        if start >= config.epochs and report is not None:
+            report(history[-1])
+    for epoch in range(start, config.epochs):
         if hard_epoch is not None and epoch == hard_epoch:
             switched = switch_to_hard(model)
         model.train()
         tic = time.perf_counter()
-        seen = correct = 0
-        loss_sum = 0.0
-        for x, y in train_batches(train_x, train_y, config.batch_size, generator, augment):
+        seen = 0
+        # Accumulated on the device and read once per epoch: a `.item()` per step would stall a GPU.
+        loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
+        correct = torch.zeros((), dtype=torch.long, device=dev)
+        for step, (x, y) in enumerate(balanced_batches(train_parts, config.batch_size, generator, augment)):
             if policy:
                 policy.step()
-            x, y = standardize(x).to(device), y.to(device)
-            logits = model(x)
-            loss = loss_fn(logits, y)
+            if sparse:  # Sparse SN anneals its radius over training (SSN §3.3)
+                set_sparse_progress(
+                    model, (epoch * steps_per_epoch + step) / (config.epochs * steps_per_epoch)
+                )
+            x, y = standardize(x).to(dev, memory_format=layout(config.channels_last)), y.to(dev)
+            with autocast(dev, config.precision):
+                logits = model(x)
+                loss = loss_fn(logits, y)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            if scaler is None:
+                loss.backward()
+                optimizer.step()
+            else:  # fp16: scaled loss, unscaled gradients checked for inf before the step
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
             schedule.step()
             seen += len(y)
-            loss_sum += loss.item() * len(y)
-            correct += int((logits.argmax(1) == y).sum())
+            loss_sum += loss.detach().double() * len(y)
+            correct += (logits.argmax(1) == y).sum()
         train_seconds = time.perf_counter() - tic
+        epoch_loss = float(loss_sum) / seen
+        if not math.isfinite(epoch_loss):
+            raise Diverged(f"{'NaN' if math.isnan(epoch_loss) else 'infinite'} loss at epoch {epoch + 1}")
         evaluate()
-        accs = {name: accuracy(model, x, y, standardize) for name, (x, y) in select.items()}
+        with autocast(dev, config.precision):
+            measured = epoch_metrics(model, sets, standardize)
         metrics: dict[str, Any] = {
             "epoch": epoch + 1,
-            "loss": loss_sum / seen,
-            "train_acc": 100.0 * correct / seen,
-            "source_val_acc": accuracy(model, *source_val, standardize),
-            "target_select_acc": sum(accs.values()) / len(accs),
-            **{f"select/{name}": acc for name, acc in accs.items()},
+            "loss": epoch_loss,
+            "train_acc": 100.0 * int(correct) / seen,
+            **measured,
             "lr": optimizer.param_groups[0]["lr"],
             "images_per_s": seen / train_seconds,
             "epoch_seconds": time.perf_counter() - tic,
@@ -230,18 +294,31 @@ def train_candidate(
         if metrics["final"]:
             # Once, after training: the source's and every target's test split, kept apart from what
             # selection saw (the search's objectives never read these).
-            test["source"] = accuracy(model, *source.split("test"), standardize)
-            for name in data_config.targets:
-                test[name] = accuracy(model, *data[name].split("test"), standardize)
-            if data_config.test:
-                test["test_mean"] = sum(test[n] for n in data_config.test) / len(data_config.test)
+            with autocast(dev, config.precision):
+                test = final_accuracies(model, data, unit, standardize, lambda t: place(t, dev))
             metrics["test"] = test
         history.append(metrics)
+        if snapshot is not None:
+            states = {n: g.get_state() for n, g in _generators(model, generator, policy).items()}
+            # Copies, not views: the caller may keep the state while training goes on.
+            snapshot(
+                TrainState(
+                    epoch + 1,
+                    copy.deepcopy(model.state_dict()),
+                    copy.deepcopy(optimizer.state_dict()),
+                    schedule.state_dict(),
+                    {**states, "global": torch.get_rng_state()},
+                    switched,
+                    copy.deepcopy(history),
+                    scaler.state_dict() if scaler is not None else None,
+                    copy.deepcopy(started_from),
+                )
+            )
         if report is not None:
             report(metrics)
 
     test = history[-1]["test"]
-    groups = group_means({n: test[n] for n in data_config.targets}, data_config.dataset)
+    groups = group_means({n: test[n] for n in unit.targets}, data_config.dataset)
     return TrainResult(
         history,
         test,
@@ -249,24 +326,46 @@ def train_candidate(
         params,
         time.perf_counter() - started,
         torch.get_num_threads(),
-        {"switched_to_hard": switched},
+        {"switched_to_hard": switched, "init": started_from},
+        trained_checkpoint(model, arch, started_from) if keep_weights else None,
     )
 
 
-def retrain_summary(results: list[TrainResult]) -> list[tuple[str, float, float, list[float]]]:
-    """(measure, mean, standard error, per-seed values) for source val, select mean and every test-split
-    accuracy of several seeds' runs."""
-    measures: dict[str, list[float]] = {}
-    for result in results:
-        measures.setdefault("source val", []).append(result.final["source_val_acc"])
-        measures.setdefault("select target (val)", []).append(result.final["target_select_acc"])
-        for name, value in result.test.items():
-            measures.setdefault(f"test: {name}", []).append(value)
-        for name, value in result.groups.items():
-            measures.setdefault(f"group: {name}", []).append(value)
-    rows = []
-    for name, values in measures.items():
-        mean = sum(values) / len(values)
-        var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
-        rows.append((name, mean, math.sqrt(var / len(values)), values))
-    return rows
+def train_units(
+    arch: ArchConfig,
+    data: DomainSet,
+    data_config: DataConfig,
+    config: TrainConfig,
+    seed: int = 0,
+    report: Callable[[str, dict[str, Any]], None] | None = None,
+    threads: int | None = None,
+    device: str = "cpu",
+) -> TrainResult:
+    """Train `arch` once per unit of the data protocol (data/protocol.py) and combine the units as the
+    search does: mean metrics, and under rotation each held-out domain's accuracy with their average.
+    `report(unit, metrics)` receives each unit's epochs. One unit: exactly `train_candidate`."""
+    from normsearch.data.protocol import combine_units
+
+    units = data_config.units()
+    results = {}
+    for unit in units:
+        unit_report = (lambda m, u=unit.name: report(u, m)) if report is not None else None
+        results[unit.name] = train_candidate(
+            arch, data, data_config, config, seed, unit_report, threads, device, unit=unit
+        )
+    if len(units) == 1:
+        return results[units[0].name]
+    metrics, test = combine_units(
+        units, {n: r.final for n, r in results.items()}, {n: r.test for n, r in results.items()}
+    )
+    first = results[units[0].name]
+    groups = group_means({k: v for k, v in test.items() if k in data_config.targets}, data_config.dataset)
+    return TrainResult(
+        [{**metrics, "final": True, "converged": all(r.converged for r in results.values())}],
+        test,
+        groups,
+        first.params,
+        sum(r.seconds for r in results.values()),
+        first.threads,
+        {"units": {n: {"final": r.final, "test": r.test} for n, r in results.items()}},
+    )

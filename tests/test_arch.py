@@ -184,3 +184,26 @@ def test_released_defaults_of_xbn_and_switchable_rules() -> None:
     assert str(plan["bn1"]) == "bn"  # a rule restricted to some stages leaves the stem alone
     plan = ArchConfig.from_dict({"norm": {"switchable": {"stages": [2], "stem": True, "last_gamma": False}}})
     assert str(plan.resolve()["bn1"]) == "sn" and str(plan.resolve()["layer2.0.bn2"]) == "sn"
+
+
+def test_crossnorm_released_samplers_and_sparse_switchable_reach_the_layers() -> None:
+    config = ArchConfig.from_dict(
+        {
+            "backbone": {"preset": "resnet-mini"},
+            "norm": {
+                "switchable": {"mode": "sparse", "stages": [2]},
+                "crossnorm": {"pairing": "randperm", "boxes": "clipped", "crop": "both"},
+            },
+        }
+    )
+    plan = config.resolve()
+    assert {str(s) for slot, s in plan.slots.items() if slot.startswith("layer2")} == {
+        "ssn",
+        "ssn:last_gamma=true",
+    }
+    model = build_model(config)
+    cn = model.get_submodule("layer1.0.crossnorm")
+    assert (cn.pairing, cn.boxes, cn.crop) == ("randperm", "clipped", "both")
+    assert type(model.get_submodule("layer2.0.bn1")).__name__ == "SparseSwitchNorm2d"
+    with pytest.raises(NormsearchError, match="pairing: must be one of derangement"):
+        ArchConfig.from_dict({"norm": {"crossnorm": {"pairing": "shuffle"}}})

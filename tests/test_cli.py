@@ -8,6 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from normsearch import __version__
+from normsearch.bench.norms import CASES
 from normsearch.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,7 +28,7 @@ def test_bench_norms_prints_every_kind_with_ratios() -> None:
     for label in ("bn", "ibn r=0.5", "sn soft", "sn hard bn/bn", "crossnorm 2ins", "selfnorm two_branch"):
         assert label in result.stdout
     rows = [line for line in result.stdout.splitlines() if "4×16×6×6" in line]
-    assert len(rows) == 14
+    assert len(rows) == len(CASES)
     for row in rows:
         cells = [c.strip() for c in row.strip("│ ").split("│")]
         assert float(cells[3]) > 0 and float(cells[6]) > 0  # train and eval ratios to BatchNorm2d
@@ -123,14 +124,16 @@ def test_spaces_lists_every_shipped_space_with_its_size() -> None:
 
 
 def test_spaces_validate_checks_against_a_recipe_model() -> None:
-    good = runner.invoke(app, ["spaces", "validate", str(ROOT / "search_spaces" / "xbn_position.yaml")])
+    good = runner.invoke(
+        app, ["spaces", "validate", str(ROOT / "normsearch" / "search_spaces" / "xbn_position.yaml")]
+    )
     assert good.exit_code == 0 and "valid; built 48 configuration(s)" in good.stdout
     bad = runner.invoke(
         app,
         [
             "spaces",
             "validate",
-            str(ROOT / "search_spaces" / "xbn_position.yaml"),
+            str(ROOT / "normsearch" / "search_spaces" / "xbn_position.yaml"),
             "--recipe",
             str(ROOT / "recipes" / "quickstart.yaml"),
         ],
@@ -177,3 +180,21 @@ def test_train_retrains_over_seeds_and_reports_mean_and_standard_error(tmp_path:
     assert result.exit_code == 0, result.output
     for measure in ("source val", "select target (val)", "test: fog", "test: source", "± s.e."):
         assert measure in result.stdout
+
+
+def test_bench_data_prints_both_throughputs_and_their_ratio() -> None:
+    result = runner.invoke(
+        app,
+        [
+            "bench",
+            "data",
+            str(ROOT / "recipes" / "quickstart.yaml"),
+            "--batches",
+            "1",
+            "--set",
+            "data.n_train=200",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "input pipeline" in result.stdout and "train step" in result.stdout
+    assert "pipeline / train step = " in result.stdout

@@ -27,7 +27,7 @@ def base() -> dict:
     return {
         "name": "t",
         "model": {"backbone": {"preset": "resnet-mini"}},
-        "search": {"space": str(ROOT / "search_spaces" / "quickstart.yaml")},
+        "search": {"space": str(ROOT / "normsearch" / "search_spaces" / "quickstart.yaml")},
     }
 
 

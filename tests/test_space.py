@@ -50,7 +50,7 @@ def test_to_arch_writes_paths_and_list_indices() -> None:
 
 
 def test_sets_null_removes_a_rule() -> None:
-    groups = load_space(str(ROOT / "search_spaces" / "ibn_groups.yaml"))
+    groups = load_space(str(ROOT / "normsearch" / "search_spaces" / "ibn_groups.yaml"))
     base = ArchConfig.from_dict({"backbone": {"preset": "resnet-small"}})
     none = groups.to_arch(base, {"groups": "none"})
     assert none.norm.ibn is None
@@ -99,7 +99,7 @@ def test_check_catches_impossible_placements_before_any_trial() -> None:
     bad = space("params: {stages: {type: categorical, choices: [x], sets: {x: {norm.ibn.stages: [7]}}}}")
     with pytest.raises(NormsearchError, match="stage 7 out of range"):
         bad.check(TINY, "recipe.yaml")
-    xbn = load_space(str(ROOT / "search_spaces" / "xbn_position.yaml"))
+    xbn = load_space(str(ROOT / "normsearch" / "search_spaces" / "xbn_position.yaml"))
     with pytest.raises(
         NormsearchError, match="requires block=bottleneck; the recipe's model has block=basic"
     ):

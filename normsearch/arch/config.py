@@ -24,7 +24,7 @@ from normsearch.arch.structure import Structure, from_topology
 from normsearch.arch.topology import BlockType, Topology, resnet_topology
 from normsearch.config import read_mapping, validate
 from normsearch.errors import NormsearchError
-from normsearch.norms.crossnorm import CROPS, MODES
+from normsearch.norms.crossnorm import BOXES, CROPS, MODES, PAIRINGS
 from normsearch.norms.registry import validate_spec
 from normsearch.norms.selfnorm import FORMS
 from normsearch.norms.switchable import STATS
@@ -115,6 +115,10 @@ class Backbone(_Strict):
     num_classes: int = Field(default=10, ge=1)
     in_channels: int = Field(default=3, ge=1)
     zero_init_last: bool = False
+    # A torchvision weights name (DEFAULT, IMAGENET1K_V1, ...) or a checkpoint file, loaded with weight
+    # inheritance (normsearch.models.weights / inherit); `strict`: unused or missing tensors are an error.
+    weights: str | None = Field(default=None, min_length=1)
+    strict: bool = True
 
     @field_validator("preset")
     @classmethod
@@ -225,7 +229,7 @@ class SwitchableRule(_Strict):
     stem: bool | None = None
     # The released SN ResNet zero-initialises γ of the last SN in every block (`last_gamma`).
     last_gamma: bool = True
-    mode: Literal["soft", "hard"] = "soft"
+    mode: Literal["soft", "hard", "sparse"] = "soft"  # sparse: Sparse SN (`ssn`, SparsestMax ratios)
     mean: Literal["in", "ln", "bn"] = "bn"  # hard mode: the choice for every slot without its own
     var: Literal["in", "ln", "bn"] = "bn"
     choices: dict[str, str] = Field(default_factory=dict)  # hard mode: slot -> "mean/var", e.g. "in/bn"
@@ -277,6 +281,8 @@ class CrossNormRule(_Strict):
     crop: Annotated[str, _one_of(CROPS)] = "none"
     threshold: float = Field(default=0.1, gt=0.0, le=1.0)
     beta: float = Field(default=1.0, gt=0.0)
+    pairing: Annotated[str, _one_of(PAIRINGS)] = "derangement"  # randperm: the released pairing
+    boxes: Annotated[str, _one_of(BOXES)] = "inside"  # clipped: the released crop-box sampler
     position: InsertPosition = "residual"
     stages: Stages | None = None
 

@@ -185,7 +185,13 @@ def resolve_plan(structure: Structure, norm: NormConfig, source: str = "config")
             continue
         if name == "crossnorm":
             spec = NormSpec.of(
-                "crossnorm", mode=rule.mode, crop=rule.crop, threshold=rule.threshold, beta=rule.beta
+                "crossnorm",
+                mode=rule.mode,
+                crop=rule.crop,
+                threshold=rule.threshold,
+                beta=rule.beta,
+                pairing=rule.pairing,
+                boxes=rule.boxes,
             )
             cn_schedule = CrossNormSchedule(p=rule.p, active_num=rule.active_num)
         else:
@@ -250,5 +256,7 @@ def _switch_spec(rule: SwitchableRule, slot: str, last_gamma: bool = False) -> N
         params["unbiased"] = False
     if rule.mode == "soft":
         return NormSpec.of("sn", **params)
+    if rule.mode == "sparse":
+        return NormSpec.of("ssn", **params)
     mean, var = rule.choices.get(slot, f"{rule.mean}/{rule.var}").split("/")
     return NormSpec.of("sn", mode="hard", mean=mean, var=var, **params)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -10,19 +11,64 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
 
 from normsearch import __version__
 from normsearch.errors import NormsearchError
 
+
+def _usage_error_types() -> tuple[type[BaseException], ...]:
+    """Typer ≥ 0.20 raises its own vendored click's exceptions (under `typer.TyperException`); older
+    Typer raises click's. Both are caught."""
+    found: list[type[BaseException]] = []
+    if hasattr(typer, "TyperException"):
+        found.append(typer.TyperException)
+    try:
+        import click
+
+        found.append(click.ClickException)
+    except ImportError:
+        pass
+    return tuple(found)
+
+
+USAGE_ERRORS = _usage_error_types()
+
+
+class OneLineErrors(TyperGroup):
+    """The root command group: a usage error (an unknown option, a missing argument, a bad value for a
+    typed option) is one red line naming the command's help, exit code 2, like every other bad input."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False
+        try:
+            code = super().main(*args, **kwargs)
+        except USAGE_ERRORS as error:
+            if type(error).__name__ == "NoArgsIsHelpError":  # a bare group: its help, as asked for
+                error.show()
+                sys.exit(error.exit_code)
+            where = f" (see `{error.ctx.command_path} --help`)" if getattr(error, "ctx", None) else ""
+            err_console.print(
+                f"[red]error:[/red] {error.format_message()}{where}", highlight=False, soft_wrap=True
+            )
+            sys.exit(error.exit_code)
+        except typer.Abort:
+            err_console.print("[yellow]aborted[/yellow]")
+            sys.exit(130)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
     name="normsearch",
     help="Search per-layer normalizers that make a CNN hold its accuracy under domain shift.",
+    cls=OneLineErrors,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
 bench_app = typer.Typer(help="Speed benchmarks.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
+
 
 console = Console()
 if not console.is_terminal:

@@ -16,16 +16,25 @@ from normsearch.errors import NormsearchError
 @user_errors
 def plan(
     config: Annotated[Path, typer.Argument(help="An ArchConfig YAML/JSON (or an exported file).")],
+    weights: Annotated[
+        str | None,
+        typer.Option(help="A checkpoint file or torchvision weights name: show what each slot inherits."),
+    ] = None,
 ) -> None:
-    """Print every normalization slot of the network CONFIG describes, and a summary."""
+    """Print every normalization slot of the network CONFIG describes, and a summary; with --weights (or
+    the config's backbone.weights), whether each slot is inherited, partly inherited or new."""
     from normsearch.arch import load_arch
     from normsearch.models import build_model
 
     arch = load_arch(config)
     resolved = arch.resolve(str(config))
     structure = arch.structure()
-    table = Table(title=f"norm plan of {config} ({structure.family}, {structure.num_stages} stages)")
-    for column in ("slot", "stage", "unit", "position", "channels", "normalizer"):
+    model = build_model(arch, weights=weights)
+    inheritance = getattr(model, "inheritance", None)
+    title = f"norm plan of {config} ({structure.family}, {structure.num_stages} stages)"
+    table = Table(title=title + (f" from {inheritance.source}" if inheritance else ""))
+    columns = ("slot", "stage", "unit", "position", "channels", "normalizer")
+    for column in columns + (("from checkpoint", "what") if inheritance else ()):
         table.add_column(column, justify="right" if column in ("channels", "stage") else "left")
     for slot, channels, normalizer in resolved.rows():
         info = structure.slots.get(slot)
@@ -34,11 +43,27 @@ def plan(
             stage = next((str(k) for k, (name, _) in structure.stage_posts.items() if name == slot), "")
         owner = slot.removesuffix(".post").removesuffix("_post")
         unit, position = (info.unit or "", info.position or "") if info else (owner, "post")
-        table.add_row(slot, stage, unit, position, str(channels), normalizer)
-    console.print(table)
+        got = inheritance.slots.get(slot) if inheritance else None
+        row = (slot, stage, unit, position, str(channels), normalizer)
+        table.add_row(*row, *((got.status, got.detail) if got else ()))
+    if console.is_terminal:
+        console.print(table)
+    else:  # piped output: room for the structure and inheritance columns without wrapping a row
+        from rich.console import Console
+
+        Console(width=200, file=console.file).print(table)
     if not structure.traced:
         console.print(f"[yellow]structure unknown: {structure.note}; per-slot plans only[/yellow]")
-    model = build_model(arch)
+    if inheritance:
+        console.print(inheritance.summary(), highlight=False, soft_wrap=True)
+        lists = (
+            ("unused", inheritance.unused),
+            ("missing", inheritance.missing),
+            ("dropped", inheritance.dropped),
+        )
+        for label, keys in lists:
+            if keys:
+                console.print(f"{label}: {', '.join(keys)}", highlight=False, soft_wrap=True)
     params = sum(p.numel() for p in model.parameters())
     kinds = ", ".join(f"{kind} {count}" for kind, count in sorted(resolved.kind_counts().items()))
     console.print(f"parameters: {params:,}   slots per kind: {kinds}   input: {resolved.input_norm}")
@@ -61,16 +86,15 @@ app.add_typer(data_app, name="data")
 
 
 def show_run(run_dir: Path, sort: str, top: int | None, show_all: bool) -> None:
-    from normsearch.results.front import compute_front
-    from normsearch.results.tables import front_table, trials_table
-    from normsearch.run.records import read_trials
-    from normsearch.search.tuner import load_run
+    """Print a run's trials table and front (also what `run` and `resume` end with)."""
+    from normsearch.results.front import summarize
+    from normsearch.results.tables import domainbed_table, front_table, trials_table
 
-    recipe, _ = load_run(run_dir)
-    trials = read_trials(run_dir)
-    front = compute_front(trials, recipe.search.objectives)
-    console.print(trials_table(trials, recipe, front, sort=sort, top=top, show_all=show_all))
-    console.print(front_table(front, recipe))
+    summary = summarize(run_dir)
+    console.print(trials_table(summary, sort=sort, top=top, show_all=show_all))
+    if summary.recipe.data.rotate:
+        console.print(domainbed_table(summary))
+    console.print(front_table(summary.front, summary.recipe))
 
 
 @app.command("show")
@@ -79,9 +103,11 @@ def show(
     run_dir: Annotated[Path, typer.Argument(help="A run folder.")],
     sort: Annotated[str, typer.Option(help="target or source.")] = "target",
     top: Annotated[int | None, typer.Option(min=1, help="Show only the best N.")] = None,
-    show_all: Annotated[bool, typer.Option("--all", help="Include every trial state.")] = False,
+    show_all: Annotated[
+        bool, typer.Option("--all", help="Also list repeats (configurations not trained again).")
+    ] = False,
 ) -> None:
-    """The trials table (front members starred) and the Pareto front."""
+    """The trials table (front members starred, a reason for every failed or stopped trial) and the front."""
     if sort not in ("target", "source"):
         raise NormsearchError(f"--sort {sort!r}: allowed: target, source")
     show_run(run_dir, sort, top, show_all)
@@ -95,21 +121,19 @@ def pareto(
     html: Annotated[Path | None, typer.Option(help="Write an interactive HTML scatter.")] = None,
 ) -> None:
     """The front, its hypervolume and a terminal scatter; files when asked."""
-    from normsearch.results.front import compute_front
+    from normsearch.results.front import summarize
     from normsearch.results.tables import front_table, header, plot_front, scatter
-    from normsearch.run.records import read_trials
-    from normsearch.search.tuner import load_run
 
-    recipe, _ = load_run(run_dir)
-    front = compute_front(read_trials(run_dir), recipe.search.objectives)
+    summary = summarize(run_dir)
+    front, recipe = summary.front, summary.recipe
     console.print(header(recipe), highlight=False)
     console.print(front_table(front, recipe))
     if front.hypervolume is not None:
         console.print(f"hypervolume {front.hypervolume:.1f} against reference {front.reference}")
     console.print(scatter(front), highlight=False)
-    for path in (plot, html):
+    for path, suffix in ((plot, ".png"), (html, ".html")):
         if path is not None:
-            plot_front(front, path, header(recipe))
+            plot_front(front, path, header(recipe), suffix)
             console.print(f"wrote {path}")
 
 
@@ -124,37 +148,38 @@ def export(
         float | None,
         typer.Option(help="With max-target: only trials within this many points of the best source."),
     ] = None,
+    weights: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also write the trial's trained weights (build_model(..., weights=FILE) loads them)."
+        ),
+    ] = None,
     test: Annotated[
         bool, typer.Option("--test", help="Also print the trial's test-domain accuracy.")
     ] = False,
 ) -> None:
-    """Write one trial's ArchConfig with provenance; `normsearch.build_model(FILE)` rebuilds it."""
-    from normsearch.results.front import choose, compute_front, find_trial, write_export
-    from normsearch.results.front import export as make_export
-    from normsearch.run.records import read_trials
-    from normsearch.search.tuner import load_run
+    """Write one trial's ArchConfig with provenance (and its weights); `normsearch.build_model(FILE)`
+    rebuilds it."""
+    from normsearch.results.front import export_trial, summarize
 
     if (trial is None) == (pick_rule is None):
         raise NormsearchError("export: give exactly one of --trial ID or --pick knee|max-target|max-source")
-    recipe, _ = load_run(run_dir)
-    trials = read_trials(run_dir)
-    if trial is not None:
-        chosen = find_trial(trials, trial)
-    else:
-        chosen = choose(compute_front(trials, recipe.search.objectives), pick_rule or "knee", max_source_drop)
-    write_export(make_export(run_dir, recipe, chosen, pick_rule), out)
+    summary = summarize(run_dir)
+    chosen = export_trial(summary, out, trial, pick_rule, max_source_drop, weights)
     metrics = chosen.metrics
     console.print(
         f"wrote {out}: trial {chosen.trial_id} ({chosen.status}), source val "
         f"{metrics.get('source_val_acc', float('nan')):.1f}, select target "
         f"{metrics.get('target_select_acc', float('nan')):.1f}"
+        + (f"; weights {weights}" if weights is not None else ""),
+        highlight=False,
     )
     if test:
         if not chosen.test:
             raise NormsearchError(f"trial {chosen.trial_id} has no test accuracies (it did not finish)")
         label = (
             "ORACLE (selected on these domains)"
-            if recipe.data.selection == "oracle"
+            if summary.recipe.data.selection == "oracle"
             else ("measured after selection")
         )
         parts = ", ".join(f"{k} {v:.1f}" for k, v in chosen.test.items())
@@ -164,7 +189,7 @@ def export(
 @spaces_app.callback()
 @user_errors
 def spaces(ctx: typer.Context) -> None:
-    """List the spaces in search_spaces/ with their size and parameters."""
+    """List the shipped search spaces with their size and parameters."""
     if ctx.invoked_subcommand is not None:
         return
     from normsearch.space import list_spaces, load_space

@@ -43,46 +43,94 @@ def run(
         overrides=overrides,
     )
     run_dir = default_output(recipe)
+    from normsearch.search.preflight import describe, estimate_seconds, preflight
+
+    with console.status("checking the output folder, resources, every configuration and the data..."):
+        checked = preflight(recipe, space, run_dir)
     if dry_run:
         import yaml
 
-        from normsearch.search.tuner import estimate_seconds
-
         console.print(yaml.safe_dump(recipe.model_dump(mode="json", exclude_none=True), sort_keys=False))
         console.print(space_table(space))
-        per_trial, total = estimate_seconds(recipe)
+        for key, value in describe(checked).items():
+            console.print(f"{key}: {value}", highlight=False)
+        per_trial, total = estimate_seconds(recipe, checked.trials)
+        capped = (
+            f" (the space holds {checked.size}; no configuration is trained twice)"
+            if checked.size is not None and checked.size < recipe.search.num_samples
+            else ""
+        )
         console.print(
-            f"{recipe.data.describe()}\nwould write {run_dir}; estimated {per_trial:.0f} s per trial, "
-            f"about {total / 60:.1f} min for {recipe.search.num_samples} trial(s) "
-            f"({recipe.search.max_concurrent} at once, {recipe.resources.cpu} CPU each)"
+            f"{recipe.data.describe()}\nall checks passed; would write {run_dir}; {checked.trials} trial(s)"
+            f"{capped}; estimated {per_trial:.0f} s per trial, about {total / 60:.1f} min "
+            f"({recipe.search.max_concurrent} at once, {recipe.resources.cpu} CPU each)",
+            highlight=False,
         )
         return
-    _search(recipe, space, run_dir, resume=False)
+    _search(recipe, space, run_dir, resume=False, checked=checked)
 
 
 @app.command("resume")
 @user_errors
 def resume(run_dir: Annotated[Path, typer.Argument(help="A run folder.")]) -> None:
-    """Continue an interrupted run: finished trials stay, unfinished ones run again."""
-    from normsearch.search.tuner import load_run
+    """Continue a run that was interrupted or killed: finished trials stay, unfinished ones continue from
+    their last epoch checkpoint, and the study is reconciled with the records."""
+    from normsearch.run.folder import RunFolder
 
-    recipe, space = load_run(run_dir)
+    recipe, space = RunFolder.open(run_dir).load()
     _search(recipe, space, run_dir, resume=True)
 
 
-def _search(recipe: Any, space: Any, run_dir: Path, resume: bool) -> None:
+def _search(recipe: Any, space: Any, run_dir: Path, resume: bool, checked: Any = None) -> None:
     from rich.live import Live
 
     from normsearch.search.tuner import run_search
 
-    console.print(f"[bold]{recipe.name}[/bold]: {recipe.data.describe()}")
-    console.print(f"run folder {run_dir}; study {run_dir / 'study.db'}")
-    with Live(_progress_view(None), console=console, refresh_per_second=2, transient=False) as live:
-        run_search(recipe, space, run_dir, on_change=lambda p: live.update(_progress_view(p)), resume=resume)
+    console.print(f"[bold]{recipe.name}[/bold]: {recipe.data.describe()}", highlight=False)
+    from normsearch.run.folder import RunFolder
+
+    console.print(f"run folder {run_dir}; study {RunFolder(run_dir).study_url}", highlight=False)
+    resume_hint = f"normsearch resume {run_dir}"
+    try:
+        with Live(_progress_view(None), console=console, refresh_per_second=2, transient=False) as live:
+            outcome = run_search(
+                recipe,
+                space,
+                run_dir,
+                on_change=lambda p: live.update(_progress_view(p)),
+                resume=resume,
+                checked=checked,
+            )
+    except KeyboardInterrupt:
+        console.print()
+        from normsearch.run.folder import RunFolder
+
+        if RunFolder.is_run(run_dir):
+            console.print(f"[yellow]interrupted.[/yellow] Continue with: {resume_hint}", highlight=False)
+        else:
+            console.print("[yellow]interrupted before any trial started; nothing was written[/yellow]")
+        raise typer.Exit(130) from None
     console.print()  # end the live line before the tables
+    if outcome.recovery is not None:
+        console.print(f"resume: {outcome.recovery.summary()}", highlight=False)
+    if outcome.nothing_to_do:
+        console.print("nothing left to run: every trial of this run has finished", highlight=False)
+    if outcome.progress is not None and outcome.progress.message:
+        console.print(outcome.progress.message, highlight=False)
     from normsearch.cli.inspect import show_run
 
     show_run(run_dir, sort="target", top=None, show_all=False)
+    if outcome.incomplete:
+        unfinished = ", ".join(outcome.interrupted) or "none running"
+        console.print(
+            f"[yellow]interrupted[/yellow] ({len(outcome.interrupted)} unfinished: {unfinished}). "
+            f"Continue with: {resume_hint}",
+            highlight=False,
+        )
+        raise typer.Exit(130)
+    if outcome.all_failed:
+        console.print("[red]every trial failed[/red]; the reasons are in the table above", highlight=False)
+        raise typer.Exit(1)
 
 
 def _progress_view(progress: Any) -> Text:
@@ -93,9 +141,10 @@ def _progress_view(progress: Any) -> Text:
     def pct(v: float | None) -> str:
         return "-" if v is None else f"{v:.1f}"
 
+    repeats = f", {progress.repeats} repeat(s) not retrained" if progress.repeats else ""
     return Text(
         f"trials {progress.done}/{progress.total} done, {len(progress.running)} running, {progress.pruned} "
-        f"pruned, {progress.failed} failed | best source {pct(progress.best_source)} | best target "
+        f"pruned, {progress.failed} failed{repeats} | best source {pct(progress.best_source)} | best target "
         f"{pct(progress.best_target)} | front {progress.front_size} | "
         f"elapsed {progress.elapsed:.0f}s, ETA {eta}"
     )

@@ -12,6 +12,45 @@ from normsearch.cli.common import app, bench_app, console, load_recipe_flags, us
 from normsearch.errors import NormsearchError
 
 
+@bench_app.command("data")
+@user_errors
+def bench_data(
+    recipe_path: Annotated[Path, typer.Argument(metavar="RECIPE", help="A recipe YAML.")],
+    batches: Annotated[int, typer.Option(min=1, help="Timed batches (median reported).")] = 5,
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="torch threads (default: resources.cpu).")
+    ] = None,
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a recipe key, e.g. --set data.size=224.")
+    ] = None,
+) -> None:
+    """Images/s of the input pipeline and of the recipe's train step, same threads, one run."""
+    from normsearch.bench.data import bench_data as run_bench
+
+    recipe, _ = load_recipe_flags(recipe_path, overrides=overrides)
+    with console.status("decoding the data and timing the pipeline and the train step..."):
+        result = run_bench(recipe, batches=batches, threads=threads)
+    table = Table(
+        title=(
+            f"{recipe.name}: {recipe.model.backbone.preset or 'model'} at {result.size} px, batch "
+            f"{result.batch_size}, {result.threads} thread(s), augmentation {result.augment}, median of "
+            f"{result.batches} batches (data loaded in {result.load_seconds:.1f} s)"
+        ),
+        title_justify="left",
+    )
+    for column in ("stage", "images/s"):
+        table.add_column(column, justify="left" if column == "stage" else "right")
+    table.add_row("input pipeline (slice, augment, standardise)", f"{result.pipeline_images_per_s:,.0f}")
+    table.add_row("train step (forward, backward, optimizer)", f"{result.step_images_per_s:,.1f}")
+    console.print(table)
+    verdict = (
+        "the pipeline is not the bottleneck"
+        if result.ratio >= 3
+        else "[red]the pipeline limits training[/red]"
+    )
+    console.print(f"pipeline / train step = {result.ratio:.1f}x: {verdict} (target >= 3x)")
+
+
 @bench_app.command("norms")
 @user_errors
 def bench_norms(
@@ -79,7 +118,7 @@ def train(
     """Retrain an architecture over several seeds; mean ± standard error on source, select and test."""
     from normsearch.arch import load_arch
     from normsearch.data.spec import load_data
-    from normsearch.train import retrain_summary, train_candidate
+    from normsearch.train import retrain_summary, train_units
 
     recipe, _ = load_recipe_flags(recipe_path)
     arch = load_arch(config)
@@ -90,14 +129,16 @@ def train(
             label = f"seed {recipe.seed + k} ({k + 1}/{seeds})"
             status.update(f"training {label}")
 
-            def show(m: dict[str, Any], label: str = label) -> None:
+            def show(unit: str, m: dict[str, Any], label: str = label) -> None:
+                where = f" unit {unit}" if unit else ""
+                select = f", select {m['target_select_acc']:.1f}" if "target_select_acc" in m else ""
                 status.update(
-                    f"training {label}: epoch {m['epoch']}/{recipe.train.epochs}, source val "
-                    f"{m['source_val_acc']:.1f}, select {m['target_select_acc']:.1f}"
+                    f"training {label}{where}: epoch {m['epoch']}/{recipe.train.epochs}, source val "
+                    f"{m['source_val_acc']:.1f}{select}"
                 )
 
             results.append(
-                train_candidate(
+                train_units(
                     arch,
                     data,
                     recipe.data,

@@ -1,15 +1,14 @@
 """Image-folder domains in the DomainBed layout: ``root/<domain>/<class>/<image>``.
 
 Images are decoded with Pillow (torchvision's ImageFolder loader), resized to `size`×`size` and kept as
-uint8 tensors. Each domain is cached on disk (``$NORMSEARCH_CACHE`` or ``~/.cache/normsearch``) under a
-key made of its file list, file sizes, modification times and the image size, so a second trial does not
-decode images again.
+uint8 tensors. Each domain is decoded once per image size into the memory-mapped cache (data/cache.py),
+keyed by its file list, file sizes, modification times and the image size, so a second trial (or a
+concurrent one) does not decode images again.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
+from normsearch.data.cache import cached
 from normsearch.data.domains import Domain, DomainSet
 from normsearch.errors import NormsearchError
 
@@ -30,10 +30,6 @@ class FolderReport:
 
     cached: dict[str, bool]
     skipped: dict[str, list[str]]
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("NORMSEARCH_CACHE", Path.home() / ".cache" / "normsearch"))
 
 
 def _files(domain_dir: Path) -> dict[str, list[Path]]:
@@ -93,6 +89,7 @@ def load_folder(
             repr(
                 (
                     size,
+                    skip_unreadable,
                     [
                         (str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns)
                         for paths in files.values()
@@ -101,36 +98,46 @@ def load_folder(
                 )
             ).encode()
         ).hexdigest()[:20]
-        cache_file = cache_dir() / f"{name}-{key}.pt"
-        if use_cache and cache_file.is_file():
-            blob = torch.load(cache_file)
-            loaded[name] = Domain(name, blob["images"], blob["labels"])
-            report.cached[name] = True
-            report.skipped[name] = blob["skipped"]
-            continue
-        images, labels, skipped = [], [], []
-        for label, paths in enumerate(files.values()):
-            for path in paths:
-                try:
-                    images.append(_decode(path, size))
-                except (UnidentifiedImageError, ValueError, OSError) as error:
-                    if not skip_unreadable:
-                        raise NormsearchError(
-                            f"{path}: unreadable image ({str(error).splitlines()[0][:80]}); "
-                            "pass skip_unreadable (--skip-unreadable) to skip such files"
-                        ) from None
-                    skipped.append(str(path.relative_to(root)))
-                    continue
-                labels.append(label)
-        if not images:
-            raise NormsearchError(f"data root {root}: domain {name!r} has no readable images")
-        domain = Domain(name, torch.stack(images), torch.tensor(labels, dtype=torch.long))
+
+        def decode(name: str = name, files: dict[str, list[Path]] = files) -> tuple:
+            return _decode_domain(root, name, files, size, skip_unreadable)
+
         if use_cache:
-            cache_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache_file.with_suffix(".tmp")
-            torch.save({"images": domain.images, "labels": domain.labels, "skipped": skipped}, tmp)
-            tmp.replace(cache_file)  # atomic: a concurrent trial never reads half a file
-        loaded[name] = domain
-        report.cached[name] = False
+            entry = cached(name, key, decode)
+            images, labels, skipped = (
+                torch.from_numpy(entry.images),
+                torch.from_numpy(entry.labels),
+                entry.skipped,
+            )
+            report.cached[name] = not entry.decoded_now
+        else:
+            arrays, label_array, skipped = decode()
+            images, labels = torch.from_numpy(arrays), torch.from_numpy(label_array)
+            report.cached[name] = False
+        loaded[name] = Domain(name, images, labels)
         report.skipped[name] = skipped
     return DomainSet(class_sets[wanted[0]], loaded, class_sets), report
+
+
+def _decode_domain(
+    root: Path, name: str, files: dict[str, list[Path]], size: int, skip_unreadable: bool
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Decode every image of one domain: (uint8 N×3×size×size, int64 labels, skipped relative paths)."""
+    images, labels, skipped = [], [], []
+    for label, paths in enumerate(files.values()):
+        for path in paths:
+            try:
+                images.append(_decode(path, size))
+            except (UnidentifiedImageError, ValueError, OSError) as error:
+                if not skip_unreadable:
+                    raise NormsearchError(
+                        f"{path}: unreadable image ({str(error).splitlines()[0][:80]}); set "
+                        "data.skip_unreadable: true in the recipe (or --set data.skip_unreadable=true) to "
+                        "skip such files"
+                    ) from None
+                skipped.append(str(path.relative_to(root)))
+                continue
+            labels.append(label)
+    if not images:
+        raise NormsearchError(f"data root {root}: domain {name!r} has no readable images")
+    return torch.stack(images).numpy(), np.asarray(labels, dtype=np.int64), skipped

@@ -18,7 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from normsearch.data.corruptions import CORRUPTIONS, corrupt_domain
 from normsearch.data.domains import Domain, DomainSet
+from normsearch.data.protocol import Unit, describe_rule, expand_units
 from normsearch.data.synthetic import STYLES, make_synthetic
+from normsearch.errors import NormsearchError
 
 _DERIVED = re.compile(r"^(?P<base>[^+@]+)\+(?P<corruption>[a-z_]+)@(?P<severity>\d)$")
 
@@ -79,12 +81,14 @@ class DataConfig(BaseModel):
 
     dataset: Literal["synthetic", "folder"] = "synthetic"
     root: str | None = None
-    source: str = "plain"
+    source: str | list[str] = "plain"  # one domain or several (batches balanced per domain)
     select: list[str] = Field(default_factory=lambda: ["texture", "pastel", "plain+contrast@4"])
     test: list[str] = Field(
         default_factory=lambda: ["noisy", "fog", "plain+brightness@4", "plain+defocus_blur@2"]
     )
-    selection: Literal["held_out", "oracle"] = "held_out"
+    selection: Literal["held_out", "training_domain", "leave_one_domain_out", "oracle"] = "held_out"
+    rotate: bool = False  # the `source` domains take turns as the held-out test domain
+    normalize: Literal["auto", "source", "imagenet"] = "auto"  # auto: ImageNet's for pretrained weights
     size: int = Field(default=32, ge=8, le=512)
     n_train: int = Field(default=4000, ge=10)
     n_val: int = Field(default=500, ge=10)
@@ -95,6 +99,34 @@ class DataConfig(BaseModel):
     test_fraction: float = Field(default=0.1, gt=0.0, lt=0.5)
     skip_unreadable: bool = False
     seed: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _folder_defaults(cls, data: Any) -> Any:
+        # The built-in benchmark's domain names are defaults for it only: a folder names its own domains.
+        if isinstance(data, dict) and data.get("dataset") == "folder":
+            data = {"select": [], "test": [], **data}
+            if not data.get("root"):
+                raise ValueError("dataset folder needs root: the folder holding one sub-folder per domain")
+            if "source" not in data:
+                raise ValueError("dataset folder needs source: the domain (sub-folder) to train on")
+        if isinstance(data, dict) and data.get("selection") in ("training_domain", "leave_one_domain_out"):
+            data = {"select": [], **data}  # these rules select on the sources themselves
+        if isinstance(data, dict) and data.get("rotate") and data.get("dataset", "synthetic") == "synthetic":
+            data = {"select": [], "test": [], **data}
+        return data
+
+    @field_validator("source", mode="before")
+    @classmethod
+    def _sources(cls, value: Any) -> str | list[str]:
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("source: at least one domain")
+            names = [parse_domain(v) for v in value]
+            if len(set(names)) != len(names):
+                raise ValueError(f"source: a domain is listed twice in {names}")
+            return names[0] if len(names) == 1 else names
+        return parse_domain(value)
 
     @field_validator("select", "test", mode="before")
     @classmethod
@@ -109,16 +141,36 @@ class DataConfig(BaseModel):
     def _check(self) -> DataConfig:
         if self.dataset == "folder" and not self.root:
             raise ValueError("dataset folder needs root: the folder holding one sub-folder per domain")
+        sources = self.sources
         if self.dataset == "synthetic":
-            for name in (self.source, *self.select, *self.test):
+            for name in (*sources, *self.select, *self.test):
                 if base_of(name) not in STYLES:
                     raise ValueError(f"unknown synthetic domain {name!r}; allowed: {', '.join(STYLES)}")
-        if not self.select:
-            raise ValueError("select needs at least one held-out domain to choose models with")
-        if self.source in self.select or self.source in self.test:
-            raise ValueError(f"the source domain {self.source!r} cannot also be a select or test domain")
+        for name in sources:
+            if _DERIVED.match(name):
+                raise ValueError(f"source {name!r}: a derived (corrupted) domain cannot be a source")
+            if name in self.select or name in self.test:
+                raise ValueError(f"the source domain {name!r} cannot also be a select or test domain")
+        rule = self.selection
+        if self.rotate and len(sources) < (3 if rule == "leave_one_domain_out" else 2):
+            raise ValueError(
+                f"rotate: needs at least {3 if rule == 'leave_one_domain_out' else 2} domains in source to "
+                f"take turns as the held-out test domain (got {len(sources)})"
+            )
+        if rule in ("training_domain", "leave_one_domain_out") and self.select:
+            raise ValueError(
+                f"selection {rule} chooses on the sources themselves; select must be empty (list the "
+                f"domains under test to report them)"
+            )
+        if rule == "leave_one_domain_out" and len(sources) < 2 and not self.rotate:
+            raise ValueError("selection leave_one_domain_out needs at least two source domains")
+        if rule in ("held_out", "oracle") and not self.select and not (self.rotate and rule == "oracle"):
+            raise ValueError(
+                "select needs at least one held-out domain to choose models with (or use selection: "
+                "training_domain, which chooses on the sources' val splits)"
+            )
         both = [d for d in self.test if d in self.select]
-        if both and self.selection != "oracle":
+        if both and rule != "oracle":
             raise ValueError(
                 f"domain {both[0]!r} is both select and test: choosing a model on the domain it is reported "
                 "on is test-domain selection; remove it from one list, or set selection: oracle"
@@ -126,34 +178,49 @@ class DataConfig(BaseModel):
         return self
 
     @property
+    def sources(self) -> list[str]:
+        """The source domains (the rotation list under `rotate`)."""
+        return list(self.source) if isinstance(self.source, list) else [self.source]
+
+    @property
     def targets(self) -> list[str]:
         """Select then test domains, each once, in order."""
         return list(dict.fromkeys([*self.select, *self.test]))
 
+    def units(self) -> list[Unit]:
+        """The training runs each candidate needs under the selection rule (data/protocol.py)."""
+        return expand_units(self.sources, self.select, self.test, self.selection, self.rotate)
+
     def describe(self) -> str:
-        """One line naming the selection protocol, for every table header."""
-        if self.selection == "oracle":
-            return (
-                f"ORACLE selection: selected on {', '.join(self.select)}, which are also test domains; "
-                "accuracies are optimistic"
-            )
-        return (
-            f"source {self.source}; selected on held-out domains {', '.join(self.select)}; "
-            f"test domains {', '.join(self.test) or 'none'} reported after selection"
-        )
+        """One line naming the selection rule and the domains' roles, for every table header."""
+        return describe_rule(self.selection, self.sources, self.select, self.test, self.rotate)
+
+    def domains(self) -> list[str]:
+        """Every domain any unit trains on, selects with or reports on."""
+        found: list[str] = []
+        for unit in self.units():
+            found += [*unit.sources, *unit.targets]
+        return list(dict.fromkeys(found))
+
+    def trained(self) -> list[str]:
+        """The domains some unit trains on (they need a train split)."""
+        return list(dict.fromkeys(s for unit in self.units() for s in unit.sources))
 
 
 def load_data(config: DataConfig) -> DomainSet:
-    """Build the DomainSet a recipe asks for: the source with train/val/test, every target with val/test.
+    """Build the DomainSet a recipe asks for: every domain a unit trains on with train/val/test splits,
+    every other with val/test.
 
-    Synthetic domains are generated from `config.seed`; folder domains are split per class with that seed.
-    Derived domains corrupt their base's images with a seed of their own.
+    Synthetic domains are generated from `config.seed`; folder domains are split per class with that seed,
+    every domain the same way whatever its role (its val split selects, and only selects). Derived domains
+    corrupt their base's evaluation images with a seed of their own.
     """
-    stored = list(dict.fromkeys([config.source, *(base_of(d) for d in config.targets)]))
+    trained = config.trained()
+    stored = list(dict.fromkeys([*trained, *(base_of(d) for d in config.domains())]))
     if config.dataset == "synthetic":
         data = make_synthetic(
             stored,
-            source=config.source,
+            source=trained if len(trained) > 1 else trained[0],
             n_train=config.n_train,
             n_val=config.n_val,
             n_test=config.n_test,
@@ -168,18 +235,17 @@ def load_data(config: DataConfig) -> DomainSet:
         data, _ = load_folder(
             Path(config.root or "."), stored, config.size, skip_unreadable=config.skip_unreadable
         )
-        for name, domain in data.domains.items():
-            if name == config.source:
-                fractions = {
-                    "train": 1 - config.val_fraction - config.test_fraction,
-                    "val": config.val_fraction,
-                    "test": config.test_fraction,
-                }
-            else:
-                fractions = {"val": 0.5, "test": 0.5}
+        fractions = {
+            "train": 1 - config.val_fraction - config.test_fraction,
+            "val": config.val_fraction,
+            "test": config.test_fraction,
+        }
+        for domain in data.domains.values():
             domain.split_by_fractions(fractions, config.seed)
+            used = fractions if domain.name in trained else {k: fractions[k] for k in ("val", "test")}
+            _check_splits(domain, data.classes, used, config.root or ".")
     domains: dict[str, Domain] = dict(data.domains)
-    for index, name in enumerate(config.targets):
+    for index, name in enumerate(config.targets):  # (the index seeds each corruption: keep the order)
         match = _DERIVED.match(name)
         if match:
             domains[name] = corrupt_domain(
@@ -189,6 +255,27 @@ def load_data(config: DataConfig) -> DomainSet:
                 seed=config.seed * 1000 + index,
             )
     return DomainSet(data.classes, domains)
+
+
+def _check_splits(domain: Domain, classes: list[str], fractions: dict[str, float], root: str) -> None:
+    """Every split a folder domain is used through must hold images, and the source's train split every
+    class: otherwise a trial would train or report on nothing (an accuracy of 0.0 without a word)."""
+    counts = torch.bincount(domain.labels, minlength=len(classes))
+    smallest = int(counts.argmin())
+    for split, fraction in fractions.items():
+        index = domain.splits[split]
+        empty = len(index) == 0
+        if split == "train":
+            present = torch.bincount(domain.labels[index], minlength=len(classes))
+            empty = bool((present == 0).any())
+        if empty:
+            what = "lacks a class" if split == "train" and len(index) else "is empty"
+            raise NormsearchError(
+                f"data root {root}: domain {domain.name!r} has {len(domain)} images, "
+                f"{int(counts[smallest])} in class {classes[smallest]!r}; its {split} split "
+                f"({fraction:.0%} per class) {what}. Give each class more images (about 10 or more), or "
+                "change data.val_fraction / data.test_fraction"
+            )
 
 
 def _evaluation_only(domain: Domain) -> Domain:

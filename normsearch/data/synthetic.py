@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import colorsys
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -228,7 +229,7 @@ def _to_uint8(x: np.ndarray) -> torch.Tensor:
 
 def make_synthetic(
     domains: list[str] | tuple[str, ...] = STYLES,
-    source: str = "plain",
+    source: str | Sequence[str] = "plain",
     n_train: int = 4000,
     n_val: int = 500,
     n_test: int = 500,
@@ -237,35 +238,47 @@ def make_synthetic(
     seed: int = 0,
     glyph_scale: tuple[float, float] = (0.28, 0.42),
 ) -> DomainSet:
-    """Generate the benchmark. The source domain gets train/val/test splits with `style_bias`; every other
-    domain gets val/test splits with style_bias 0 over the same (paired) geometry as the source's."""
+    """Generate the benchmark. Each source domain gets train/val/test splits with `style_bias`; every other
+    domain gets val/test splits with style_bias 0 over the same (paired) geometry as the sources'. With
+    several sources, the first keeps the single-source streams and each further one draws its training
+    images from streams of its own (sources are different photos, not restyled copies)."""
     if not 0.0 < glyph_scale[0] <= glyph_scale[1] < 0.5:
         raise NormsearchError(f"synthetic: glyph_scale must satisfy 0 < low <= high < 0.5, got {glyph_scale}")
     if not 0.0 <= style_bias <= 1.0:
         raise NormsearchError(f"synthetic: style_bias must be in [0, 1], got {style_bias}")
-    unknown = [d for d in (*domains, source) if d not in STYLES]
+    sources = [source] if isinstance(source, str) else list(source)
+    unknown = [d for d in (*domains, *sources) if d not in STYLES]
     if unknown:
         raise NormsearchError(f"synthetic: unknown domain {unknown[0]!r}; allowed: {', '.join(STYLES)}")
-    names = [source, *[d for d in domains if d != source]]
+    names = [*sources, *[d for d in domains if d not in sources]]
     n_eval = n_val + n_test
 
     def rng(*stream: int) -> np.random.Generator:
         # One independent stream per (seed, purpose): adding a domain never changes another's images.
         return np.random.default_rng(np.random.SeedSequence([seed, *stream]))
 
-    train_labels = rng(1000).integers(0, len(CLASSES), n_train)
     eval_labels = rng(2000).integers(0, len(CLASSES), n_eval)
     out: dict[str, Domain] = {}
     for name in names:
-        bias = style_bias if name == source else 0.0
+        bias = style_bias if name in sources else 0.0
         style_id = 3000 + STYLES.index(name)
         # Every domain's eval images reuse the same geometry (2001) and colour (2002) streams: paired.
         images = _render(name, eval_labels, rng(2001), rng(style_id, 0), size, bias, rng(2002), glyph_scale)
         labels = eval_labels
         splits = {"val": torch.arange(n_val), "test": torch.arange(n_val, n_eval)}
-        if name == source:
+        if name in sources:
+            k = sources.index(name)
+            extra = () if k == 0 else (k,)  # the first source keeps the single-source streams
+            train_labels = rng(1000, *extra).integers(0, len(CLASSES), n_train)
             train = _render(
-                name, train_labels, rng(1001), rng(style_id, 1), size, bias, rng(1002), glyph_scale
+                name,
+                train_labels,
+                rng(1001, *extra),
+                rng(style_id, 1),
+                size,
+                bias,
+                rng(1002, *extra),
+                glyph_scale,
             )
             images = np.concatenate([train, images])
             labels = np.concatenate([train_labels, eval_labels])

@@ -26,14 +26,14 @@ def view_config(spec: str) -> DataConfig:
         domains = sorted(p.name for p in path.iterdir() if p.is_dir())
         if len(domains) < 2:
             raise NormsearchError(f"{spec}: an image-folder root needs at least two domain folders")
-        return DataConfig(dataset="folder", root=str(path), source=domains[0], select=domains[1:])
+        return DataConfig(dataset="folder", root=str(path), source=domains[0], select=domains[1:], test=[])
     raise NormsearchError(f"{spec}: not a recipe file, an image-folder root, or 'synthetic'")
 
 
 def role(name: str, config: DataConfig) -> str:
     """source / select / test (both, under oracle selection)."""
-    if name == config.source:
-        return "source"
+    if name in config.sources:
+        return "source (held out in turn)" if config.rotate else "source"
     roles = [r for r, names in (("select", config.select), ("test", config.test)) if name in names]
     return "+".join(roles) or "stored"
 

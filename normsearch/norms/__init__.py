@@ -1,8 +1,8 @@
 """The normalizer library: every layer takes `num_channels` first; `make_norm(spec, C)` builds any of them.
 
-Kinds: bn, in, ln, gn (torch), ibn (IBN-Net), sn (Switchable Normalization), crossnorm and selfnorm
-(CrossNorm/SelfNorm). `recalibrate_bn` computes batch-average statistics; `CrossNormPolicy` switches
-CrossNorm layers on per iteration.
+Kinds: bn, in, ln, gn (torch), ibn (IBN-Net), sn (Switchable Normalization), ssn (Sparse SN), crossnorm
+and selfnorm (CrossNorm/SelfNorm). `recalibrate_bn` computes batch-average statistics; `CrossNormPolicy`
+switches CrossNorm layers on per iteration; `set_sparse_progress` tells SSN layers how far training is.
 """
 
 from __future__ import annotations
@@ -12,6 +12,13 @@ from normsearch.norms.ibn import IBN
 from normsearch.norms.registry import REGISTRY, get_kind, make_norm, registered_kinds, validate_spec
 from normsearch.norms.running import recalibrate_bn
 from normsearch.norms.selfnorm import SelfNorm
+from normsearch.norms.sparse_switchable import (
+    SparseSwitchNorm2d,
+    set_sparse_progress,
+    sparse_control_parameters,
+    sparsemax,
+    sparsestmax,
+)
 from normsearch.norms.spec import NormSpec
 from normsearch.norms.switchable import ChannelAffine, SwitchNorm2d
 
@@ -23,10 +30,15 @@ __all__ = [
     "CrossNormPolicy",
     "NormSpec",
     "SelfNorm",
+    "SparseSwitchNorm2d",
     "SwitchNorm2d",
     "get_kind",
     "make_norm",
     "recalibrate_bn",
     "registered_kinds",
+    "set_sparse_progress",
+    "sparse_control_parameters",
+    "sparsemax",
+    "sparsestmax",
     "validate_spec",
 ]

@@ -8,15 +8,20 @@ For a feature map A restyled with the statistics of a partner B (Eq. 2)::
 - ``mode=2ins`` pairs each instance with another one of the batch, channel by channel (Eq. 4).
 - ``mode=1ins`` pairs channels of the same instance (Eq. 3; absent from the released code).
 - ``crop`` (Eq. 5): ``style`` takes B's statistics from a box, ``content`` restyles only a box of A,
-  ``both`` does both; each box covers an area ratio of at least `threshold`, its ratio drawn from
-  Beta(beta, beta).
+  ``both`` does both; each box's area ratio is drawn from Beta(beta, beta) and must reach `threshold`.
+- ``pairing``: ``derangement`` (default) pairs every map with another one; ``randperm`` is the released
+  code's `torch.randperm`, under which a map keeps its own statistics with probability 1/N (a quarter of
+  the instances at batch 4), a weaker regularisation.
+- ``boxes``: ``inside`` (default) places a box of the drawn area ratio inside the map; ``clipped`` is the
+  released `cn_rand_bbox`: a box of side ``int(side·sqrt(ratio))`` (halved, floored, each way) around a
+  uniform centre, clipped to the map, kept when its area ratio exceeds `threshold`. Clipping shrinks the
+  boxes: `crossnorm_sampling` in `normsearch.bench.norms` measures both samplers.
 
 The layer is the identity in eval mode and while ``active`` is False; `CrossNormPolicy` switches layers
 on per training iteration as the paper does. Departures from the released code, on purpose: all
 randomness comes from a `torch.Generator` owned by the layer (`seed(...)`), never from the global RNGs;
-partners are a derangement (no map is "exchanged" with itself, which would waste the activation);
-boxes are placed inside the map and fall back to the whole map after 10 rejected draws, so crop
-sampling terminates on maps of any size (the released sampler loops forever when a side is <= 2).
+a sampler falls back to the whole map after 10 (inside) or 100 (clipped) rejected draws, so crop sampling
+terminates on maps of any size (the released sampler loops forever when a side is <= 2).
 """
 
 from __future__ import annotations
@@ -29,14 +34,18 @@ import torch
 from torch import nn
 
 from normsearch.errors import NormsearchError
-from normsearch.norms._stats import channel_affine, instance_mean_std
+from normsearch.norms._amp import float32_forward
+from normsearch.norms._stats import Box, Region, Stats, stat_affine
 
 MODES = ("2ins", "1ins")
 CROPS = ("none", "style", "content", "both")
+PAIRINGS = ("derangement", "randperm")
+BOXES = ("inside", "clipped")
 STD_EPS = 1e-5  # the released code's eps inside the sqrt
-_MAX_BOX_DRAWS = 10
-
-Box = tuple[int, int, int, int]  # top, bottom, left, right
+# Draws before a sampler falls back to the whole map. The clipped sampler rejects 16-45 % of its draws on
+# 3×3 to 32×32 maps (threshold 0.1, beta 1): after 100 the fallback has probability < 1e-30 wherever a box
+# is possible at all, so the released distribution is kept; on sides <= 2 no box ever passes.
+_MAX_BOX_DRAWS = {"inside": 10, "clipped": 100}
 
 
 def _derangement(n: int, generator: torch.Generator) -> torch.Tensor:
@@ -45,6 +54,36 @@ def _derangement(n: int, generator: torch.Generator) -> torch.Tensor:
     partner = torch.empty(n, dtype=torch.long)
     partner[order] = order.roll(-1)
     return partner
+
+
+def _inside_box(
+    rng: np.random.Generator, height: int, width: int, beta: float, threshold: float
+) -> Box | None:
+    side = math.sqrt(rng.beta(beta, beta))
+    h = min(height, max(1, round(height * side)))
+    w = min(width, max(1, round(width * side)))
+    if h * w < threshold * height * width:
+        return None
+    top = int(rng.integers(0, height - h + 1))
+    left = int(rng.integers(0, width - w + 1))
+    return top, top + h, left, left + w
+
+
+def _clipped_box(
+    rng: np.random.Generator, height: int, width: int, beta: float, threshold: float
+) -> Box | None:
+    # The released cn_rand_bbox, with its W (= size[2]) as our height and its H (= size[3]) as our width.
+    side = math.sqrt(rng.beta(beta, beta))
+    cut_h, cut_w = int(height * side), int(width * side)
+    row, col = int(rng.integers(height)), int(rng.integers(width))
+    top, bottom = int(np.clip(row - cut_h // 2, 0, height)), int(np.clip(row + cut_h // 2, 0, height))
+    left, right = int(np.clip(col - cut_w // 2, 0, width)), int(np.clip(col + cut_w // 2, 0, width))
+    if (bottom - top) * (right - left) / (height * width) <= threshold:
+        return None
+    return top, bottom, left, right
+
+
+_SAMPLERS = {"inside": _inside_box, "clipped": _clipped_box}
 
 
 class CrossNorm(nn.Module):
@@ -58,12 +97,18 @@ class CrossNorm(nn.Module):
         threshold: float = 0.1,
         beta: float = 1.0,
         seed: int | None = None,
+        pairing: str = "derangement",
+        boxes: str = "inside",
     ) -> None:
         super().__init__()
-        if mode not in MODES:
-            raise NormsearchError(f"crossnorm: mode must be one of {'|'.join(MODES)}, got {mode!r}")
-        if crop not in CROPS:
-            raise NormsearchError(f"crossnorm: crop must be one of {'|'.join(CROPS)}, got {crop!r}")
+        for key, value, allowed in (
+            ("mode", mode, MODES),
+            ("crop", crop, CROPS),
+            ("pairing", pairing, PAIRINGS),
+            ("boxes", boxes, BOXES),
+        ):
+            if value not in allowed:
+                raise NormsearchError(f"crossnorm: {key} must be one of {'|'.join(allowed)}, got {value!r}")
         if not 0.0 < float(threshold) <= 1.0:
             raise NormsearchError(f"crossnorm: threshold must be in (0, 1], got {threshold}")
         if float(beta) <= 0.0:
@@ -73,6 +118,8 @@ class CrossNorm(nn.Module):
         self.crop = crop
         self.threshold = float(threshold)
         self.beta = float(beta)
+        self.pairing = pairing
+        self.boxes = boxes
         self.active = False
         self.generator = torch.Generator()
         self.seed(int(torch.randint(0, 2**62, (1,))) if seed is None else seed)
@@ -82,28 +129,26 @@ class CrossNorm(nn.Module):
         self.generator.manual_seed(int(seed))
 
     def extra_repr(self) -> str:
-        return f"{self.num_channels}, mode={self.mode}, crop={self.crop}, active={self.active}"
+        return (
+            f"{self.num_channels}, mode={self.mode}, crop={self.crop}, pairing={self.pairing}, "
+            f"boxes={self.boxes}, active={self.active}"
+        )
 
-    def _box(self, height: int, width: int) -> Box:
-        """A box of area ratio >= threshold with area ratio ~ Beta(beta, beta), or the whole map."""
+    def box(self, height: int, width: int) -> Box:
+        """A crop box drawn by this layer's sampler (`boxes`), or the whole map after too many rejections."""
         rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=self.generator)))
-        for _ in range(_MAX_BOX_DRAWS):
-            side = math.sqrt(rng.beta(self.beta, self.beta))
-            h = min(height, max(1, round(height * side)))
-            w = min(width, max(1, round(width * side)))
-            if h * w >= self.threshold * height * width:
-                top = int(rng.integers(0, height - h + 1))
-                left = int(rng.integers(0, width - w + 1))
-                return top, top + h, left, left + w
+        sampler = _SAMPLERS[self.boxes]
+        for _ in range(_MAX_BOX_DRAWS[self.boxes]):
+            box = sampler(rng, height, width, self.beta, self.threshold)
+            if box is not None:
+                return box
         return 0, height, 0, width
 
-    def _partner(self, mu: torch.Tensor, std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The statistics each (instance, channel) borrows: another instance's, or another channel's."""
-        if self.mode == "2ins":
-            partner = _derangement(mu.shape[0], self.generator).to(mu.device)
-            return mu[partner], std[partner]
-        partner = _derangement(mu.shape[1], self.generator).to(mu.device)
-        return mu[:, partner], std[:, partner]
+    def partners(self, count: int) -> torch.Tensor:
+        """The index each of `count` maps (instances or channels) borrows its statistics from."""
+        if self.pairing == "randperm":
+            return torch.randperm(count, generator=self.generator)
+        return _derangement(count, self.generator)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and self.active):
@@ -111,23 +156,34 @@ class CrossNorm(nn.Module):
         pairs = x.shape[0] if self.mode == "2ins" else x.shape[1]
         if pairs < 2:
             return x  # nobody to exchange with
+        return self._exchange(x)
+
+    @float32_forward
+    def _exchange(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[2:]
-        mu, std = instance_mean_std(x, STD_EPS)
-        if self.crop in ("style", "both"):
-            top, bottom, left, right = self._box(height, width)
-            mu_b, std_b = self._partner(*instance_mean_std(x[:, :, top:bottom, left:right], STD_EPS))
-        else:
-            mu_b, std_b = self._partner(mu, std)
-        if self.crop in ("content", "both"):
-            top, bottom, left, right = self._box(height, width)
-            content = x[:, :, top:bottom, left:right]
-            mu_a, std_a = instance_mean_std(content, STD_EPS)
-            scale = std_b / std_a
-            out = x.clone()
-            out[:, :, top:bottom, left:right] = channel_affine(content, scale, mu_b - mu_a * scale)
-            return out
-        scale = std_b / std
-        return channel_affine(x, scale, mu_b - mu * scale)
+        # Draw order (style box, partners, content box) is part of the seeded stream.
+        style: Region = self.box(height, width) if self.crop in ("style", "both") else None
+        partner = self.partners(x.shape[0] if self.mode == "2ins" else x.shape[1]).to(x.device)
+        content: Region = self.box(height, width) if self.crop in ("content", "both") else None
+        # Region 0 is restyled with its own statistics; the partners' statistics come from the last one.
+        regions = [None] if self.crop == "none" else [content, style]
+        corrections = [_unbiased(height, width, region) for region in regions]
+        dim = 0 if self.mode == "2ins" else 1
+
+        def scale_shift(stats: Stats) -> tuple[torch.Tensor, torch.Tensor]:
+            (_, var_a), (mu_b, var_b) = stats[0], stats[-1]
+            std_a = (var_a * corrections[0] + STD_EPS).sqrt()
+            std_b = (var_b * corrections[-1] + STD_EPS).sqrt()
+            mu_b, std_b = mu_b.index_select(dim, partner), std_b.index_select(dim, partner)
+            return std_b / std_a, mu_b
+
+        return stat_affine(x, scale_shift, (), regions)
+
+
+def _unbiased(height: int, width: int, region: Region) -> float:
+    """L / (L - 1) for a region of L pixels (the released unbiased variance), 1 on a single pixel."""
+    length = height * width if region is None else (region[1] - region[0]) * (region[3] - region[2])
+    return length / (length - 1) if length > 1 else 1.0
 
 
 class CrossNormPolicy:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from normsearch.errors import NormsearchError
+from normsearch.norms._amp import float32_forward
 from normsearch.norms._mixed import mixed_norm
 from normsearch.norms.running import RunningStats
 
@@ -49,6 +50,7 @@ class IBN(RunningStats):
     def extra_repr(self) -> str:
         return f"{self.num_channels}, ratio={self.ratio}, in_channels={self.num_in}"
 
+    @float32_forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k, c = self.num_in, self.num_channels
         if k == 0:

@@ -16,6 +16,7 @@ from normsearch.errors import NormsearchError
 from normsearch.norms.crossnorm import CrossNorm
 from normsearch.norms.ibn import IBN
 from normsearch.norms.selfnorm import SelfNorm
+from normsearch.norms.sparse_switchable import SparseSwitchNorm2d
 from normsearch.norms.spec import NormSpec
 from normsearch.norms.switchable import SwitchNorm2d
 
@@ -82,12 +83,26 @@ REGISTRY: dict[str, NormKind] = {
             "Switchable Normalization (soft or hard)",
         ),
         NormKind(
+            "ssn",
+            SparseSwitchNorm2d,
+            {"eps": _NUM, "momentum": _NUM, "last_gamma": bool, "unbiased": bool},
+            "Sparse Switchable Normalization (SparsestMax ratios, one-hot by the end of training)",
+        ),
+        NormKind(
             "crossnorm",
             CrossNorm,
-            {"mode": str, "crop": str, "threshold": _NUM, "beta": _NUM, "seed": int},
+            {
+                "mode": str,
+                "crop": str,
+                "threshold": _NUM,
+                "beta": _NUM,
+                "seed": int,
+                "pairing": str,
+                "boxes": str,
+            },
             "CrossNorm style exchange (training only)",
         ),
-        NormKind("selfnorm", SelfNorm, {"form": str}, "SelfNorm style recalibration"),
+        NormKind("selfnorm", SelfNorm, {"form": str, "eps": _NUM}, "SelfNorm style recalibration"),
     )
 }
 

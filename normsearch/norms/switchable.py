@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from normsearch.errors import NormsearchError
+from normsearch.norms._amp import float32_forward
 from normsearch.norms._mixed import mixed_norm
 from normsearch.norms.running import RunningStats
 
@@ -101,12 +102,16 @@ class SwitchNorm2d(RunningStats):
             return self.mean_weight.softmax(0), self.var_weight.softmax(0)
         return self.mean_weight, self.var_weight
 
+    @float32_forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "hard" and self.mean_choice == self.var_choice:
             native = self._native(x)
             if native is not None:
                 return native
-        wm, wv = self.ratios()
+        return self._mix(x, *self.ratios())
+
+    def _mix(self, x: torch.Tensor, wm: torch.Tensor, wv: torch.Tensor) -> torch.Tensor:
+        """Eq. 3 with the ratio vectors `wm`, `wv` (3,) for every channel; running statistics in training."""
         c = self.num_channels
         wm, wv = wm.to(x.dtype).expand(c, 3), wv.to(x.dtype).expand(c, 3)
         hw = x.shape[2] * x.shape[3]

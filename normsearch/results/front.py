@@ -1,7 +1,8 @@
 """The Pareto front of a run's records, the pick rules, and the exported document.
 
 Only trials that reached their final epoch ("complete") enter the front; configurations that occur more than
-once collapse to one point, averaged.
+once collapse to one point, averaged; repeats (configurations not trained again) add nothing.
+`summarize(run_dir)` is the one way the commands open a finished (or running) run for reading.
 """
 
 from __future__ import annotations
@@ -13,9 +14,36 @@ from typing import Any
 import yaml
 
 from normsearch.errors import NormsearchError
+from normsearch.files import atomic_write_text
 from normsearch.recipe import Recipe
 from normsearch.results.pareto import hypervolume_2d, non_dominated, pick, worst_reference
-from normsearch.run.records import TrialRecord
+from normsearch.run.folder import RunFolder
+from normsearch.run.records import UNIT_SEPARATOR, TrialRecord
+from normsearch.space import Space
+
+
+@dataclass
+class RunSummary:
+    """A run read back: its recipe and space, every trial's state, and the front of the complete ones."""
+
+    folder: RunFolder
+    recipe: Recipe
+    space: Space
+    trials: list[TrialRecord]
+    front: Front
+
+    @property
+    def candidates(self) -> list[TrialRecord]:
+        """One record per searched configuration (a candidate's per-unit records left out)."""
+        return [t for t in self.trials if UNIT_SEPARATOR not in t.trial_id]
+
+
+def summarize(run_dir: str | Path) -> RunSummary:
+    """Open a run folder and compute its front (a pure pass over its records)."""
+    folder = RunFolder.open(run_dir)
+    recipe, space = folder.load()
+    trials = folder.trials()
+    return RunSummary(folder, recipe, space, trials, compute_front(trials, recipe.search.objectives))
 
 
 @dataclass
@@ -37,6 +65,8 @@ def compute_front(trials: list[TrialRecord], objectives: dict[str, str]) -> Fron
     """Collapse duplicate configurations (mean of their objectives) and find the non-dominated points."""
     groups: dict[str, list[TrialRecord]] = {}
     for trial in trials:
+        if UNIT_SEPARATOR in trial.trial_id:
+            continue  # a unit of a candidate: the candidate's own record carries its combined numbers
         if trial.complete and all(name in trial.metrics for name in objectives):
             groups.setdefault(trial.key(), []).append(trial)
     points = [
@@ -66,7 +96,9 @@ def choose(front: Front, rule: str, max_source_drop: float | None = None) -> Tri
     return front.trials[index][0]
 
 
-def export(run_dir: Path, recipe: Recipe, trial: TrialRecord, rule: str | None) -> dict[str, Any]:
+def export(
+    run_dir: Path, recipe: Recipe, trial: TrialRecord, rule: str | None, weights: str | None = None
+) -> dict[str, Any]:
     """The exported document: the ArchConfig under `arch` plus provenance (run, trial, metrics, seed,
     selection protocol). `normsearch.build_model(path)` reads the `arch` section."""
     if trial.arch is None:
@@ -85,17 +117,56 @@ def export(run_dir: Path, recipe: Recipe, trial: TrialRecord, rule: str | None) 
                 k: v for k, v in trial.metrics.items() if isinstance(v, int | float) and k != "final"
             },
             "selection": recipe.data.describe(),
+            "selection_rule": recipe.data.selection,
+            "started_from": trial.extra.get("init"),
             "versions": trial.versions,
+            "weights": weights,
         },
     }
 
 
+def export_trial(
+    summary: RunSummary,
+    out: Path,
+    trial_id: str | None = None,
+    rule: str | None = None,
+    max_source_drop: float | None = None,
+    weights: Path | None = None,
+) -> TrialRecord:
+    """Choose a trial (by id, or by a pick rule over the front), write its document to `out` and, when
+    asked, its final weights to `weights` (the ArchConfig written then is the one the weights fit, e.g.
+    with a soft Switchable Norm's learned hard choices). Returns the trial."""
+    if trial_id is not None:
+        chosen = find_trial(summary.trials, trial_id)
+    else:
+        chosen = choose(summary.front, rule or "knee", max_source_drop)
+    document = export(summary.folder.path, summary.recipe, chosen, rule, str(weights) if weights else None)
+    if weights is not None:
+        from normsearch.arch import ArchConfig
+        from normsearch.models.weights import Checkpoint, save_checkpoint
+        from normsearch.train import hardened_arch
+
+        if not chosen.complete:
+            raise NormsearchError(
+                f"--weights: trial {chosen.trial_id} is {chosen.status}; only a complete trial has "
+                "final weights"
+            )
+        state = summary.folder.final_state(chosen.trial_id)
+        arch = hardened_arch(ArchConfig.from_dict(chosen.arch or {}), state.model).to_dict()
+        document["arch"] = arch
+        source = f"{summary.folder.path} trial {chosen.trial_id}"
+        save_checkpoint(Checkpoint(state.model, source, "normsearch", arch, document["provenance"]), weights)
+    write_export(document, out)
+    return chosen
+
+
 def write_export(document: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    """Write an exported document (atomically; an unwritable place is one line)."""
+    atomic_write_text(path, yaml.safe_dump(document, sort_keys=False))
 
 
 def find_trial(trials: list[TrialRecord], trial_id: str) -> TrialRecord:
+    """The trial whose id is (or ends with) `trial_id`."""
     for trial in trials:
         if trial.trial_id == trial_id or trial.trial_id.endswith(trial_id):
             return trial

@@ -12,8 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from normsearch.recipe import Recipe
-from normsearch.results.front import Front
-from normsearch.run.records import TrialRecord
+from normsearch.results.front import Front, RunSummary
 
 STATUS_STYLE = {
     "complete": "green",
@@ -21,6 +20,7 @@ STATUS_STYLE = {
     "interrupted": "yellow",
     "failed": "red",
     "running": "cyan",
+    "repeat": "dim",
 }
 
 
@@ -43,16 +43,14 @@ def header(recipe: Recipe) -> str:
 
 
 def trials_table(
-    trials: list[TrialRecord],
-    recipe: Recipe,
-    front: Front,
-    sort: str = "target",
-    top: int | None = None,
-    show_all: bool = False,
+    summary: RunSummary, sort: str = "target", top: int | None = None, show_all: bool = False
 ) -> Table:
-    """One row per trial: id, config, source val, select-target mean, per-select-domain, status, front."""
+    """One row per trained trial: id, config, source val, select-target mean, per-select-domain, epochs,
+    status, front, and why it failed, was stopped or is unfinished. `show_all` adds the repeats (sampled
+    configurations that were not trained again)."""
+    recipe, front = summary.recipe, summary.front
     members = front.member_ids()
-    rows = [t for t in trials if show_all or t.metrics]  # --all: also trials that never reported
+    rows = [t for t in summary.candidates if show_all or t.status != "repeat"]
     key = "target_select_acc" if sort == "target" else "source_val_acc"
     rows.sort(key=lambda t: (t.complete, float(t.metrics.get(key, -1.0))), reverse=True)
     if top is not None:
@@ -61,27 +59,64 @@ def trials_table(
     table = Table(title=header(recipe), title_justify="left", show_lines=False)
     table.add_column("trial")
     table.add_column("config", overflow="fold")
+    several = len(recipe.data.units()[0].sources) > 1
+    selects = bool(recipe.data.units()[0].select)
+    fixed = [d for d in recipe.data.select if all(d in u.select for u in recipe.data.units())]
     table.add_column("source val", justify="right")
-    table.add_column("target (select)" + (" ORACLE" if oracle else ""), justify="right")
-    for domain in recipe.data.select:
+    if several:
+        table.add_column("worst source", justify="right")
+    if selects:
+        table.add_column("target (select)" + (" ORACLE" if oracle else ""), justify="right")
+    for domain in fixed:
         table.add_column(domain, justify="right")
     table.add_column("epochs", justify="right")
     table.add_column("status")
     table.add_column("front", justify="center")
+    if any(t.reason for t in rows):
+        table.add_column("reason", overflow="fold", max_width=60)
     for t in rows:
         m = t.metrics
-        table.add_row(
+        cells = [
             t.trial_id,
             arch_summary(t.arch, t.config),
             _pct(m.get("source_val_acc")),
-            _pct(m.get("target_select_acc")),
-            *[_pct(m.get(f"select/{d}")) for d in recipe.data.select],
+            *([_pct(m.get("worst_source_val_acc"))] if several else []),
+            *([_pct(m.get("target_select_acc"))] if selects else []),
+            *[_pct(m.get(f"select/{d}")) for d in fixed],
             str(t.epoch or "-"),
             Text(
                 t.status + (" (not converged)" if t.complete and t.metrics.get("converged") is False else ""),
                 style=STATUS_STYLE.get(t.status, ""),
             ),
             "★" if t.trial_id in members else "",
+        ]
+        if any(r.reason for r in rows):
+            cells.append(Text(t.reason or "", style=STATUS_STYLE.get(t.status, "")))
+        table.add_row(*cells)
+    return table
+
+
+def domainbed_table(summary: RunSummary) -> Table:
+    """DomainBed's layout for a rotated run: one row per complete configuration, one column per held-out
+    test domain (its accuracy when held out) and their average; the selection rule in the title."""
+    recipe = summary.recipe
+    held = recipe.data.sources
+    extra = [d for d in recipe.data.test if d not in held]
+    table = Table(title=f"test accuracy per held-out domain — {header(recipe)}", title_justify="left")
+    table.add_column("trial")
+    table.add_column("config", overflow="fold")
+    for domain in [*held, "Avg", *extra]:
+        table.add_column(domain, justify="right")
+    done = [t for t in summary.candidates if t.complete]
+    done.sort(key=lambda t: float(t.test.get("avg", -1.0)), reverse=True)
+    for t in done:
+        cells = [_pct(t.test.get(d)) if d in t.test else "X" for d in held]
+        table.add_row(
+            t.trial_id,
+            arch_summary(t.arch, t.config),
+            *cells,
+            _pct(t.test.get("avg")),
+            *[_pct(t.test.get(d)) for d in extra],
         )
     return table
 
@@ -143,15 +178,19 @@ def scatter(front: Front, width: int = 60, height: int = 16) -> str:
     return "\n".join(lines)
 
 
-def plot_front(front: Front, path: Path, title: str) -> None:
-    """PNG (matplotlib) or HTML (plotly) scatter of the first two objectives, front highlighted."""
+def plot_front(front: Front, path: Path, title: str, kind: str | None = None) -> None:
+    """PNG (matplotlib) or HTML (plotly) scatter of the first two objectives, front highlighted; `kind`
+    (".png" / ".html") overrides the file's suffix. Written atomically; a bad place is one line."""
+    import io
+
+    from normsearch.files import atomic_write_bytes, atomic_write_text
+
     names = list(front.objectives)
     members = set(front.members)
     xs = [p[0] for p in front.points]
     ys = [p[1] for p in front.points]
     labels = [t[0].trial_id for t in front.trials]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".html":
+    if (kind or path.suffix) == ".html":
         import plotly.graph_objects as go
 
         fig = go.Figure()
@@ -167,7 +206,7 @@ def plot_front(front: Front, path: Path, title: str) -> None:
                 )
             )
         fig.update_layout(title=title, xaxis_title=names[0], yaxis_title=names[1])
-        fig.write_html(str(path), include_plotlyjs="cdn")
+        atomic_write_text(path, fig.to_html(include_plotlyjs="cdn"))
         return
     import matplotlib
 
@@ -188,5 +227,7 @@ def plot_front(front: Front, path: Path, title: str) -> None:
     ax.set_title(title, fontsize=9)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
     plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())

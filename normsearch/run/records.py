@@ -1,22 +1,113 @@
-"""The run's records: one line per evaluation in trials.jsonl, appended as results arrive.
+"""The record schema and the one list of metric names.
 
-A trial's state is its last line; a complete trial stays complete; a torn last line (a killed driver) is
-ignored.
+A run's trials.jsonl holds one JSON record per event of a trial, appended as it happens. Every record has::
+
+    trial_id   the trial's stable key ("t003": its number in the Optuna study), the same across resumes
+    status     running | complete | pruned | failed | interrupted | repeat
+    time, config (the sampled values), arch (the ArchConfig), seed, attempt, versions
+
+and, where they apply: ``epoch``, ``final``, ``metrics`` (what the trial reported; names below), ``test``
+(test-domain accuracies, once, after the last epoch), ``reason`` (why a trial failed, was stopped, or was not
+trained), ``repeat_of`` (the trial whose result a repeated configuration reuses), ``resumed_from`` (the
+epoch a continued trial started from), ``node_id``/``worker``/``device``.
+
+A trial's state is the fold of its records: the last status wins, except that a finished trial (complete,
+pruned, failed, repeat) never goes back to running; metrics and test accuracies carry forward. A candidate
+trained once per protocol unit (several sources held out in turn, leave-one-domain-out) has one record per
+unit (``trial_id`` ``t003@<unit>``, ``unit``) and, when the last unit ends, its own record (``t003``) with
+the units' combined numbers. This module imports nothing of normsearch at import time, so that every layer
+(the recipe's objective check included) can take the metric names from here.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from normsearch.errors import NormsearchError
+# Metrics a trial reports every epoch, with the direction in which each is better. Objectives, tables,
+# the study's metric names and the Ray result are all built from this list (plus `select/<domain>`).
+METRICS: dict[str, str] = {
+    "source_val_acc": "max",
+    "worst_source_val_acc": "max",
+    "target_select_acc": "max",
+    "params": "min",
+    "loss": "min",
+    "train_acc": "max",
+}
+SELECT_PREFIX = "select/"
+SOURCE_PREFIX = "source/"
+# Reported alongside the metrics, never objectives.
+INFO_KEYS = ("epoch", "lr", "images_per_s", "epoch_seconds", "final", "converged", "worker", "device")
+RESULT_KEYS = frozenset({*METRICS, *INFO_KEYS})
+
+STATUSES = ("running", "complete", "pruned", "failed", "interrupted", "repeat")
+FINISHED = frozenset({"complete", "pruned", "failed", "repeat"})
+
+
+def is_metric(name: str) -> bool:
+    """Whether `name` is something a trial reports that can be an objective."""
+    return name in METRICS or name.startswith((SELECT_PREFIX, SOURCE_PREFIX))
+
+
+def trial_key(number: int) -> str:
+    """The stable trial id of the study's trial `number`."""
+    return f"t{number:03d}"
+
+
+UNIT_SEPARATOR = "@"
+
+
+def unit_trial_id(key: str, unit: str) -> str:
+    """The id of one training unit of candidate `key` (the candidate's own id when it has one unit)."""
+    return f"{key}{UNIT_SEPARATOR}{unit}" if unit else key
+
+
+def candidate_record(
+    key: str, units: list, outcomes: dict[str, TrialRecord], base: dict[str, Any]
+) -> dict[str, Any]:
+    """The terminal record of a candidate trained once per protocol unit (data/protocol.py): complete when
+    every unit completed, with the units' mean metrics and DomainBed's per-held-out-domain test accuracies
+    (`combine_units`); failed or pruned, with the first such unit's reason, otherwise. The units' own
+    numbers stay under ``extra.units``."""
+    import time
+
+    from normsearch.data.protocol import combine_units
+
+    order = [u.name for u in units]
+    failed = [n for n in order if outcomes[n].status == "failed"]
+    pruned = [n for n in order if outcomes[n].status == "pruned"]
+    record: dict[str, Any] = {"trial_id": key, "time": time.time(), **base}
+    if failed or pruned:
+        name = (failed or pruned)[0]
+        record.update(status="failed" if failed else "pruned", reason=f"unit {name}: {outcomes[name].reason}")
+        record["epoch"] = outcomes[name].epoch
+    else:
+        metrics, test = combine_units(
+            units, {n: outcomes[n].metrics for n in order}, {n: outcomes[n].test for n in order}
+        )
+        record.update(
+            status="complete", final=True, metrics=metrics, test=test, epoch=outcomes[order[0]].epoch
+        )
+    record["extra"] = {
+        "units": {
+            n: {"status": outcomes[n].status, "metrics": outcomes[n].metrics, "test": outcomes[n].test}
+            for n in order
+        }
+    }
+    return record
+
+
+def metrics_of(result: dict[str, Any]) -> dict[str, Any]:
+    """The recorded part of a reported result: the metrics, per-domain accuracies and run information."""
+    return {
+        k: v for k, v in result.items() if k in RESULT_KEYS or k.startswith((SELECT_PREFIX, SOURCE_PREFIX))
+    }
 
 
 @dataclass
 class TrialRecord:
-    """A trial's latest state."""
+    """A trial's latest state, folded from its records."""
 
     trial_id: str
     status: str
@@ -29,44 +120,54 @@ class TrialRecord:
     versions: dict[str, str] = field(default_factory=dict)
     seed: int | None = None
     nodes: set[str] = field(default_factory=set)
+    reason: str | None = None
+    repeat_of: str | None = None
+    resumed_from: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
         return self.status == "complete"
 
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
     def key(self) -> str:
-        """Identity of the configuration, for collapsing duplicates."""
-        return json.dumps(self.arch if self.arch is not None else self.config, sort_keys=True)
+        """Identity of the configuration, for collapsing duplicates and spotting repeats."""
+        return config_key(self.arch if self.arch is not None else self.config)
 
 
-def read_trials(run_dir: Path) -> list[TrialRecord]:
-    """Every trial of a run, in the order they first appeared; a torn last line (a killed driver) is
-    ignored."""
-    path = run_dir / "trials.jsonl"
-    if not path.is_file():
-        raise NormsearchError(f"{run_dir}: no trials.jsonl (not a run folder, or nothing has run yet)")
+def config_key(arch_or_config: dict[str, Any]) -> str:
+    """A canonical text of an ArchConfig (or sampled values): equal configurations, equal keys."""
+    return json.dumps(arch_or_config, sort_keys=True)
+
+
+def fold_records(records: list[dict[str, Any]]) -> list[TrialRecord]:
+    """Every trial's state from its records, in the order trials first appeared."""
     trials: dict[str, TrialRecord] = {}
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
+    for rec in records:
+        tid = rec.get("trial_id")
+        if tid is None or "status" not in rec:
             continue
-        tid = rec["trial_id"]
         old = trials.get(tid)
-        if old is not None and old.complete and rec["status"] != "complete":
-            continue  # a complete trial stays complete
-        trial = TrialRecord(
+        if old is not None and old.finished and rec["status"] not in FINISHED:
+            continue  # a finished trial stays finished
+        trials[tid] = TrialRecord(
             trial_id=tid,
             status=rec["status"],
-            config=rec.get("config", {}),
+            config=rec.get("config", old.config if old else {}),
             metrics=rec.get("metrics") or (old.metrics if old else {}),
             test=rec.get("test") or (old.test if old else {}),
-            arch=rec.get("arch"),
+            arch=rec.get("arch", old.arch if old else None),
             epoch=rec.get("epoch") if rec.get("epoch") is not None else (old.epoch if old else None),
-            node_id=rec.get("node_id"),
-            versions=rec.get("versions", {}),
-            seed=rec.get("seed"),
+            node_id=rec.get("node_id") or (old.node_id if old else None),
+            versions=rec.get("versions") or (old.versions if old else {}),
+            seed=rec.get("seed", old.seed if old else None),
             nodes=(old.nodes if old else set()) | ({rec["node_id"]} if rec.get("node_id") else set()),
+            reason=rec.get("reason") if rec["status"] != "running" else None,
+            repeat_of=rec.get("repeat_of", old.repeat_of if old else None),
+            resumed_from=rec.get("resumed_from", old.resumed_from if old else None),
+            extra={**(old.extra if old else {}), **rec.get("extra", {})},
         )
-        trials[tid] = trial
     return list(trials.values())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from normsearch.data.batches import AugmentConfig, Standardizer, make_augment, train_batches
+from normsearch.data.pipeline import AugmentConfig, Standardizer, make_augment, train_batches
 from normsearch.data.spec import DataConfig, group_means, load_data, parse_domain
 from normsearch.errors import NormsearchError
 

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from normsearch import build_model
 from normsearch.arch import ArchConfig
 from normsearch.cli import app
-from normsearch.run.records import read_trials
+from normsearch.run.folder import RunFolder
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = [
@@ -32,7 +32,7 @@ def test_ibn_ratio_search_runs_on_small_families(preset: str, tmp_path: Path, ra
     args = ["run", str(ROOT / "recipes" / "ibn_ratio.yaml"), "--output", str(out), "--num-samples", "2"]
     result = CliRunner().invoke(app, [*args, *TINY, "--set", f"model.backbone.preset={preset}"])
     assert result.exit_code == 0, result.output + repr(result.exception)
-    trials = read_trials(out)
+    trials = RunFolder.open(out).trials()
     assert len(trials) == 2 and all(t.complete for t in trials), [t.status for t in trials]
     for trial in trials:
         arch = ArchConfig.from_dict(trial.arch)

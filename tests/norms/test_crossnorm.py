@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -138,3 +139,80 @@ def test_policy_activates_active_num_layers_with_probability_p() -> None:
     assert not any(layer.active for layer in policy.layers)
     again = CrossNormPolicy(model, p=0.5, active_num=2, seed=0)
     assert [again.step() for _ in range(400)] == activations
+
+
+def _released_box(rng: np.random.Generator, size: tuple[int, ...], beta: float, bbx_thres: float):
+    """The released cn_rand_bbox, transcribed (np.random replaced by `rng`, same draws in the same order)."""
+    W, H = size[2], size[3]  # the released names: W indexes dim 2, H dim 3
+    while True:
+        ratio = rng.beta(beta, beta)
+        cut_rat = np.sqrt(ratio)
+        cut_w, cut_h = int(W * cut_rat), int(H * cut_rat)
+        cx, cy = rng.integers(W), rng.integers(H)
+        bbx1, bby1 = np.clip(cx - cut_w // 2, 0, W), np.clip(cy - cut_h // 2, 0, H)
+        bbx2, bby2 = np.clip(cx + cut_w // 2, 0, W), np.clip(cy + cut_h // 2, 0, H)
+        if float(bbx2 - bbx1) * (bby2 - bby1) / (W * H) > bbx_thres:
+            return int(bbx1), int(bbx2), int(bby1), int(bby2)
+
+
+@pytest.mark.parametrize(("height", "width"), [(7, 7), (16, 12), (5, 32)])
+def test_clipped_boxes_are_the_released_sampler(height: int, width: int) -> None:
+    layer = _active("crossnorm:crop=style,boxes=clipped,threshold=0.2,beta=0.5", 4, seed=11)
+    for _ in range(200):
+        shadow = torch.Generator()
+        shadow.set_state(layer.generator.get_state())
+        rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=shadow)))
+        assert layer.box(height, width) == _released_box(rng, (1, 1, height, width), 0.5, 0.2)
+
+
+def test_sampler_strengths_differ_as_measured() -> None:
+    # The regularisation the two samplers give, measured (README's table): boxes ~0.55 of the map inside,
+    # ~0.3 clipped; a quarter of 4 instances keeps its own statistics under randperm, none by derangement.
+    inside = _active("crossnorm:crop=style", 4, seed=0)
+    clipped = _active("crossnorm:crop=style,boxes=clipped,pairing=randperm", 4, seed=0)
+    area = {}
+    for name, layer in (("inside", inside), ("clipped", clipped)):
+        boxes = [layer.box(16, 16) for _ in range(3000)]
+        area[name] = sum((b - t) * (r - left) for t, b, left, r in boxes) / (256 * len(boxes))
+        assert all((b - t) * (r - left) > 0.1 * 256 - (name == "inside") for t, b, left, r in boxes)
+    assert 0.52 < area["inside"] < 0.60 and 0.30 < area["clipped"] < 0.37
+    selves = sum(int((clipped.partners(4) == torch.arange(4)).sum()) for _ in range(3000)) / 12000
+    assert 0.22 < selves < 0.28
+    assert not any((inside.partners(4) == torch.arange(4)).any() for _ in range(500))
+
+
+def test_randperm_pairing_keeps_own_statistics_for_fixed_points() -> None:
+    x = _x((4, 3, 6, 6), seed=2)
+    layer = _active("crossnorm:pairing=randperm", 3, seed=1)
+    for _ in range(20):
+        shadow = torch.Generator()
+        shadow.set_state(layer.generator.get_state())
+        partner = torch.randperm(4, generator=shadow)  # the released torch.randperm pairing
+        y = layer(x)
+        mu_x, std_x = _stats(x)
+        for n, m in enumerate(partner.tolist()):
+            expected = (x[n] - mu_x[n, :, None, None]) / std_x[n, :, None, None] * std_x[
+                m, :, None, None
+            ] + mu_x[m, :, None, None]
+            torch.testing.assert_close(y[n], expected)
+
+
+def test_unknown_pairing_and_boxes_are_clear_errors() -> None:
+    from normsearch.errors import NormsearchError
+
+    with pytest.raises(NormsearchError, match=r"crossnorm: pairing must be one of derangement\|randperm"):
+        make_norm("crossnorm:pairing=shuffle", 4)
+    with pytest.raises(NormsearchError, match=r"crossnorm: boxes must be one of inside\|clipped, got 'free'"):
+        make_norm("crossnorm:boxes=free", 4)
+
+
+@pytest.mark.parametrize(
+    "spec", ["crossnorm:crop=content,boxes=clipped", "crossnorm:crop=both,boxes=clipped"]
+)
+def test_gradcheck_when_the_box_falls_back_to_the_whole_map(spec: str) -> None:
+    x = _x((3, 2, 2, 2)).requires_grad_(True)  # a 2×2 map: the clipped sampler never finds a box
+    grad = torch.randn(3, 2, 2, 2, dtype=torch.float64)
+    before = grad.clone()
+    _active(spec, 2, seed=4)(x).backward(grad)
+    assert torch.equal(grad, before)  # the incoming gradient is not written to
+    assert torch.autograd.gradcheck(lambda inp: _active(spec, 2, seed=4)(inp), (x.detach().requires_grad_(),))

@@ -22,9 +22,10 @@ def _gate(
     return torch.sigmoid(z * bn.weight + bn.bias)
 
 
-def _stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _stats(x: torch.Tensor, eps: float = 1e-12) -> tuple[torch.Tensor, torch.Tensor]:
+    """The released calc_ins_mean_std(x, eps=1e-12) of SelfNorm: sqrt(unbiased var + eps)."""
     flat = x.flatten(2)
-    return flat.mean(-1), torch.sqrt(flat.var(-1, unbiased=True) + 1e-5)
+    return flat.mean(-1), torch.sqrt(flat.var(-1, unbiased=True) + eps)
 
 
 @pytest.mark.parametrize("training", [True, False])
@@ -68,3 +69,14 @@ def test_gradcheck(spec: str, training: bool) -> None:
     x = _x((4, 3, 3, 3)).requires_grad_(True)
     params = tuple(layer.parameters())
     assert torch.autograd.gradcheck(lambda inp, *_: layer(inp), (x, *params))
+
+
+@pytest.mark.parametrize("eps", [1e-12, 1e-5])
+def test_eps_default_is_the_released_selfnorm_value_and_a_key(eps: float) -> None:
+    spec = "selfnorm" if eps == 1e-12 else f"selfnorm:eps={eps}"
+    layer = make_norm(spec, 4).double()
+    assert layer.eps == eps
+    x = _x() * 1e-3  # low variance, where the two values of eps differ most
+    mu, std = _stats(x, eps)
+    g = _gate(layer.g.weight.detach(), layer.g.bn, mu, std, True)
+    torch.testing.assert_close(layer(x), x * g[..., None, None])

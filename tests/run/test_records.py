@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from normsearch.results.front import compute_front
-from normsearch.run.records import read_trials
+from normsearch.run.folder import RunFolder
 
 OBJ = {"source_val_acc": "max", "target_select_acc": "max"}
 
@@ -36,7 +36,7 @@ def test_front_collapses_duplicates_and_ignores_unfinished_trials(tmp_path: Path
         '{"trial_id": "t6", "status": "comp',  # a killed driver's torn last line
     ]
     (tmp_path / "trials.jsonl").write_text("\n".join(lines) + "\n")
-    trials = read_trials(tmp_path)
+    trials = RunFolder(tmp_path).trials()
     assert [t.trial_id for t in trials] == ["t1", "t2", "t3", "t4", "t5"]
     assert trials[0].complete and trials[0].metrics["source_val_acc"] == 90.0
     front = compute_front(trials, OBJ)

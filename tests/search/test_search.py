@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
@@ -17,10 +15,9 @@ from typer.testing import CliRunner
 
 from normsearch import build_model
 from normsearch.cli import app
-from normsearch.recipe import load_recipe
 from normsearch.results.front import compute_front
-from normsearch.run.records import read_trials
-from normsearch.search.tuner import make_searcher, start_ray
+from normsearch.run.folder import RunFolder
+from normsearch.search.ray import start_ray
 
 ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
@@ -62,7 +59,7 @@ def quickstart(tmp_path_factory) -> tuple[Path, str]:
 def test_quickstart_runs_every_configuration_and_records_them(quickstart, ray_local) -> None:
     out, stdout = quickstart
     assert "Pareto front" in stdout and "selected on held-out domains texture, pastel" in stdout
-    trials = read_trials(out)
+    trials = RunFolder.open(out).trials()
     assert len(trials) == 5 and all(t.complete for t in trials)
     configs = sorted(json.dumps(t.config, sort_keys=True) for t in trials)
     assert len(set(configs)) == 5  # the grid visits each configuration once
@@ -112,7 +109,7 @@ def test_show_pareto_and_export_rebuild_the_chosen_network(quickstart, tmp_path:
     exported = runner.invoke(app, ["export", str(out), "--pick", "knee", "-o", str(best), "--test"])
     assert exported.exit_code == 0, exported.output
     assert "measured after selection" in exported.stdout
-    trials = {t.trial_id: t for t in read_trials(out)}
+    trials = {t.trial_id: t for t in RunFolder.open(out).trials()}
     import yaml
 
     document = yaml.safe_load(best.read_text())
@@ -143,27 +140,6 @@ def test_show_pareto_and_export_rebuild_the_chosen_network(quickstart, tmp_path:
     assert bad.exit_code == 2 and "exactly one of --trial ID or --pick" in bad.stderr
 
 
-def test_stopped_trials_are_pruned_in_the_study_not_complete(tmp_path: Path, ray_local) -> None:
-    recipe, space = load_recipe(ROOT / "recipes" / "sn_ratios.yaml")
-    searcher = make_searcher(recipe, space, tmp_path)
-    searcher.set_search_properties(None, None, {})
-    for tid in ("a", "b", "c"):
-        searcher.suggest(tid)
-    searcher.on_trial_complete(
-        "a", {"epoch": 3, "final": False, "source_val_acc": 90.0, "target_select_acc": 50.0}
-    )
-    searcher.on_trial_complete(
-        "b", {"epoch": 10, "final": True, "source_val_acc": 80.0, "target_select_acc": 40.0}
-    )
-    searcher.on_trial_complete("c", None, error=True)
-    states = [t.state for t in study(tmp_path, "sn_ratios").trials]
-    assert states == [
-        optuna.trial.TrialState.PRUNED,
-        optuna.trial.TrialState.COMPLETE,
-        optuna.trial.TrialState.FAIL,
-    ]
-
-
 def test_asha_prunes_and_pruned_trials_stay_off_the_front(tmp_path: Path, ray_local) -> None:
     out = tmp_path / "asha"
     run(
@@ -178,15 +154,16 @@ def test_asha_prunes_and_pruned_trials_stay_off_the_front(tmp_path: Path, ray_lo
         "--set",
         "search.scheduler.reduction_factor=2",
     )
-    trials = read_trials(out)
+    trials = RunFolder.open(out).trials()
     pruned = [t for t in trials if t.status == "pruned"]
     complete = [t for t in trials if t.complete]
     assert pruned, "ASHA stopped no trial"
     assert all(t.epoch < 4 for t in pruned) and all(t.epoch == 4 for t in complete)
-    st = study(out, "sn_ratios")
-    counts = {s: sum(t.state == s for t in st.trials) for s in optuna.trial.TrialState}
+    trained = [t for t in study(out, "sn_ratios").trials if "repeat_of" not in t.user_attrs]
+    counts = {s: sum(t.state == s for t in trained) for s in optuna.trial.TrialState}
     assert counts[optuna.trial.TrialState.PRUNED] == len(pruned)
     assert counts[optuna.trial.TrialState.COMPLETE] == len(complete)
+    assert len({t.key() for t in pruned + complete}) == len(pruned + complete)  # none trained twice
     front_ids = compute_front(trials, recipe_objectives()).member_ids()
     assert not front_ids & {t.trial_id for t in pruned}
 
@@ -199,7 +176,7 @@ def recipe_objectives() -> dict[str, str]:
 def test_paper_recipes_run_end_to_end(recipe: str, tmp_path: Path, ray_local) -> None:
     out = tmp_path / recipe
     stdout = run(f"{recipe}.yaml", out, "--num-samples", "2")
-    trials = read_trials(out)
+    trials = RunFolder.open(out).trials()
     assert len(trials) == 2 and all(t.complete for t in trials), [t.status for t in trials]
     assert "Pareto front" in stdout
     for t in trials:
@@ -220,7 +197,7 @@ def test_run_on_a_two_node_cluster_uses_both_nodes(tmp_path: Path) -> None:
         cluster.wait_for_nodes()
         out = tmp_path / "cluster"
         run("quickstart.yaml", out, "--address", cluster.address, "--num-samples", "4")
-        trials = read_trials(out)
+        trials = RunFolder.open(out).trials()
         assert len(trials) == 4 and all(t.complete for t in trials)
         nodes = set().union(*(t.nodes for t in trials))
         assert len(nodes) == 2, nodes
@@ -228,46 +205,3 @@ def test_run_on_a_two_node_cluster_uses_both_nodes(tmp_path: Path) -> None:
     finally:
         ray.shutdown()
         cluster.shutdown()
-
-
-def test_an_interrupted_run_resumes_without_losing_or_repeating_a_finished_trial(
-    tmp_path: Path, ray_local
-) -> None:
-    """Ctrl-C (SIGINT) to a driver after its first finished trial, then `normsearch resume`."""
-    out = tmp_path / "interrupted"
-    command = [
-        sys.executable,
-        "-m",
-        "normsearch",
-        "run",
-        str(ROOT / "recipes" / "quickstart.yaml"),
-        "--output",
-        str(out),
-        *TINY,
-        "--set",
-        "train.epochs=3",
-    ]
-    driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    record = out / "trials.jsonl"
-    deadline = time.time() + 240
-    while time.time() < deadline and not (record.is_file() and '"complete"' in record.read_text()):
-        time.sleep(0.3)
-    driver.send_signal(signal.SIGINT)
-    driver.wait(timeout=180)
-    finished = {t.trial_id for t in read_trials(out) if t.complete}
-    assert finished
-    states = {t.state for t in study(out, "quickstart").trials}
-    assert optuna.trial.TrialState.RUNNING not in states  # interrupted attempts are closed as PRUNED
-
-    resumed = runner.invoke(app, ["resume", str(out)])
-    assert resumed.exit_code == 0, resumed.output
-    trials = read_trials(out)
-    assert all(t.complete for t in trials) and len(trials) == 5
-    assert len({json.dumps(t.config, sort_keys=True) for t in trials}) == 5
-    completions = [
-        json.loads(line)["trial_id"] for line in record.read_text().splitlines() if '"complete"' in line
-    ]
-    assert sorted(completions) == sorted(set(completions))  # no trial finished twice
-    assert finished <= set(completions)
-    complete = [t for t in study(out, "quickstart").trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert len(complete) == 5

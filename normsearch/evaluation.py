@@ -1,0 +1,130 @@
+"""What one training unit trains on and is measured on, and the accuracies it reports.
+
+Per epoch (what the search sees): ``source_val_acc`` over the union of the sources' val splits,
+``worst_source_val_acc`` (the lowest source), ``source/<domain>`` for each of several sources, and, when the
+unit has select domains, ``target_select_acc`` (their mean) with ``select/<domain>``. After the last epoch,
+once: the test accuracies: ``source`` (the sources' test splits together), each target domain, and
+``test_mean``. A domain's val split only ever selects. A target is reported on its test split, or, where it
+was stored with a train split too (a folder domain, a source of another fold), on everything but its val
+split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from normsearch.data.domains import Domain, DomainSet
+from normsearch.data.pipeline import Standardizer
+from normsearch.data.protocol import Unit
+
+Pair = tuple[torch.Tensor, torch.Tensor]
+
+
+def evaluation_split(domain: Domain) -> Pair:
+    """A target domain's reported images: its test split, or everything outside its val split when the
+    domain also has a train split (nothing selection saw is reported)."""
+    if "train" not in domain.splits:
+        return domain.split("test")
+    keep = torch.ones(len(domain), dtype=torch.bool)
+    keep[domain.splits["val"]] = False
+    index = keep.nonzero().flatten()
+    return domain.images[index], domain.labels[index]
+
+
+@dataclass
+class UnitSets:
+    """The tensors of one unit: each source's train and val split, the select domains' val splits."""
+
+    train: dict[str, Pair]
+    val: dict[str, Pair]
+    select: dict[str, Pair]
+
+    def train_images(self) -> torch.Tensor:
+        """Every source's train images together (for the standardisation statistics)."""
+        parts = [x for x, _ in self.train.values()]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def unit_sets(data: DomainSet, unit: Unit, place: Callable[[torch.Tensor], torch.Tensor]) -> UnitSets:
+    """Slice the unit's splits out of `data`; images are `place`d (on the device), labels stay on the host
+    for evaluation and follow the images for training."""
+    train = {}
+    for name in unit.sources:
+        x, y = data[name].split("train")
+        train[name] = (place(x), place(y))
+    val = {name: _placed(data[name].split("val"), place) for name in unit.sources}
+    select = {name: _placed(data[name].split("val"), place) for name in unit.select}
+    return UnitSets(train, val, select)
+
+
+def _placed(pair: Pair, place: Callable[[torch.Tensor], torch.Tensor]) -> Pair:
+    return place(pair[0]), pair[1]
+
+
+@torch.no_grad()
+def correct_count(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    standardize: Standardizer,
+    batch_size: int = 500,
+) -> int:
+    """How many of `images` the model (in eval mode) classifies right."""
+    device = next(model.parameters()).device
+    correct = 0
+    for start in range(0, len(labels), batch_size):
+        logits = model(standardize(images[start : start + batch_size]).to(device))
+        correct += int((logits.argmax(1).cpu() == labels[start : start + batch_size]).sum())
+    return correct
+
+
+def percent(correct: int, total: int) -> float:
+    return 100.0 * correct / max(total, 1)
+
+
+def epoch_metrics(model: torch.nn.Module, sets: UnitSets, standardize: Standardizer) -> dict[str, float]:
+    """The per-epoch accuracies of the module docstring."""
+    counts = {name: (correct_count(model, x, y, standardize), len(y)) for name, (x, y) in sets.val.items()}
+    per_source = {name: percent(c, n) for name, (c, n) in counts.items()}
+    out: dict[str, float] = {
+        "source_val_acc": percent(sum(c for c, _ in counts.values()), sum(n for _, n in counts.values())),
+    }
+    if len(per_source) > 1:
+        out.update({f"source/{name}": acc for name, acc in per_source.items()})
+    out["worst_source_val_acc"] = min(per_source.values())
+    if sets.select:
+        accs = {
+            name: percent(correct_count(model, x, y, standardize), len(y))
+            for name, (x, y) in sets.select.items()
+        }
+        out["target_select_acc"] = sum(accs.values()) / len(accs)
+        out.update({f"select/{name}": acc for name, acc in accs.items()})
+    return out
+
+
+def final_accuracies(
+    model: torch.nn.Module,
+    data: DomainSet,
+    unit: Unit,
+    standardize: Standardizer,
+    place: Callable[[torch.Tensor], torch.Tensor],
+) -> dict[str, float]:
+    """The after-training accuracies of the module docstring."""
+    correct = total = 0
+    test: dict[str, float] = {}
+    for name in unit.sources:
+        x, y = data[name].split("test")
+        c = correct_count(model, place(x), y, standardize)
+        correct, total = correct + c, total + len(y)
+        if len(unit.sources) > 1:
+            test[f"source/{name}"] = percent(c, len(y))
+    test = {"source": percent(correct, total), **test}
+    for name in unit.targets:
+        x, y = evaluation_split(data[name])
+        test[name] = percent(correct_count(model, place(x), y, standardize), len(y))
+    if unit.test:
+        test["test_mean"] = sum(test[n] for n in unit.test) / len(unit.test)
+    return test

@@ -1,0 +1,52 @@
+"""Writing files so that a reader never sees half of one, and an OS error is one line naming the path."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from normsearch.errors import NormsearchError
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (its type name when it has none)."""
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]
+
+
+@contextmanager
+def os_errors(path: Path, what: str) -> Iterator[None]:
+    """Turn an OSError inside the block into ``<path>: cannot <what> (<reason>)``."""
+    try:
+        yield
+    except OSError as error:
+        raise NormsearchError(f"{path}: cannot {what} ({first_line(error)})") from None
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write `data` to `path` through a uniquely named temporary file in the same folder and a rename;
+    any OS error (an unwritable or missing place, a folder in the way) is one NormsearchError line."""
+    path = Path(path)
+    with os_errors(path, "write here"):
+        if path.is_dir():
+            raise IsADirectoryError(f"{path} is a folder")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """`atomic_write_bytes` for text (UTF-8)."""
+    return atomic_write_bytes(path, text.encode())

@@ -1,0 +1,297 @@
+"""The run folder: the only code that knows the file names inside one, and how they are written.
+
+A run folder holds everything a later command needs::
+
+    recipe.yaml, space.yaml   the resolved recipe (CLI flags applied) and its search space
+    study.db                  the Optuna study (SQLite): `optuna trials --storage sqlite:///<run>/study.db`
+    trials.jsonl              one record per evaluation, appended as results arrive (run/records.py)
+    tune/attempt-<k>/         Ray Tune's state of each driver that worked on the run, one per `run`/`resume`;
+                              `<trial>/checkpoint_*` holds the trial's last epoch checkpoint (run/checkpoints)
+    pretrained/<unit>.pt      `train.init: pretrain`: the base pretrained once on the (unit's) sources
+    driver.json               the driver that holds the run (pid, host, start time) and the Ray processes
+                              it started, so that `resume` can end them after a killed driver
+
+Everything a later command reads is written atomically: to a temporary file with a unique name in the same
+folder, then renamed over the target, so a reader never sees half a file and two writers never share a
+temporary name. Appends to trials.jsonl are single `write` calls of whole lines, flushed and fsynced.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from normsearch.errors import NormsearchError
+from normsearch.files import atomic_write_text, first_line, os_errors
+
+if TYPE_CHECKING:
+    from normsearch.recipe import Recipe
+    from normsearch.run.records import TrialRecord
+    from normsearch.space import Space
+
+RECIPE = "recipe.yaml"
+SPACE = "space.yaml"
+STUDY = "study.db"
+TRIALS = "trials.jsonl"
+TUNE = "tune"
+DRIVER = "driver.json"
+PRETRAINED = "pretrained"
+ATTEMPT_PREFIX = "attempt-"
+
+
+def check_new_output(path: Path, flag: str = "output") -> None:
+    """Refuse, before anything runs, a run folder that cannot be made: a file in the way, an existing run,
+    or a place where this process cannot create folders (tried with a temporary folder, then removed)."""
+    if path.exists() and not path.is_dir():
+        raise NormsearchError(f"{flag} {path}: is a file, not a folder; give a new folder for the run")
+    if (path / RECIPE).exists():
+        raise NormsearchError(
+            f"{flag} {path}: already holds a run; use `normsearch resume {path}` or another --output"
+        )
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NormsearchError(f"{flag} {path}: {existing} is a file, so no folder can be made under it")
+    try:
+        probe = tempfile.mkdtemp(dir=existing, prefix=".normsearch-probe-")
+        os.rmdir(probe)
+    except OSError as error:
+        raise NormsearchError(f"{flag} {path}: cannot create a folder here ({first_line(error)})") from None
+
+
+def _process_start(pid: int) -> float | None:
+    """A running process's start time; None when there is none (a zombie has ended: it only waits to be
+    reaped, which an init that does not reap may never do)."""
+    import psutil
+
+    try:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return process.create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
+@dataclass(frozen=True)
+class ProcessRef:
+    """A process the run started, identified by pid and start time (a reused pid is another process)."""
+
+    pid: int
+    started: float
+    name: str = ""
+
+    def alive(self) -> bool:
+        started = _process_start(self.pid)
+        return started is not None and abs(started - self.started) < 0.01
+
+
+class RunFolder:
+    """One run's folder. `create` makes a new one, `open` an existing one; every artifact is read and
+    written through the methods here."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path).resolve()
+
+    # --- life cycle ----------------------------------------------------------------------------------
+    @classmethod
+    def create(cls, path: str | Path, recipe: Recipe, space: Space) -> RunFolder:
+        """Make the folder and write the resolved recipe and space; nothing is left behind on failure."""
+        folder = cls(path)
+        check_new_output(folder.path)
+        made = not folder.path.exists()
+        try:
+            with os_errors(folder.path, "create the run folder"):
+                folder.path.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(
+                folder.path / SPACE, yaml.safe_dump(space.model_dump(mode="json"), sort_keys=False)
+            )
+            # recipe.yaml last: its presence is what marks a folder as a run.
+            atomic_write_text(
+                folder.path / RECIPE, yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+            )
+        except BaseException:
+            folder.discard(made)
+            raise
+        return folder
+
+    @classmethod
+    def open(cls, path: str | Path) -> RunFolder:
+        """An existing run folder (one with a recipe.yaml)."""
+        folder = cls(path)
+        if not (folder.path / RECIPE).is_file():
+            raise NormsearchError(f"{path}: not a run folder (no {RECIPE})")
+        return folder
+
+    @staticmethod
+    def is_run(path: str | Path) -> bool:
+        """Whether `path` holds a run (a later `resume` can continue it)."""
+        return (Path(path) / RECIPE).is_file()
+
+    def discard(self, made: bool = True) -> None:
+        """Remove what `create` wrote (the folder itself when `create` made it), for a run that never
+        started a trial."""
+        for name in (RECIPE, SPACE, STUDY, DRIVER, TRIALS):
+            (self.path / name).unlink(missing_ok=True)
+        if made:
+            import shutil
+
+            shutil.rmtree(self.path, ignore_errors=True)
+
+    def load(self) -> tuple[Recipe, Space]:
+        """The recipe and space this run was started with."""
+        from normsearch.config import read_mapping, validate
+        from normsearch.recipe import Recipe
+        from normsearch.space import Space
+
+        recipe = validate(Recipe, read_mapping(self.path / RECIPE), str(self.path / RECIPE))
+        space = validate(Space, read_mapping(self.path / SPACE), str(self.path / SPACE))
+        return recipe, space
+
+    # --- the study -----------------------------------------------------------------------------------
+    @property
+    def study_url(self) -> str:
+        """The Optuna storage URL of the run's study."""
+        return f"sqlite:///{self.path / STUDY}"
+
+    def has_study(self) -> bool:
+        return (self.path / STUDY).is_file()
+
+    # --- records -------------------------------------------------------------------------------------
+    @property
+    def records_path(self) -> Path:
+        return self.path / TRIALS
+
+    def append(self, record: dict[str, Any]) -> None:
+        """Append one record to trials.jsonl as a single whole line, flushed to disk."""
+        line = json.dumps(record, sort_keys=False) + "\n"
+        with os_errors(self.records_path, "append a record"), self.records_path.open("a") as handle:
+            handle.write(line)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def records(self) -> list[dict[str, Any]]:
+        """Every record in the order written; a torn last line (a killed driver) is skipped."""
+        if not self.records_path.is_file():
+            return []
+        out = []
+        for line in self.records_path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return out
+
+    def trials(self) -> list[TrialRecord]:
+        """Every trial's latest state (run/records.py `fold_records`)."""
+        from normsearch.run.records import fold_records
+
+        if not self.records_path.is_file():
+            raise NormsearchError(f"{self.path}: no {TRIALS} (nothing has run yet)")
+        return fold_records(self.records())
+
+    # --- Ray Tune's folders and the trials' checkpoints ---------------------------------------------
+    @property
+    def tune_dir(self) -> Path:
+        return self.path / TUNE
+
+    def attempts(self) -> list[str]:
+        """Names of the Tune experiments (one per driver) in order."""
+        if not self.tune_dir.is_dir():
+            return []
+        names = [p.name for p in self.tune_dir.iterdir() if p.name.startswith(ATTEMPT_PREFIX)]
+        return sorted(names, key=lambda n: int(n.removeprefix(ATTEMPT_PREFIX) or 0))
+
+    def new_attempt(self) -> str:
+        """The Tune experiment name for a new driver: attempt-1, attempt-2, ..."""
+        done = self.attempts()
+        return f"{ATTEMPT_PREFIX}{int(done[-1].removeprefix(ATTEMPT_PREFIX)) + 1 if done else 1}"
+
+    def last_checkpoint(self, trial: str) -> Path | None:
+        """The newest epoch checkpoint a trial left in any attempt, or None."""
+        from normsearch.run.checkpoints import newest_checkpoint
+
+        found = [self.tune_dir / attempt / trial for attempt in self.attempts()]
+        return newest_checkpoint([p for p in found if p.is_dir()])
+
+    def final_state(self, trial: str):
+        """The TrainState of a trial's last checkpoint, which must be its final epoch."""
+        from normsearch.run.checkpoints import read_state
+
+        checkpoint = self.last_checkpoint(trial)
+        if checkpoint is None:
+            raise NormsearchError(
+                f"{self.path}: no checkpoint of trial {trial} under {TUNE}/ (on a cluster, checkpoints "
+                "stay on the node that trained it unless the run folder is on storage every node shares)"
+            )
+        state = read_state(checkpoint)
+        if not state.history or not state.history[-1].get("final"):
+            raise NormsearchError(f"{checkpoint}: holds epoch {state.epoch}, not the trial's final epoch")
+        return state
+
+    def pretrained_path(self, unit: str) -> Path:
+        """Where the pretrained base of a unit (`train.init: pretrain`) is kept ("base" for a single unit)."""
+        return self.path / PRETRAINED / f"{unit or 'base'}.pt"
+
+    # --- the driver and its Ray processes ------------------------------------------------------------
+    def driver(self) -> dict[str, Any]:
+        path = self.path / DRIVER
+        if not path.is_file():
+            return {}
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError:
+            return {}
+
+    def claim(self) -> None:
+        """Record this process as the run's driver; refuse when another live driver holds the run."""
+        held = self.driver()
+        pid = held.get("pid")
+        if pid is not None and held.get("host") == socket.gethostname() and pid != os.getpid():
+            owner = ProcessRef(int(pid), float(held.get("started", 0.0)))
+            if owner.alive():
+                raise NormsearchError(
+                    f"{self.path}: driven right now by process {owner.pid}; stop it, or wait for it to end"
+                )
+        me = ProcessRef(os.getpid(), _process_start(os.getpid()) or time.time())
+        # The earlier drivers' Ray processes stay listed until `release`: resume ends the live ones.
+        host = socket.gethostname()
+        self._write_driver({"pid": me.pid, "started": me.started, "host": host, "ray": held.get("ray", [])})
+
+    def record_processes(self, processes: list[ProcessRef]) -> None:
+        """Add Ray processes this driver started (kept across calls, never duplicated)."""
+        state = self.driver()
+        known = {(p["pid"], p["started"]) for p in state.get("ray", [])}
+        state.setdefault("ray", []).extend(
+            {"pid": p.pid, "started": p.started, "name": p.name}
+            for p in processes
+            if (p.pid, p.started) not in known
+        )
+        self._write_driver(state)
+
+    def recorded_processes(self) -> list[ProcessRef]:
+        """The Ray processes recorded by the run's drivers."""
+        return [
+            ProcessRef(int(p["pid"]), float(p["started"]), p.get("name", ""))
+            for p in self.driver().get("ray", [])
+        ]
+
+    def release(self) -> None:
+        """This driver is done with the run: forget its processes (Ray ends them at shutdown)."""
+        state = self.driver()
+        if state.get("pid") == os.getpid():
+            state["pid"] = None
+            state["ray"] = []
+            self._write_driver(state)
+
+    def _write_driver(self, state: dict[str, Any]) -> None:
+        atomic_write_text(self.path / DRIVER, json.dumps(state, indent=1))

@@ -1,0 +1,151 @@
+"""Every check that can fail before Ray starts and before the run folder exists; `--dry-run` runs exactly
+these and prints what they found.
+
+- the output folder can be made (not a file, not an existing run, a place this process may write);
+- the per-trial resources fit this machine (local Ray) and a given cluster address answers in time;
+- every configuration of a finite space (a sample of an infinite one) resolves to a NormPlan *and* builds as
+  a network, so that no trial fails on its architecture;
+- the data: roots, domains, class folders, readable images (a folder domain is decoded into the image cache
+  here, once, so trials only read it) and enough images per class for the splits.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from normsearch.errors import NormsearchError
+from normsearch.recipe import Recipe
+from normsearch.run.folder import check_new_output
+from normsearch.space import Space
+
+SAMPLED_CONFIGS = 16  # an infinite space is checked on this many random configurations (plus its probes)
+RAY_STARTUP_SECONDS = 15.0
+
+
+@dataclass(frozen=True)
+class Preflight:
+    """What the checks found, for the dry run and the run's header."""
+
+    trials: int  # trials the run will train: num_samples, at most the space's size
+    size: int | None
+    networks: int  # configurations built as networks
+    domains: dict[str, int]  # domain -> images
+    classes: int
+    data_seconds: float
+
+
+def trial_budget(recipe: Recipe, space: Space) -> int:
+    """How many trials a run trains: `num_samples`, but never more than a finite space holds (no
+    configuration is trained twice)."""
+    size = space.size()
+    return recipe.search.num_samples if size is None else min(recipe.search.num_samples, size)
+
+
+def check_networks(recipe: Recipe, space: Space, source: str = "search.space") -> int:
+    """Build the network of every configuration (finite spaces up to 512, else the probes and a random
+    sample), on the meta device so no memory is spent; returns how many were built."""
+    import optuna
+    import torch
+
+    from normsearch.models import build_model
+
+    values_list = space.assignments()
+    if values_list is None or len(values_list) > 512:
+        values_list = list(space.probe_assignments())
+        sampler = optuna.samplers.RandomSampler(seed=recipe.search_seed)
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = optuna.create_study(sampler=sampler)
+        for _ in range(SAMPLED_CONFIGS):
+            values_list.append(space.sample(study.ask()))
+    for values in values_list:
+        where = f"{source} ({space.name} with {values})"
+        arch = space.to_arch(recipe.model, values, where)
+        try:
+            try:
+                with torch.device("meta"):
+                    build_model(arch)
+            except RuntimeError as error:
+                if "meta" not in str(error):
+                    raise
+                build_model(arch)  # a layer that draws a random number at construction: build it for real
+        except NormsearchError as error:
+            raise NormsearchError(f"{where}: {error}") from None
+        except (RuntimeError, ValueError) as error:
+            raise NormsearchError(
+                f"{where}: the network does not build ({str(error).splitlines()[0]})"
+            ) from None
+    return len(values_list)
+
+
+def check_data(recipe: Recipe) -> tuple[dict[str, int], int, float]:
+    """Load (and for folders, decode into the cache) every domain the recipe uses, with its checks."""
+    from normsearch.data.spec import load_data
+
+    tic = time.perf_counter()
+    data = load_data(recipe.data)
+    return {name: len(d) for name, d in data.domains.items()}, data.num_classes, time.perf_counter() - tic
+
+
+def preflight(recipe: Recipe, space: Space, output: Path | None) -> Preflight:
+    """Run every check (see the module docstring); `output` None skips the output check (resume)."""
+    from normsearch.search.ray import check_local_resources, probe_address
+
+    if output is not None:
+        check_new_output(output)
+    if recipe.ray.address is None:
+        check_local_resources(recipe.resources.cpu, recipe.resources.gpu)
+    else:
+        probe_address(recipe.ray.address)
+    networks = check_networks(recipe, space)
+    domains, classes, seconds = check_data(recipe)
+    return Preflight(trial_budget(recipe, space), space.size(), networks, domains, classes, seconds)
+
+
+def estimate_seconds(recipe: Recipe, trials: int, steps: int = 3) -> tuple[float, float]:
+    """(seconds per trial, seconds for the run): a few timed train steps of the base model on random
+    inputs at the recipe's batch and image size and thread count, scaled to the training budget, plus
+    evaluation and a fixed Ray start-up allowance. A rough guide, not a promise."""
+    import torch
+
+    from normsearch.models import build_model
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(recipe.resources.cpu)
+    try:
+        model = build_model(recipe.model)
+        size = recipe.data.size
+        x = torch.randn(recipe.train.batch_size, recipe.model.backbone.in_channels, size, size)
+        y = torch.zeros(recipe.train.batch_size, dtype=torch.long)
+        opt = torch.optim.SGD(model.parameters(), lr=0.0)
+        model(x).sum()  # warm-up
+        tic = time.perf_counter()
+        for _ in range(steps):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        per_step = (time.perf_counter() - tic) / steps
+    finally:
+        torch.set_num_threads(threads)
+    n_train = recipe.data.n_train if recipe.data.dataset == "synthetic" else 1000
+    steps_per_epoch = math.ceil(n_train / recipe.train.batch_size)
+    evaluated = recipe.data.n_val * (1 + len(recipe.data.select))
+    per_trial = recipe.train.epochs * (steps_per_epoch * per_step * 1.2 + evaluated / 3000) + 4
+    waves = math.ceil(trials / recipe.search.max_concurrent)
+    return per_trial, waves * per_trial + RAY_STARTUP_SECONDS
+
+
+def describe(pre: Preflight) -> dict[str, Any]:
+    """The checks' findings as plain values (for the dry run's table)."""
+    return {
+        "trials": pre.trials,
+        "space size": pre.size if pre.size is not None else "continuous",
+        "networks built": pre.networks,
+        "classes": pre.classes,
+        "domains": ", ".join(f"{k} ({v})" for k, v in pre.domains.items()),
+        "data loaded in": f"{pre.data_seconds:.1f} s",
+    }

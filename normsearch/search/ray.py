@@ -1,0 +1,166 @@
+"""Starting, joining and checking Ray: a private local Ray on loopback, or a cluster that answers in time.
+
+A plain `ray.init()` would silently join any cluster already running on this machine, so without an address
+normsearch starts its own (`address="local"`). A given address is probed with a TCP connection first, for at
+most `PROBE_SECONDS`, so that an unreachable cluster is one line instead of a hang; the cluster's nodes are
+then checked against the recipe's per-trial resources before anything is written.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+from normsearch.errors import NormsearchError
+from normsearch.run.folder import ProcessRef
+
+RAY_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_CHDIR_TO_TRIAL_DIR": "0",
+    "RAY_AIR_NEW_OUTPUT": "0",
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+    "RAY_DEDUP_LOGS": "0",
+    "TUNE_MAX_PENDING_TRIALS_PG": "2",
+    # A failed trial reports its reason instead of the objectives; Tune must not reject that result.
+    "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
+    # Bound how long joining a cluster whose address answers but whose GCS does not may take.
+    "RAY_gcs_rpc_server_reconnect_timeout_s": "15",
+}
+PROBE_SECONDS = 15.0
+REFUSED_SECONDS = 3.0
+
+
+def quiet_ray_env() -> None:
+    """Environment Ray reads at import: no usage stats, no auth prompt, trials keep our working dir."""
+    for key, value in RAY_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    bare = address.removeprefix("ray://")
+    host, sep, port = bare.rpartition(":")
+    if not sep or not port.isdigit():
+        return None
+    return host or "127.0.0.1", int(port)
+
+
+def probe_address(address: str, seconds: float = PROBE_SECONDS) -> str:
+    """Check that `address` (auto | host:port | ray://host:port) leads to a listening Ray within `seconds`;
+    returns the address to connect to. Raises one line saying what was tried."""
+    if address == "auto":
+        from ray._private.services import canonicalize_bootstrap_address
+
+        try:
+            found = canonicalize_bootstrap_address("auto")
+        except (ConnectionError, ValueError) as error:
+            found = None
+            detail = str(error).splitlines()[0]
+        else:
+            detail = "no RAY_ADDRESS and no running cluster recorded by `ray start` on this machine"
+        if not found:
+            raise NormsearchError(
+                f"ray.address auto: no Ray cluster found ({detail}); start one or give host:port"
+            )
+        target = found
+    else:
+        target = address
+    parsed = _host_port(target)
+    if parsed is None:
+        raise NormsearchError(f"ray.address {address}: not auto, host:port or ray://host:port")
+    host, port = parsed
+    start = time.monotonic()
+    deadline = start + seconds
+    last = ""
+    while time.monotonic() < deadline:
+        try:
+            left = max(deadline - time.monotonic(), 0.1)
+            with socket.create_connection((host, port), timeout=min(3.0, left)):
+                return address
+        except ConnectionRefusedError as error:
+            # Nothing listens: a cluster that is starting gets a few seconds, not the whole allowance.
+            last = str(error)
+            if time.monotonic() - start > REFUSED_SECONDS:
+                break
+            time.sleep(0.5)
+        except OSError as error:
+            last = str(error) or type(error).__name__
+            time.sleep(0.5)
+    raise NormsearchError(
+        f"ray.address {address}: nothing answers at {host}:{port} after {time.monotonic() - start:.0f} s "
+        f"({last}); is the cluster up, and is the port its GCS port (default 6379) or its client port "
+        "(10001)?"
+    )
+
+
+def start_ray(address: str | None, num_cpus: int | None = None) -> bool:
+    """Start a private local Ray (address None) or join a cluster; True when this call started Ray."""
+    quiet_ray_env()
+    import ray
+
+    if ray.is_initialized():
+        return False
+    common = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR"}
+    if address is None:
+        ray.init(address="local", num_cpus=num_cpus, **common)
+        return True
+    probe_address(address)
+    try:
+        ray.init(address=address, **common)
+    except (ConnectionError, RuntimeError, ValueError, TimeoutError) as error:
+        raise NormsearchError(
+            f"ray.address {address}: cannot connect ({str(error).splitlines()[0]})"
+        ) from None
+    return True
+
+
+def local_ray_processes() -> list[ProcessRef]:
+    """Every process this driver started for its local Ray (GCS, raylet, agents, workers)."""
+    import psutil
+
+    refs = []
+    for process in psutil.Process().children(recursive=True):
+        try:
+            refs.append(ProcessRef(process.pid, process.create_time(), process.name()))
+        except psutil.Error:
+            continue
+    return refs
+
+
+def check_local_resources(cpu: int, gpu: float) -> None:
+    """Per-trial resources against this machine, for a local Ray (which would otherwise wait forever)."""
+    cores = os.cpu_count() or 1
+    if cpu > cores:
+        raise NormsearchError(
+            f"resources.cpu: {cpu} per trial, but this machine has {cores} CPU(s); no trial could ever start "
+            f"(allowed: 1-{cores})"
+        )
+    if gpu > 0:
+        import torch
+
+        count = torch.cuda.device_count()
+        if gpu > count:
+            raise NormsearchError(
+                f"resources.gpu: {gpu:g} per trial, but this machine has {count} GPU(s) visible to torch"
+            )
+
+
+def check_cluster_resources(cpu: int, gpu: float) -> None:
+    """Per-trial resources against the joined cluster's nodes: some node must hold one whole trial."""
+    import ray
+
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    best_cpu = max((n.get("CPU", 0.0) for n in nodes), default=0.0)
+    if cpu > best_cpu:
+        raise NormsearchError(
+            f"resources.cpu: {cpu} per trial, but the largest node of the cluster has {best_cpu:g} CPU(s)"
+        )
+    if gpu > 0:
+        best_gpu = max((n.get("GPU", 0.0) for n in nodes), default=0.0)
+        if gpu > best_gpu:
+            raise NormsearchError(
+                f"resources.gpu: {gpu:g} per trial, but the largest node of the cluster has "
+                f"{best_gpu:g} GPU(s)"
+            )

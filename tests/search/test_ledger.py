@@ -1,0 +1,117 @@
+"""The driver's ledger without Ray: what it hands out, how each outcome reaches records and study, repeats."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+
+from normsearch.recipe import Recipe
+from normsearch.run.folder import RunFolder
+from normsearch.run.study import open_study
+from normsearch.search.ledger import Ledger
+from normsearch.search.searcher import make_sampler
+from normsearch.search.trial import FAILED, RESUME_KEY, TRIAL_KEY
+from normsearch.space import Space
+
+THREE = {"params": {"ratio": {"type": "categorical", "choices": [0.25, 0.5, 0.75], "path": "norm.ibn.ratio"}}}
+OBJ = {"source_val_acc": "max", "target_select_acc": "max"}
+
+
+def _ledger(tmp_path: Path, algorithm: str, num_samples: int) -> Ledger:
+    recipe = Recipe.model_validate(
+        {
+            "name": "unit",
+            "model": {"backbone": {"preset": "resnet-mini"}, "norm": {"ibn": {"stages": [1]}}},
+            "search": {"space": THREE, "algorithm": algorithm, "num_samples": num_samples},
+        }
+    )
+    space = Space.model_validate(THREE)
+    folder = RunFolder.create(tmp_path / "run", recipe, space)
+    study = open_study(folder, recipe.name, OBJ, make_sampler(recipe))
+    return Ledger(folder, study, recipe, space, "attempt-1", budget=min(num_samples, space.size()))
+
+
+def _final(epoch: int, src: float, tgt: float, final: bool = True) -> dict:
+    return {
+        "epoch": epoch,
+        "final": final,
+        "source_val_acc": src,
+        "target_select_acc": tgt,
+        "test": {"fog": 1.0},
+    }
+
+
+def test_a_grid_over_three_points_hands_out_each_once_then_ends(tmp_path: Path) -> None:
+    ledger = _ledger(tmp_path, "grid", num_samples=6)
+    assert ledger.budget == 3
+    configs = [ledger.next_config() for _ in range(3)]
+    assert sorted(c["ratio"] for c in configs) == [0.25, 0.5, 0.75]
+    assert [c[TRIAL_KEY] for c in configs] == ["t000", "t001", "t002"] and all(
+        c[RESUME_KEY] is None for c in configs
+    )
+    assert ledger.next_config() is None  # the budget (= the space) is spent
+
+
+def test_outcomes_reach_records_first_then_the_study(tmp_path: Path) -> None:
+    ledger = _ledger(tmp_path, "grid", num_samples=3)
+    a, b, c = (ledger.next_config()[TRIAL_KEY] for _ in range(3))
+    ledger.result(a, _final(1, 50.0, 20.0, final=False))
+    ledger.result(a, _final(2, 90.0, 40.0))
+    ledger.ended(a)
+    ledger.result(b, _final(1, 60.0, 30.0, final=False))
+    ledger.ended(b)  # stopped before its last epoch
+    ledger.result(c, {FAILED: "NaN loss at epoch 1", "epoch": 1, "final": False})
+    ledger.ended(c)
+    trials = {t.trial_id: t for t in ledger.folder.trials()}
+    assert trials[a].status == "complete" and trials[a].test == {"fog": 1.0}
+    assert trials[b].status == "pruned" and trials[b].reason == "stopped by the none scheduler at epoch 1"
+    assert trials[c].status == "failed" and trials[c].reason == "NaN loss at epoch 1"
+    study = {t.number: t for t in ledger.study.trials}
+    state = optuna.trial.TrialState
+    assert [study[n].state for n in (0, 1, 2)] == [state.COMPLETE, state.PRUNED, state.FAIL]
+    assert study[0].values == [90.0, 40.0] and study[0].user_attrs["test/fog"] == 1.0
+    assert study[2].user_attrs["reason"] == "NaN loss at epoch 1"
+    assert (ledger.progress.done, ledger.progress.pruned, ledger.progress.failed) == (1, 1, 1)
+
+
+@pytest.mark.parametrize("algorithm", ["random", "tpe", "nsga2"])
+def test_a_sampled_repeat_is_not_trained_but_told_its_twins_result(tmp_path: Path, algorithm: str) -> None:
+    ledger = _ledger(tmp_path, algorithm, num_samples=3)
+    handed = []
+    while (config := ledger.next_config()) is not None:
+        handed.append(config)
+        key = config[TRIAL_KEY]
+        ledger.result(key, _final(2, 80.0 + config["ratio"], 30.0))
+        ledger.ended(key)
+    assert sorted(c["ratio"] for c in handed) == [0.25, 0.5, 0.75]  # each configuration trained once
+    trials = ledger.folder.trials()
+    repeats = [t for t in trials if t.status == "repeat"]
+    trained = {t.trial_id: t for t in trials if t.status == "complete"}
+    for repeat in repeats:
+        twin = trained[repeat.repeat_of]
+        assert repeat.metrics == twin.metrics and "not trained again" in repeat.reason
+    state = optuna.trial.TrialState
+    assert all(t.state == state.COMPLETE for t in ledger.study.trials)
+    assert len(ledger.study.trials) == len(trials)
+
+
+def test_a_repeat_of_a_running_configuration_waits_for_its_twin(tmp_path: Path) -> None:
+    ledger = _ledger(tmp_path, "random", num_samples=3)
+    first = ledger.next_config()
+    # Sample until the sampler proposes the running configuration again (random over three points).
+    seen = [first]
+    while len(ledger.waiting) == 0:
+        config = ledger.next_config()
+        assert config is not None
+        seen.append(config)
+    twin = next(iter(ledger.waiting))
+    waiting_number = ledger.waiting[twin][0]
+    ledger.result(twin, {FAILED: "ValueError: broken", "epoch": 1, "final": False})
+    ledger.ended(twin)
+    study = {t.number: t for t in ledger.study.trials}
+    assert study[waiting_number].state == optuna.trial.TrialState.FAIL
+    assert study[waiting_number].user_attrs["repeat_of"] == twin
+    repeat = next(t for t in ledger.folder.trials() if t.status == "repeat")
+    assert repeat.reason.endswith("which failed; not trained again")
