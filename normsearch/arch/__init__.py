@@ -1,10 +1,11 @@
 """Architectures: `ArchConfig` (what a user writes), `NormPlan` (every slot's normalizer) and the network's
-topology that both read."""
+`Structure` (slots, units, stages of any family; our ResNet's analytic `Topology`) that both read."""
 
 from __future__ import annotations
 
 from normsearch.arch.config import PRESETS, ArchConfig, Backbone, NormConfig, load_arch
 from normsearch.arch.plan import CrossNormSchedule, Insert, NormPlan, SwitchSchedule
+from normsearch.arch.structure import Released, SlotInfo, Structure, UnitInfo
 from normsearch.arch.topology import BlockShape, Topology, resnet_topology
 
 __all__ = [
@@ -16,8 +17,12 @@ __all__ = [
     "Insert",
     "NormConfig",
     "NormPlan",
+    "Released",
+    "SlotInfo",
+    "Structure",
     "SwitchSchedule",
     "Topology",
+    "UnitInfo",
     "load_arch",
     "resnet_topology",
 ]

@@ -1,21 +1,11 @@
 """`ArchConfig`: the architecture a user writes, searches over and exports; `resolve()` gives its NormPlan.
 
-Precedence, lowest to highest (a later rule *replaces* what an earlier one put in a slot, as timm's block
-overrides do): ``default`` < ``xbn`` < ``ibn`` < ``switchable`` < ``overrides``. CrossNorm and SelfNorm do
-not fill norm slots; they insert modules, CrossNorm before SelfNorm where both sit at one position.
-
-Family rules follow the papers and their released placements:
-
-- IBN-a (IBN-Net §3.2): `bn1` of every block in the listed stages becomes ``ibn:ratio=R``
-  (IBN-Net50-a: stages 1-3; default: every stage but the last).
-- IBN-b: IN(affine) on the stem norm and after the addition of the *last* block of each listed stage
-  (IBN-Net50-b: stages 1-2, three IN layers; default: stages 1-2, never the last stage).
-- XBN (XBNBlock §5.2.1): position P1/P2/P3 = bn1/bn2/bn3 of a bottleneck (basic blocks: P1, P2 -> bn1,
-  P3 -> bn2) of every `every`-th block counted across the network (D2/D4/D8), plus the stem when
-  `stem: true` as the released code does; shortcut norms stay as they were; GN groups clamp to C.
-- Switchable: every norm slot (shortcut included) of the blocks in the listed stages, and the stem when the
-  rule covers the whole network (`stem`), with γ of each block's last SN zero-initialised (`last_gamma`), as
-  the released SN ResNet does.
+A backbone is one of: a preset (our ResNet family, the CNSN paper's CIFAR networks, small DenseNet and
+MobileNetV2 variants), an explicit ResNet (block, depths, widths, stem), a torchvision classification
+builder (`torchvision: densenet121`), a timm model (`timm: seresnet50`, the `normsearch[timm]` extra) or any
+callable returning an nn.Module (`module: "pkg.mod:build"`, `kwargs`). The placement rules (ibn, xbn,
+switchable, crossnorm, selfnorm, overrides) live in `arch/rules.py`, written once against the network's
+`Structure` (`arch/structure.py`); see there for what each rule does on each family.
 """
 
 from __future__ import annotations
@@ -27,14 +17,16 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from normsearch.arch.plan import CrossNormSchedule, Insert, NormPlan, SwitchSchedule
+from normsearch.arch.plan import NormPlan
+from normsearch.arch.rules import resolve_plan
+from normsearch.arch.sources import SOURCES, structure_of
+from normsearch.arch.structure import Structure, from_topology
 from normsearch.arch.topology import BlockType, Topology, resnet_topology
 from normsearch.config import read_mapping, validate
 from normsearch.errors import NormsearchError
 from normsearch.norms.crossnorm import BOXES, CROPS, MODES, PAIRINGS
 from normsearch.norms.registry import validate_spec
 from normsearch.norms.selfnorm import FORMS
-from normsearch.norms.spec import NormSpec
 from normsearch.norms.switchable import STATS
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -70,7 +62,33 @@ PRESETS: dict[str, dict[str, Any]] = {
         "stem": "imagenet",
         "width_per_group": 128,
     },
+    # CNSN's CIFAR networks (CrossNorm/SelfNorm Table 1): ResNeXt-29 (32×4d) is our bottleneck ResNet.
+    "resnext29_32x4d": {
+        "block": "bottleneck",
+        "depths": [3, 3, 3],
+        "widths": [64, 128, 256],
+        "stem": "cifar",
+        "groups": 32,
+        "width_per_group": 4,
+    },
+    "wrn-40-2": {"module": "normsearch.models.cifar:wide_resnet", "kwargs": {"depth": 40, "widen": 2}},
+    "densenet-bc-100": {
+        "module": "normsearch.models.cifar:densenet_cifar",
+        "kwargs": {"growth_rate": 12, "block_config": [16, 16, 16]},
+    },
+    "allconvnet": {"module": "normsearch.models.cifar:all_conv_net", "kwargs": {}},
+    # Small variants (0.3M parameters, stride-2 stem) that train on the built-in benchmark (32 px) in a
+    # few times resnet-mini's time.
+    "densenet-mini": {
+        "module": "normsearch.models.cifar:densenet_cifar",
+        "kwargs": {"growth_rate": 16, "block_config": [6, 6, 6], "num_init_features": 32, "stem_stride": 2},
+    },
+    "mobilenetv2-mini": {
+        "module": "normsearch.models.cifar:mobilenet_v2_cifar",
+        "kwargs": {"stem_stride": 2},
+    },
 }
+RESNET_KEYS = ("block", "depths", "widths", "stem", "groups", "width_per_group")
 
 
 class _Strict(BaseModel):
@@ -78,7 +96,9 @@ class _Strict(BaseModel):
 
 
 class Backbone(_Strict):
-    """A preset, or an explicit ResNet; explicit fields override the preset's."""
+    """A preset, an explicit ResNet (explicit fields override the preset's), or a network by source:
+    `torchvision`, `timm` or `module` (with `kwargs`). `se` adds squeeze-and-excitation (reduction 16, as
+    the IBN-Net SE-ResNet release) to our ResNet family."""
 
     preset: str | None = None
     block: BlockType | None = None
@@ -87,6 +107,11 @@ class Backbone(_Strict):
     stem: Literal["cifar", "imagenet"] | None = None
     groups: int | None = Field(default=None, ge=1)
     width_per_group: int | None = Field(default=None, ge=1)
+    torchvision: str | None = None
+    timm: str | None = None
+    module: str | None = None
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    se: bool = False
     num_classes: int = Field(default=10, ge=1)
     in_channels: int = Field(default=3, ge=1)
     zero_init_last: bool = False
@@ -104,6 +129,24 @@ class Backbone(_Strict):
 
     @model_validator(mode="after")
     def _complete(self) -> Backbone:
+        given = [k for k in SOURCES if getattr(self, k) is not None]
+        resnet_given = [k for k in RESNET_KEYS if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give one source, not {' and '.join(given)}")
+        if given and self.preset:
+            raise ValueError(f"give preset or {given[0]}, not both")
+        if self.source != "resnet":
+            if resnet_given:
+                raise ValueError(
+                    f"{', '.join(resnet_given)} describe our ResNet, not a {self.source} backbone"
+                )
+            if self.se or self.zero_init_last:
+                raise ValueError("se and zero_init_last apply to our ResNet family only")
+            if self.kwargs and self.preset:
+                raise ValueError("kwargs go with module: (a preset fixes its own)")
+            return self
+        if self.kwargs:
+            raise ValueError("kwargs go with module: (our ResNet is described by its own keys)")
         merged = self.resolved()
         missing = [k for k in ("block", "depths", "widths", "stem") if merged.get(k) is None]
         if missing:
@@ -116,20 +159,49 @@ class Backbone(_Strict):
             raise ValueError("depths and widths must be positive")
         return self
 
+    @property
+    def source(self) -> str:
+        """``resnet`` (our ResNet family), ``torchvision``, ``timm`` or ``module``."""
+        for kind in SOURCES:
+            if getattr(self, kind) is not None:
+                return kind
+        return "module" if "module" in PRESETS.get(self.preset or "", {}) else "resnet"
+
+    def source_spec(self) -> tuple[str, str, dict[str, Any]]:
+        """(source, name, kwargs) of a backbone that is not our ResNet."""
+        preset = PRESETS.get(self.preset or "", {})
+        if "module" in preset:
+            return "module", preset["module"], dict(preset["kwargs"])
+        kind = self.source
+        return kind, getattr(self, kind), dict(self.kwargs)
+
     def resolved(self) -> dict[str, Any]:
-        """The preset's fields with the explicit ones laid over them."""
+        """Our ResNet: the preset's fields with the explicit ones laid over them. Any other backbone: its
+        source and its `block` kind (``bottleneck`` when units have three norm positions)."""
+        if self.source != "resnet":
+            kind, name, _ = self.source_spec()
+            return {"source": kind, "name": name, "block": self.structure().block_kind()}
         merged: dict[str, Any] = {"groups": 1, "width_per_group": 64}
         merged.update(PRESETS.get(self.preset or "", {}))
-        for key in ("block", "depths", "widths", "stem", "groups", "width_per_group"):
+        for key in RESNET_KEYS:
             if getattr(self, key) is not None:
                 merged[key] = getattr(self, key)
         return merged
 
     def topology(self) -> Topology:
+        """The analytic topology of our ResNet (only for the ResNet source)."""
         spec = self.resolved()
         return resnet_topology(
             spec["block"], spec["depths"], spec["widths"], spec["groups"], spec["width_per_group"]
         )
+
+    def structure(self) -> Structure:
+        """The network's slots, units and stages: analytic for our ResNet, otherwise read once per
+        process from a meta-device build (family adapter or torch.fx trace)."""
+        if self.source == "resnet":
+            return from_topology(self.topology())
+        kind, name, kwargs = self.source_spec()
+        return structure_of(kind, name, kwargs, self.in_channels)
 
 
 Stages = list[int]
@@ -140,8 +212,14 @@ Ratio = Annotated[float, Field(ge=0.0, le=1.0)]
 
 class IBNRule(_Strict):
     variant: Literal["a", "b"] = "a"
-    ratio: Ratio | list[Ratio] = 0.5  # IBN-a: one IN ratio, or one per listed stage (IBN-Net Table 5)
+    # IBN-a: one IN ratio, or one per listed stage (IBN-Net Table 5); None: the family's released ratio
+    # (0.5; DenseNet 0.4).
+    ratio: Ratio | list[Ratio] | None = None
     stages: Stages | None = None
+    # IBN-a channel order: in_bn (IN first, the ResNet release) or bn_in (BN on the first ⌊(1-R)·C⌋
+    # channels, the DenseNet release); None: the family's released order.
+    order: Literal["in_bn", "bn_in"] | None = None
+    every: int | None = Field(default=None, ge=1)  # every n-th unit of a stage; None: released (DenseNet 3)
 
 
 class SwitchableRule(_Strict):
@@ -173,12 +251,13 @@ class SwitchableRule(_Strict):
 
 class XBNRule(_Strict):
     bfn: Literal["gn", "in"] = "gn"
-    groups: int = Field(default=64, ge=1)  # XBNBlock §5.2.1 and the released ResNet-50: GN(64)
+    # None: as released, GN(64) (XBNBlock §5.2.1, ResNet/ResNeXt-50); MobileNetV2 GN(16), ShuffleNetV2 GN(29).
+    groups: int | None = Field(default=None, ge=1)
     # None: as released (GroupNorm affine, XBNBlock-IN `InstanceNorm2d(affine=False)`).
     affine: bool | None = None
     position: Literal[1, 2, 3] = 2
     every: int = Field(default=1, ge=1)
-    stem: bool = True
+    stem: bool | None = None  # None: as released (ResNet: the stem too; MobileNetV2/ShuffleNetV2: not)
 
 
 def _one_of(allowed: tuple[str, ...]) -> AfterValidator:
@@ -215,7 +294,17 @@ class SelfNormRule(_Strict):
 
 
 def _spec_text(value: str) -> str:
-    return str(validate_spec(value))
+    from normsearch.norms.spec import NormSpec
+
+    spec = NormSpec.coerce(value)
+    if spec.kind == "ibn" and "order" in spec.kwargs:  # the IBN channel order is built in models/layers.py
+        order = spec.get("order")
+        if order not in ("in_bn", "bn_in"):
+            raise NormsearchError(f"{spec}: order must be in_bn or bn_in, got {order!r}")
+        rest = {k: v for k, v in spec.kwargs.items() if k != "order"}
+        validate_spec(NormSpec.of("ibn", **rest))
+        return str(spec)
+    return str(validate_spec(spec))
 
 
 class NormConfig(_Strict):
@@ -282,160 +371,11 @@ class ArchConfig(_Strict):
     # --- resolution -----------------------------------------------------------------------------------
     def resolve(self, source: str = "config") -> NormPlan:
         """The NormPlan of this architecture: every norm slot -> NormSpec, plus inserted modules."""
-        topo = self.backbone.topology()
-        channels = topo.norm_slots()
-        slots = {slot: NormSpec.parse(self.norm.default) for slot in channels}
-        norm = self.norm
+        return resolve_plan(self.structure(), self.norm, source)
 
-        def stages(key: str, given: Stages | None, default: Stages) -> Stages:
-            chosen = default if given is None else given
-            for stage in chosen:
-                if not 1 <= stage <= topo.num_stages:
-                    raise NormsearchError(
-                        f"{source}: norm.{key}.stages: stage {stage} out of range; this backbone has stages "
-                        f"1-{topo.num_stages}"
-                    )
-            return sorted(set(chosen))
-
-        def slot_channels(slot: str) -> int:
-            # A norm after the addition (".post") has its block's output channels.
-            return channels.get(slot) or topo.by_name[slot.removesuffix(".post")].out_channels
-
-        def group_norm(slot: str, groups: int, key: str) -> NormSpec:
-            c = slot_channels(slot)
-            g = min(groups, c)  # clamp to C as the released XBN code does
-            if c % g:
-                raise NormsearchError(
-                    f"{source}: {key}: groups={g} does not divide the {c} channels of slot {slot}"
-                )
-            return NormSpec.of("gn", groups=g)
-
-        last = topo.num_stages
-        if norm.xbn is not None:
-            xbn = norm.xbn
-            rel = (
-                {1: "bn1", 2: "bn2", 3: "bn3"}
-                if topo.block == "bottleneck"
-                else {1: "bn1", 2: "bn1", 3: "bn2"}
-            )
-            targets = [f"{b.name}.{rel[xbn.position]}" for b in topo.blocks if b.number % xbn.every == 0]
-            if xbn.stem:
-                targets.insert(0, "bn1")
-            for slot in targets:
-                if xbn.bfn == "gn":
-                    spec = group_norm(slot, xbn.groups, "norm.xbn.groups")
-                    slots[slot] = (
-                        spec
-                        if xbn.affine in (None, True)
-                        else NormSpec.of("gn", groups=spec.get("groups"), affine=False)
-                    )
-                else:
-                    slots[slot] = NormSpec.of("in", affine=bool(xbn.affine))
-        if norm.ibn is not None:
-            ibn = norm.ibn
-            if ibn.variant == "a":
-                chosen = stages("ibn", ibn.stages, list(range(1, last)))
-                ratios = ibn.ratio if isinstance(ibn.ratio, list) else [ibn.ratio] * len(chosen)
-                if len(ratios) != len(chosen):
-                    raise NormsearchError(
-                        f"{source}: norm.ibn.ratio: {len(ratios)} ratios for {len(chosen)} stages "
-                        f"{chosen}; give one ratio per stage or a single number"
-                    )
-                for stage, ratio in zip(chosen, ratios, strict=True):
-                    for block in topo.stage_blocks(stage):
-                        slots[f"{block.name}.bn1"] = NormSpec.of("ibn", ratio=ratio)
-            else:
-                slots["bn1"] = NormSpec("in")
-                for stage in stages("ibn", ibn.stages, list(range(1, min(2, last - 1) + 1))):
-                    block = topo.stage_blocks(stage)[-1]
-                    slots[f"{block.name}.post"] = NormSpec("in")
-        switch_schedule = None
-        if norm.switchable is not None:
-            sw = norm.switchable
-            if sw.stem if sw.stem is not None else sw.stages is None:
-                slots["bn1"] = self._switch_spec(sw, "bn1")
-            for stage in stages("switchable", sw.stages, list(range(1, last + 1))):
-                for block in topo.stage_blocks(stage):
-                    last_norm = "bn3" if "bn3" in block.norms else "bn2"
-                    for rel in block.norms:
-                        slot = f"{block.name}.{rel}"
-                        slots[slot] = self._switch_spec(sw, slot, sw.last_gamma and rel == last_norm)
-            unknown = sorted(set(sw.choices) - {s for s, spec in slots.items() if spec.kind == "sn"})
-            if unknown:
-                raise NormsearchError(
-                    f"{source}: norm.switchable.choices: {unknown[0]!r} is not a SwitchNorm slot "
-                    "of the listed stages"
-                )
-            switch_schedule = SwitchSchedule(
-                hard_at=sw.hard_at if sw.mode == "soft" else None, batch_average=sw.batch_average
-            )
-        for slot, text in norm.overrides.items():
-            post_ok = slot.endswith(".post") and slot.removesuffix(".post") in topo.by_name
-            if slot not in slots and not post_ok:
-                raise NormsearchError(
-                    f"{source}: norm.overrides: no slot {slot!r} in this network; slots look like "
-                    f"bn1, {topo.blocks[0].name}.bn1, {topo.blocks[0].name}.post"
-                )
-            spec = NormSpec.parse(text)
-            if spec.kind == "gn":
-                spec = group_norm(slot, int(spec.get("groups", 32)), f"norm.overrides.{slot}")
-            slots[slot] = spec
-        # Forward order: a post slot sits right after its block's other norms.
-        ordered = dict(sorted(slots.items(), key=lambda kv: _slot_order(kv[0], topo)))
-
-        inserts: dict[str, Insert] = {}
-        cn_schedule = None
-        for name, rule in (("crossnorm", norm.crossnorm), ("selfnorm", norm.selfnorm)):
-            if rule is None:
-                continue
-            if name == "crossnorm":
-                spec = NormSpec.of(
-                    "crossnorm",
-                    mode=rule.mode,
-                    crop=rule.crop,
-                    threshold=rule.threshold,
-                    beta=rule.beta,
-                    pairing=rule.pairing,
-                    boxes=rule.boxes,
-                )
-                cn_schedule = CrossNormSchedule(p=rule.p, active_num=rule.active_num)
-            else:
-                spec = NormSpec.of("selfnorm", form=rule.form)
-            for stage in stages(name, rule.stages, list(range(1, last + 1))):
-                for block in topo.stage_blocks(stage):
-                    c = block.in_channels if rule.position == "pre" else block.out_channels
-                    inserts[f"{block.name}.{name}"] = Insert(spec, rule.position, c)
-        return NormPlan(
-            slots=ordered,
-            channels={slot: slot_channels(slot) for slot in ordered},
-            inserts=dict(sorted(inserts.items(), key=lambda kv: _slot_order(kv[0], topo))),
-            input_norm=norm.input,
-            crossnorm=cn_schedule,
-            switchable=switch_schedule,
-        )
-
-    @staticmethod
-    def _switch_spec(rule: SwitchableRule, slot: str, last_gamma: bool = False) -> NormSpec:
-        params: dict[str, Any] = {"last_gamma": True} if last_gamma else {}
-        if not rule.unbiased:
-            params["unbiased"] = False
-        if rule.mode == "soft":
-            return NormSpec.of("sn", **params)
-        if rule.mode == "sparse":
-            return NormSpec.of("ssn", **params)
-        mean, var = rule.choices.get(slot, f"{rule.mean}/{rule.var}").split("/")
-        return NormSpec.of("sn", mode="hard", mean=mean, var=var, **params)
-
-
-_SUFFIX_ORDER = {"bn1": 0, "bn2": 1, "bn3": 2, "downsample.1": 3, "post": 4, "crossnorm": 5, "selfnorm": 6}
-
-
-def _slot_order(slot: str, topo: Topology) -> tuple[int, int]:
-    if slot == "bn1":
-        return (-1, 0)
-    stage_block, _, rel = slot.partition(".")[2].partition(".")
-    block = f"{slot.split('.')[0]}.{stage_block}"
-    return (topo.by_name[block].number, _SUFFIX_ORDER.get(rel, 9))
+    def structure(self) -> Structure:
+        """The backbone's Structure (slots with stage, unit and position; units; stages)."""
+        return self.backbone.structure()
 
 
 def load_arch(path: str | Path) -> ArchConfig:

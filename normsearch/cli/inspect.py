@@ -28,16 +28,32 @@ def plan(
 
     arch = load_arch(config)
     resolved = arch.resolve(str(config))
+    structure = arch.structure()
     model = build_model(arch, weights=weights)
     inheritance = getattr(model, "inheritance", None)
-    table = Table(title=f"norm plan of {config}" + (f" from {inheritance.source}" if inheritance else ""))
-    columns = ("slot", "channels", "normalizer") + (("from checkpoint", "what") if inheritance else ())
-    for column in columns:
-        table.add_column(column, justify="right" if column == "channels" else "left")
+    title = f"norm plan of {config} ({structure.family}, {structure.num_stages} stages)"
+    table = Table(title=title + (f" from {inheritance.source}" if inheritance else ""))
+    columns = ("slot", "stage", "unit", "position", "channels", "normalizer")
+    for column in columns + (("from checkpoint", "what") if inheritance else ()):
+        table.add_column(column, justify="right" if column in ("channels", "stage") else "left")
     for slot, channels, normalizer in resolved.rows():
+        info = structure.slots.get(slot)
+        stage = "" if info is None or info.stage is None else str(info.stage)
+        if info is None:  # an after-addition norm: its unit (or stage) is its module name's prefix
+            stage = next((str(k) for k, (name, _) in structure.stage_posts.items() if name == slot), "")
+        owner = slot.removesuffix(".post").removesuffix("_post")
+        unit, position = (info.unit or "", info.position or "") if info else (owner, "post")
         got = inheritance.slots.get(slot) if inheritance else None
-        table.add_row(slot, str(channels), normalizer, *((got.status, got.detail) if got else ()))
-    console.print(table)
+        row = (slot, stage, unit, position, str(channels), normalizer)
+        table.add_row(*row, *((got.status, got.detail) if got else ()))
+    if console.is_terminal:
+        console.print(table)
+    else:  # piped output: room for the structure and inheritance columns without wrapping a row
+        from rich.console import Console
+
+        Console(width=200, file=console.file).print(table)
+    if not structure.traced:
+        console.print(f"[yellow]structure unknown: {structure.note}; per-slot plans only[/yellow]")
     if inheritance:
         console.print(inheritance.summary(), highlight=False, soft_wrap=True)
         lists = (

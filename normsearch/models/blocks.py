@@ -22,12 +22,35 @@ def _inserts(block: nn.Module, position: str, x: torch.Tensor) -> torch.Tensor:
 
 
 def residual_branch(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """conv-norm-relu ... conv-norm of a BasicBlock (2 convs) or Bottleneck (3 convs)."""
+    """conv-norm-relu ... conv-norm of a BasicBlock (2 convs) or Bottleneck (3 convs), then the block's
+    squeeze-and-excitation when it has one (SE-ResNet: on the branch, before the addition)."""
     out = block.relu(block.bn1(block.conv1(x)))
     if hasattr(block, "conv3"):
         out = block.relu(block.bn2(block.conv2(out)))
-        return block.bn3(block.conv3(out))
-    return block.bn2(block.conv2(out))
+        out = block.bn3(block.conv3(out))
+    else:
+        out = block.bn2(block.conv2(out))
+    se = getattr(block, "se", None)
+    return out if se is None else se(out)
+
+
+class SqueezeExcitation(nn.Module):
+    """SE (Hu et al., CVPR 2018) as IBN-Net's se_resnet_ibn release builds it: global average pool,
+    Linear(C, C/r) without bias, ReLU, Linear(C/r, C) without bias, sigmoid, channel-wise scale (r = 16)."""
+
+    def __init__(self, channels: int, reduction: int = 16) -> None:
+        super().__init__()
+        hidden = max(int(channels / reduction), 1)
+        self.fc = nn.Sequential(
+            nn.Linear(channels, hidden, bias=False),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, channels, bias=False),
+            nn.Sigmoid(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.fc(x.mean((2, 3)))
+        return x * weight[:, :, None, None]
 
 
 def block_forward(block: nn.Module, x: torch.Tensor) -> torch.Tensor:

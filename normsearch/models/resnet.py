@@ -12,19 +12,22 @@ from torch import nn
 
 from normsearch.arch.plan import NormPlan
 from normsearch.arch.topology import BlockShape, Topology
-from normsearch.models.blocks import block_forward
+from normsearch.models.blocks import SqueezeExcitation, block_forward
+from normsearch.models.layers import slot_norm
 from normsearch.norms import make_norm
 
 
 class Block(nn.Module):
     """A BasicBlock or Bottleneck whose norms, post norm and inserted modules come from the plan."""
 
-    def __init__(self, shape: BlockShape, plan: NormPlan, bottleneck: bool, groups: int) -> None:
+    def __init__(
+        self, shape: BlockShape, plan: NormPlan, bottleneck: bool, groups: int, se: bool = False
+    ) -> None:
         super().__init__()
 
         def norm(rel: str) -> nn.Module:
             slot = f"{shape.name}.{rel}"
-            return make_norm(plan[slot], plan.channels[slot])
+            return slot_norm(plan[slot], plan.channels[slot])
 
         w, out = shape.width, shape.out_channels
         if bottleneck:
@@ -39,6 +42,8 @@ class Block(nn.Module):
             self.bn1 = norm("bn1")
             self.conv2 = nn.Conv2d(w, out, 3, 1, 1, bias=False)
             self.bn2 = norm("bn2")
+        if se:
+            self.se = SqueezeExcitation(out)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = None
         if shape.downsample:
@@ -67,6 +72,7 @@ class ResNet(nn.Module):
         stem: str,
         groups: int = 1,
         zero_init_last: bool = False,
+        se: bool = False,
     ) -> None:
         super().__init__()
         self.input_norm = (
@@ -79,11 +85,11 @@ class ResNet(nn.Module):
         else:
             self.conv1 = nn.Conv2d(in_channels, c, 7, 2, 3, bias=False)
             self.maxpool = nn.MaxPool2d(3, 2, 1)
-        self.bn1 = make_norm(plan["bn1"], plan.channels["bn1"])
+        self.bn1 = slot_norm(plan["bn1"], plan.channels["bn1"])
         self.relu = nn.ReLU(inplace=True)
         bottleneck = topo.block == "bottleneck"
         for stage in range(1, topo.num_stages + 1):
-            blocks = [Block(shape, plan, bottleneck, groups) for shape in topo.stage_blocks(stage)]
+            blocks = [Block(shape, plan, bottleneck, groups, se) for shape in topo.stage_blocks(stage)]
             self.add_module(f"layer{stage}", nn.Sequential(*blocks))
         self.num_stages = topo.num_stages
         self.plan = plan  # the trainer reads its CrossNorm and SwitchNorm schedules

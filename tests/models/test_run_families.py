@@ -1,0 +1,41 @@
+"""`normsearch run` on the built-in benchmark with the small DenseNet and MobileNetV2 and the ibn_ratio
+space: real Ray Tune trials, each building its network through `build_model`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from normsearch import build_model
+from normsearch.arch import ArchConfig
+from normsearch.cli import app
+from normsearch.run.folder import RunFolder
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = [
+    "--set",
+    "train.epochs=1",
+    "--set",
+    "data.n_train=200",
+    "--set",
+    "data.n_val=40",
+    "--set",
+    "data.n_test=40",
+]
+
+
+@pytest.mark.parametrize("preset", ["densenet-mini", "mobilenetv2-mini"])
+def test_ibn_ratio_search_runs_on_small_families(preset: str, tmp_path: Path, ray_local) -> None:
+    out = tmp_path / preset
+    args = ["run", str(ROOT / "recipes" / "ibn_ratio.yaml"), "--output", str(out), "--num-samples", "2"]
+    result = CliRunner().invoke(app, [*args, *TINY, "--set", f"model.backbone.preset={preset}"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    trials = RunFolder.open(out).trials()
+    assert len(trials) == 2 and all(t.complete for t in trials), [t.status for t in trials]
+    for trial in trials:
+        arch = ArchConfig.from_dict(trial.arch)
+        assert arch.backbone.preset == preset and arch.norm.ibn is not None
+        assert arch.resolve().kind_counts().get("ibn", 0) > 0 or arch.norm.ibn.ratio in (0.0, [0.0, 0.0])
+        assert build_model(arch) is not None
