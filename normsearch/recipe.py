@@ -45,6 +45,11 @@ class SchedulerConfig(_Strict):
                 "ASHA compares trials on one scalar; give one metric name, not a list (multi-objective "
                 "pruning would rank trials by an arbitrary mix of the objectives)"
             )
+        if isinstance(value, str) and not is_metric(value):
+            # Tune would only find out at the first report, after Ray started and trials were sampled.
+            raise ValueError(
+                f"unknown metric {value!r}; allowed: {', '.join(METRICS)}, {SELECT_PREFIX}<domain>"
+            )
         return value
 
 
@@ -117,12 +122,12 @@ class Recipe(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> Recipe:
-        for name in self.search.objectives:
+        named = [("search.objectives", name) for name in self.search.objectives]
+        for key, name in [*named, ("search.scheduler.metric", self.search.scheduler.metric)]:
             domain = name.removeprefix("select/")
             if name.startswith("select/") and domain not in self.data.select:
                 raise ValueError(
-                    f"search.objectives: {name!r} names no select domain; select domains: "
-                    f"{', '.join(self.data.select)}"
+                    f"{key}: {name!r} names no select domain; select domains: {', '.join(self.data.select)}"
                 )
         return self
 
