@@ -170,10 +170,16 @@ def load_recipe(
         except yaml.YAMLError as error:
             detail = str(error).splitlines()[0]
             raise NormsearchError(f"--set {item!r}: the value is not valid YAML ({detail})") from None
-        assign_path(raw, key.strip(), value)
+        try:
+            assign_path(raw, key.strip(), value)
+        except NormsearchError as error:
+            raise NormsearchError(f"--set {item!r}: {error}") from None
     for key, value in flags.items():
         if value is not None:
-            assign_path(raw, key, value)
+            try:
+                assign_path(raw, key, value)
+            except NormsearchError as error:
+                raise NormsearchError(f"{path}: {error}") from None
     recipe = validate(Recipe, raw, str(path))
     space = load_space(recipe.search.space, relative_to=path.parent, source=f"{path}: search.space")
     space.check(recipe.model, f"{path}: search.space")
