@@ -374,6 +374,16 @@ class ArchConfig(_Strict):
             if spec.kind == "gn":
                 spec = group_norm(slot, int(spec.get("groups", 32)), f"norm.overrides.{slot}")
             slots[slot] = spec
+        default = NormSpec.parse(norm.default)
+        groups = int(default.get("groups", 32)) if default.kind == "gn" else 0
+        for slot, spec in slots.items():
+            # The default is not clamped to C (that would change what it builds); a GN default that does
+            # not fit a slot fails here, naming the slot, instead of when the network is built.
+            if spec == default and default.kind == "gn" and (groups < 1 or slot_channels(slot) % groups):
+                raise NormsearchError(
+                    f"{source}: norm.default: {default}: groups={groups} does not divide the "
+                    f"{slot_channels(slot)} channels of slot {slot}"
+                )
         # Forward order: a post slot sits right after its block's other norms.
         ordered = dict(sorted(slots.items(), key=lambda kv: _slot_order(kv[0], topo)))
 
