@@ -75,6 +75,13 @@ def load_folder(
     report = FolderReport({}, {})
     for name in wanted:
         files = _files(root / name)
+        if not files:
+            loose = any(p.suffix.lower() in IMAGE_SUFFIXES for p in (root / name).iterdir())
+            raise NormsearchError(
+                f"data root {root}: domain {name!r} has no class folders"
+                + (" (its images lie loose in it)" if loose else "")
+                + "; the layout is <root>/<domain>/<class>/<image>"
+            )
         for cls, paths in files.items():
             if not paths:
                 raise NormsearchError(f"data root {root}: class {cls!r} of domain {name!r} has no images")
