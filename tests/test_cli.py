@@ -123,7 +123,9 @@ def test_spaces_lists_every_shipped_space_with_its_size() -> None:
 
 
 def test_spaces_validate_checks_against_a_recipe_model() -> None:
-    good = runner.invoke(app, ["spaces", "validate", str(ROOT / "normsearch" / "search_spaces" / "xbn_position.yaml")])
+    good = runner.invoke(
+        app, ["spaces", "validate", str(ROOT / "normsearch" / "search_spaces" / "xbn_position.yaml")]
+    )
     assert good.exit_code == 0 and "valid; built 48 configuration(s)" in good.stdout
     bad = runner.invoke(
         app,
