@@ -88,6 +88,8 @@ def validate(model: type[M], data: Any, source: str) -> M:
 def read_mapping(path: str | Path) -> dict[str, Any]:
     """Read a YAML or JSON file holding a mapping; errors name the file."""
     path = Path(path)
+    if path.is_dir():
+        raise NormsearchError(f"{path}: is a folder; give a YAML or JSON file")
     if not path.is_file():
         raise NormsearchError(f"{path}: no such file")
     try:
