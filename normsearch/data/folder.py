@@ -66,6 +66,8 @@ def load_folder(
     found = sorted(p.name for p in root.iterdir() if p.is_dir())
     wanted = domains if domains is not None else found
     for name in wanted:
+        if (root / name).is_file():
+            raise NormsearchError(f"data root {root}: {name!r} is a file, not a domain folder")
         if name not in found:
             raise NormsearchError(
                 f"data root {root}: no domain {name!r}; domains found: {', '.join(found) or 'none'}"
