@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import yaml
 from PIL import Image
 from typer.testing import CliRunner
@@ -186,7 +187,7 @@ RECIPES = [
     bad_recipe("top-level-list", "- name: x\n", "expected a mapping at the top level, got list"),
     bad_recipe("empty-file", "", "expected a mapping at the top level"),
     Case("recipe-missing", ["run", "<tmp>/nope.yaml", "--dry-run"], ("nope.yaml", "no such file")),
-    Case("recipe-is-a-folder", ["run", "<tmp>", "--dry-run"], ("no such file",)),
+    Case("recipe-is-a-folder", ["run", "<tmp>", "--dry-run"], ("is a folder; give a YAML or JSON file",)),
     bad_recipe("json-syntax", "{", "cannot parse"),
     # unknown keys at every level, with "did you mean"
     bad_recipe(
@@ -271,6 +272,12 @@ RECIPES = [
         "resources.cpu",
         "no trial could ever start",
         within=15.0,
+    ),
+    refused_by_preflight(
+        "gpu-more-than-this-machine",
+        recipe({"resources.gpu": torch.cuda.device_count() + 1}),
+        "resources.gpu",
+        "GPU(s) visible to torch",
     ),
     Case(
         "output-not-a-string",
@@ -640,7 +647,7 @@ DATA = [
     Case(
         "data-file-where-a-domain-should-be",
         RUN,
-        ("no domain 'sketch'",),
+        ("'sketch' is a file, not a domain folder",),
         setup=then(
             folder({"photo": {"cat": 10, "dog": 10}, "art": {"cat": 10, "dog": 10}}), write("d/sketch", "x")
         ),
