@@ -63,7 +63,12 @@ def describe_validation_error(error: ValidationError, model: type[BaseModel], so
     if first["type"] == "extra_forbidden":
         owner = _model_at(model, loc)
         allowed = sorted(owner.model_fields) if owner else []
-        guess = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        key = str(loc[-1])
+        # A shortened key (`grace` for `grace_period`) is too unlike the whole one for difflib alone.
+        guess = (
+            difflib.get_close_matches(key, allowed, n=1)
+            or [k for k in allowed if len(key) >= 3 and k.startswith(key)][:1]
+        )
         message = "unknown key" + (f"; did you mean {guess[0]!r}?" if guess else "")
         if allowed:
             message += f" (allowed: {', '.join(allowed)})"
@@ -83,6 +88,8 @@ def validate(model: type[M], data: Any, source: str) -> M:
 def read_mapping(path: str | Path) -> dict[str, Any]:
     """Read a YAML or JSON file holding a mapping; errors name the file."""
     path = Path(path)
+    if path.is_dir():
+        raise NormsearchError(f"{path}: is a folder; give a YAML or JSON file")
     if not path.is_file():
         raise NormsearchError(f"{path}: no such file")
     try:

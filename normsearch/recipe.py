@@ -45,6 +45,11 @@ class SchedulerConfig(_Strict):
                 "ASHA compares trials on one scalar; give one metric name, not a list (multi-objective "
                 "pruning would rank trials by an arbitrary mix of the objectives)"
             )
+        if isinstance(value, str) and not is_metric(value):
+            # Tune would only find out at the first report, after Ray started and trials were sampled.
+            raise ValueError(
+                f"unknown metric {value!r}; allowed: {', '.join(METRICS)}, {SELECT_PREFIX}<domain>"
+            )
         return value
 
 
@@ -136,24 +141,26 @@ class Recipe(_Strict):
     def _check(self) -> Recipe:
         units = self.data.units()
         rule = self.data.selection
-        for name in self.search.objectives:
+        checked = [("search.objectives", name) for name in self.search.objectives]
+        checked.append(("search.scheduler.metric", self.search.scheduler.metric))
+        for key, name in checked:
             if name.startswith("select/"):
                 domain = name.removeprefix("select/")
                 if not all(domain in unit.select for unit in units):
                     raise ValueError(
-                        f"search.objectives: {name!r} names no domain every training unit selects on; select "
+                        f"{key}: {name!r} names no select domain (of every training unit); select "
                         f"domains: {', '.join(self.data.select) or 'none'}"
                     )
             if name.startswith("source/"):
                 domain = name.removeprefix("source/")
                 if not all(domain in unit.sources for unit in units) or len(units[0].sources) < 2:
                     raise ValueError(
-                        f"search.objectives: {name!r}: per-source accuracies exist for a domain every unit "
+                        f"{key}: {name!r}: per-source accuracies exist for a domain every unit "
                         f"trains on, with several sources; sources: {', '.join(self.data.sources)}"
                     )
-            if name == "target_select_acc" and not units[0].select:
+            if name == "target_select_acc" and not units[0].select and key == "search.objectives":
                 raise ValueError(
-                    f"search.objectives: target_select_acc: under selection {rule} no target is selected on; "
+                    f"{key}: target_select_acc: under selection {rule} no target is selected on; "
                     "use source_val_acc and worst_source_val_acc"
                 )
         return self
@@ -197,10 +204,16 @@ def load_recipe(
         except yaml.YAMLError as error:
             detail = str(error).splitlines()[0]
             raise NormsearchError(f"--set {item!r}: the value is not valid YAML ({detail})") from None
-        assign_path(raw, key.strip(), value)
+        try:
+            assign_path(raw, key.strip(), value)
+        except NormsearchError as error:
+            raise NormsearchError(f"--set {item!r}: {error}") from None
     for key, value in flags.items():
         if value is not None:
-            assign_path(raw, key, value)
+            try:
+                assign_path(raw, key, value)
+            except NormsearchError as error:
+                raise NormsearchError(f"{path}: {error}") from None
     recipe = validate(Recipe, raw, str(path))
     space = load_space(recipe.search.space, relative_to=path.parent, source=f"{path}: search.space")
     space.check(recipe.model, f"{path}: search.space")

@@ -187,17 +187,25 @@ class Space(BaseModel):
     def to_arch(self, base: ArchConfig, values: dict[str, Scalar], source: str | None = None) -> ArchConfig:
         """The ArchConfig of one sampled assignment: `base`, then `fixed`, then each active parameter."""
         data = base.to_dict()
+        where = source or f"space {self.name}"
+
+        def assign(key: str, path: str, value: Any) -> None:
+            try:
+                assign_path(data, path, value)
+            except NormsearchError as error:  # name the space entry that holds the path
+                raise NormsearchError(f"{where}: {key}: {error}") from None
+
         for path, value in self.fixed.items():
-            assign_path(data, path, value)
+            assign("fixed", path, value)
         for name, param in self.params.items():
             if name not in values:
                 continue
             value = values[name]
             if param.path:
-                assign_path(data, param.path, value)
+                assign(f"params.{name}.path", param.path, value)
             for path, set_value in (param.sets or {}).get(str(value), {}).items():
-                assign_path(data, path, set_value)
-        return ArchConfig.from_dict(data, source or f"space {self.name}")
+                assign(f"params.{name}.sets", path, set_value)
+        return ArchConfig.from_dict(data, where)
 
     def check(self, base: ArchConfig, source: str) -> int:
         """Build the ArchConfig (and its NormPlan) of every assignment, or of a grid over continuous ones,

@@ -176,6 +176,17 @@ def resolve_plan(structure: Structure, norm: NormConfig, source: str = "config")
         if spec.kind == "gn":
             spec = group_norm(slot, int(spec.get("groups", 32)), f"norm.overrides.{slot}")
         slots[slot] = spec
+    default = NormSpec.parse(norm.default)
+    if default.kind == "gn":
+        groups = int(default.get("groups", 32))
+        for slot, spec in slots.items():
+            # The default is not clamped to C (that would change what it builds); a GN default that does
+            # not fit a slot fails here, naming the slot, instead of when the network is built.
+            if spec == default and (groups < 1 or slot_channels(slot) % groups):
+                raise NormsearchError(
+                    f"{source}: norm.default: {default}: groups={groups} does not divide the "
+                    f"{slot_channels(slot)} channels of slot {slot}"
+                )
     ordered = _forward_order(structure, slots)
 
     inserts: dict[str, Insert] = {}

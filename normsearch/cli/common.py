@@ -10,6 +10,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperGroup
 
@@ -48,9 +49,7 @@ class OneLineErrors(TyperGroup):
                 error.show()
                 sys.exit(error.exit_code)
             where = f" (see `{error.ctx.command_path} --help`)" if getattr(error, "ctx", None) else ""
-            err_console.print(
-                f"[red]error:[/red] {error.format_message()}{where}", highlight=False, soft_wrap=True
-            )
+            print_error(f"{error.format_message()}{where}")
             sys.exit(error.exit_code)
         except typer.Abort:
             err_console.print("[yellow]aborted[/yellow]")
@@ -78,6 +77,12 @@ err_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def print_error(message: str) -> None:
+    """One red ``error:`` line. The message is the user's own text (paths, domain names, values), so it is
+    printed literally: a ``[tag]`` is not Rich markup and a ``:name:`` is not an emoji code."""
+    err_console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True, emoji=False)
+
+
 def user_errors(fn: F) -> F:
     """Turn a NormsearchError raised by the library into one red line and exit code 2."""
 
@@ -86,7 +91,7 @@ def user_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except NormsearchError as error:
-            err_console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+            print_error(str(error))
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]

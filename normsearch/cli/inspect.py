@@ -266,5 +266,8 @@ def data_show(
         table.add_row(*row)
     console.print(table)
     if out is not None:
-        save_grid(data, config, out, per_row)
+        from normsearch.files import os_errors
+
+        with os_errors(out, "write here"):
+            save_grid(data, config, out, per_row)
         console.print(f"wrote {out}")

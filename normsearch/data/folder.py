@@ -66,6 +66,8 @@ def load_folder(
     found = sorted(p.name for p in root.iterdir() if p.is_dir())
     wanted = domains if domains is not None else found
     for name in wanted:
+        if (root / name).is_file():
+            raise NormsearchError(f"data root {root}: {name!r} is a file, not a domain folder")
         if name not in found:
             raise NormsearchError(
                 f"data root {root}: no domain {name!r}; domains found: {', '.join(found) or 'none'}"
@@ -75,6 +77,13 @@ def load_folder(
     report = FolderReport({}, {})
     for name in wanted:
         files = _files(root / name)
+        if not files:
+            loose = any(p.suffix.lower() in IMAGE_SUFFIXES for p in (root / name).iterdir())
+            raise NormsearchError(
+                f"data root {root}: domain {name!r} has no class folders"
+                + (" (its images lie loose in it)" if loose else "")
+                + "; the layout is <root>/<domain>/<class>/<image>"
+            )
         for cls, paths in files.items():
             if not paths:
                 raise NormsearchError(f"data root {root}: class {cls!r} of domain {name!r} has no images")
