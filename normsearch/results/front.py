@@ -146,6 +146,13 @@ def export_trial(
         from normsearch.models.weights import Checkpoint, save_checkpoint
         from normsearch.train import hardened_arch
 
+        units = chosen.extra.get("units")
+        if units:
+            names = ", ".join(f"{chosen.trial_id}{UNIT_SEPARATOR}{u}" for u in units)
+            raise NormsearchError(
+                f"--weights: trial {chosen.trial_id} was trained once per protocol unit; export one unit's "
+                f"weights with --trial (one of {names})"
+            )
         if not chosen.complete:
             raise NormsearchError(
                 f"--weights: trial {chosen.trial_id} is {chosen.status}; only a complete trial has "

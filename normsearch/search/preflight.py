@@ -4,7 +4,7 @@ these and prints what they found.
 - the output folder can be made (not a file, not an existing run, a place this process may write);
 - the per-trial resources fit this machine (local Ray) and a given cluster address answers in time;
 - every configuration of a finite space (a sample of an infinite one) resolves to a NormPlan *and* builds as
-  a network, so that no trial fails on its architecture;
+  a network, so that no trial fails on its architecture; the weights training starts from can be read;
 - the data: roots, domains, class folders, readable images (a folder domain is decoded into the image cache
   here, once, so trials only read it) and enough images per class for the splits.
 """
@@ -64,6 +64,8 @@ def check_networks(recipe: Recipe, space: Space, source: str = "search.space") -
     for values in values_list:
         where = f"{source} ({space.name} with {values})"
         arch = space.to_arch(recipe.model, values, where)
+        # Weights are checked once (check_weights), not loaded into every configuration.
+        arch = arch.model_copy(update={"backbone": arch.backbone.model_copy(update={"weights": None})})
         try:
             try:
                 with torch.device("meta"):
@@ -79,6 +81,17 @@ def check_networks(recipe: Recipe, space: Space, source: str = "search.space") -
                 f"{where}: the network does not build ({str(error).splitlines()[0]})"
             ) from None
     return len(values_list)
+
+
+def check_weights(recipe: Recipe) -> None:
+    """The checkpoint training starts from exists and reads: `backbone.weights` (a torchvision name, read
+    from the hub cache offline, or a file) and `train.init_from`; a missing one is one line."""
+    from normsearch.models.weights import load_weights
+
+    if recipe.model.backbone.weights is not None:
+        load_weights(recipe.model.backbone.weights, recipe.model.backbone, "model.backbone.weights")
+    if recipe.train.init_from is not None:
+        load_weights(recipe.train.init_from, recipe.model.backbone, "train.init_from")
 
 
 def check_data(recipe: Recipe) -> tuple[dict[str, int], int, float]:
@@ -101,6 +114,7 @@ def preflight(recipe: Recipe, space: Space, output: Path | None) -> Preflight:
     else:
         probe_address(recipe.ray.address)
     networks = check_networks(recipe, space)
+    check_weights(recipe)
     domains, classes, seconds = check_data(recipe)
     return Preflight(trial_budget(recipe, space), space.size(), networks, domains, classes, seconds)
 
