@@ -60,9 +60,11 @@ def run(
             if checked.size is not None and checked.size < recipe.search.num_samples
             else ""
         )
+        units = len(recipe.data.units())
+        per = f" x {units} training units each (the protocol's folds)" if units > 1 else ""
         console.print(
             f"{recipe.data.describe()}\nall checks passed; would write {run_dir}; {checked.trials} trial(s)"
-            f"{capped}; estimated {per_trial:.0f} s per trial, about {total / 60:.1f} min "
+            f"{per}{capped}; estimated {per_trial:.0f} s per training unit, about {total / 60:.1f} min "
             f"({recipe.search.max_concurrent} at once, {recipe.resources.cpu} CPU each)",
             highlight=False,
         )

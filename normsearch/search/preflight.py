@@ -149,7 +149,7 @@ def estimate_seconds(recipe: Recipe, trials: int, steps: int = 3) -> tuple[float
     steps_per_epoch = math.ceil(n_train / recipe.train.batch_size)
     evaluated = recipe.data.n_val * (1 + len(recipe.data.select))
     per_trial = recipe.train.epochs * (steps_per_epoch * per_step * 1.2 + evaluated / 3000) + 4
-    waves = math.ceil(trials / recipe.search.max_concurrent)
+    waves = math.ceil(trials * len(recipe.data.units()) / recipe.search.max_concurrent)
     return per_trial, waves * per_trial + RAY_STARTUP_SECONDS
 
 
