@@ -136,20 +136,3 @@ def balanced_batches(
         if augment is not None:
             x = torch.stack([augment(image) for image in x])
         yield x, torch.cat(ys)
-
-
-@torch.no_grad()
-def accuracy(
-    model: torch.nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    standardize: Standardizer,
-    batch_size: int = 500,
-) -> float:
-    """Top-1 accuracy in percent of `model` (already in eval mode) on uint8 images."""
-    device = next(model.parameters()).device
-    correct = 0
-    for start in range(0, len(labels), batch_size):
-        logits = model(standardize(images[start : start + batch_size]).to(device))
-        correct += int((logits.argmax(1).cpu() == labels[start : start + batch_size]).sum())
-    return 100.0 * correct / max(len(labels), 1)

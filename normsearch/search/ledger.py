@@ -193,12 +193,9 @@ class Ledger:
         self.progress.repeats += 1
 
     # --- trial events (from the Tune callback) ---------------------------------------------------------
-    def _base(self, uid: str, status: str) -> dict[str, Any]:
-        candidate = self.candidates[self.live[uid]["key"] if uid in self.live else uid]
-        record = {
-            "trial_id": uid,
-            "status": status,
-            "time": time.time(),
+    def _shared(self, candidate: dict[str, Any]) -> dict[str, Any]:
+        """What every record of a candidate (and of its units) carries."""
+        return {
             "config": candidate["config"],
             "arch": candidate["arch"],
             "seed": self.recipe.seed,
@@ -206,6 +203,10 @@ class Ledger:
             "attempt": self.attempt,
             "versions": self.versions,
         }
+
+    def _base(self, uid: str, status: str) -> dict[str, Any]:
+        candidate = self.candidates[self.live[uid]["key"] if uid in self.live else uid]
+        record = {"trial_id": uid, "status": status, "time": time.time(), **self._shared(candidate)}
         if uid in self.live and self.live[uid]["unit"]:
             record["unit"] = self.live[uid]["unit"]
         return record
@@ -279,15 +280,7 @@ class Ledger:
         if len(self.units) == 1:
             folded = candidate["outcomes"][self.units[0].name]
         else:
-            base = {
-                "config": candidate["config"],
-                "arch": candidate["arch"],
-                "seed": self.recipe.seed,
-                "selection": self.recipe.data.selection,
-                "attempt": self.attempt,
-                "versions": self.versions,
-            }
-            record = candidate_record(key, self.units, candidate["outcomes"], base)
+            record = candidate_record(key, self.units, candidate["outcomes"], self._shared(candidate))
             self.folder.append(record)
             folded = fold_records([record])[0]
         close_trial(self.study, candidate["number"], folded, self.objectives)
