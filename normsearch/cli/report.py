@@ -252,15 +252,14 @@ def _print_diagnosis(d: Any) -> None:
         table.add_row(slot, d.normalizers[slot], *(f"{d.divergence[t][i]:.3f}" for t in d.targets))
     console.print(table)
     table = Table(
-        title="estimation shift ESM_mu / ESM_sigma per BN-like layer (XBNBlock §4.2); - : batch-free",
+        title="estimation shift ESM_sigma per BN-like layer, input from each domain (XBNBlock §4.2; - : "
+        "batch-free; ESM_mu too in -o DIR)",
         title_justify="left",
     )
     for column in ("slot", "normalizer", *d.shift):
         table.add_column(column, justify="left" if column in ("slot", "normalizer") else "right")
     for i, slot in enumerate(d.slots):
-        cells = [
-            "-" if d.shift[dom][i] is None else "{:.3f} / {:.3f}".format(*d.shift[dom][i]) for dom in d.shift
-        ]
+        cells = ["-" if d.shift[dom][i] is None else f"{d.shift[dom][i][1]:.2f}" for dom in d.shift]
         table.add_row(slot, d.normalizers[slot], *cells)
     console.print(table)
     if d.sn:
@@ -273,8 +272,8 @@ def _print_diagnosis(d: Any) -> None:
             table.add_row(
                 r.slot,
                 r.mode,
-                " ".join(f"{v:.2f}" for v in r.mean),
-                " ".join(f"{v:.2f}" for v in r.var),
+                " ".join(f"{v:.3f}" for v in r.mean),
+                " ".join(f"{v:.3f}" for v in r.var),
                 r.choice,
             )
         console.print(table)

@@ -249,6 +249,11 @@ def plot_front(front: Front, path: Path, title: str, kind: str | None = None) ->
     if (kind or path.suffix) == ".html":
         atomic_write_text(path, front_figure(front, title).to_html(include_plotlyjs=True, full_html=True))
         return
+    _png(front_png(front, title), path)
+
+
+def front_png(front: Front, title: str) -> Any:
+    """The matplotlib figure of the front (PNG): title wrapped and labels kept inside the figure."""
     names = list(front.objectives)
     members = set(front.members)
     xs = [p[0] for p in front.points]
@@ -269,7 +274,8 @@ def plot_front(front: Front, path: Path, title: str, kind: str | None = None) ->
     ax.set_ylabel(names[1])
     ax.set_title(wrapped_title(title), fontsize=8)
     ax.legend(fontsize=8)
-    _png(fig, path)
+    fig.tight_layout()
+    return fig
 
 
 def plot_confirmed(confirmed: Any, search: Front, path: Path, title: str) -> None:
