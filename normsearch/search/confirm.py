@@ -241,7 +241,8 @@ def _searcher(book: ConfirmBook) -> Any:
     from ray.tune.search import Searcher
 
     class ConfirmSearcher(Searcher):
-        def __init__(self) -> None:
+        # The book comes in through __init__, never through the closure: Tune pickles this class.
+        def __init__(self, book: ConfirmBook) -> None:
             super().__init__()
             self.book: ConfirmBook | None = book
 
@@ -255,7 +256,7 @@ def _searcher(book: ConfirmBook) -> Any:
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
             pass  # the callback records
 
-    return ConfirmSearcher()
+    return ConfirmSearcher(book)
 
 
 def _callback(book: ConfirmBook) -> Any:
@@ -264,7 +265,7 @@ def _callback(book: ConfirmBook) -> Any:
     from normsearch.search.ledger import _error_line
 
     class ConfirmCallback(Callback):
-        def __init__(self) -> None:
+        def __init__(self, book: ConfirmBook) -> None:
             self.book: ConfirmBook | None = book
 
         def __getstate__(self) -> dict[str, Any]:
@@ -284,7 +285,7 @@ def _callback(book: ConfirmBook) -> Any:
             if self.book:
                 self.book.ended(str(trial.config.get(TRIAL_KEY)), error=_error_line(trial))
 
-    return ConfirmCallback()
+    return ConfirmCallback(book)
 
 
 def run_confirm(
