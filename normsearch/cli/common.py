@@ -63,9 +63,12 @@ app = typer.Typer(
     cls=OneLineErrors,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish, PowerShell
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
-bench_app = typer.Typer(help="Speed benchmarks.", no_args_is_help=True)
+bench_app = typer.Typer(
+    help="Speed benchmarks.", no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]}
+)
 app.add_typer(bench_app, name="bench")
 
 

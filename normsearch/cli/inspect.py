@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from pathlib import Path
 from typing import Annotated
 
@@ -10,6 +11,24 @@ from rich.table import Table
 
 from normsearch.cli.common import app, console, load_recipe_flags, space_table, user_errors
 from normsearch.errors import NormsearchError
+
+
+class Sort(str, enum.Enum):
+    target = "target"
+    source = "source"
+
+
+class Pick(str, enum.Enum):
+    knee = "knee"
+    max_target = "max-target"
+    max_source = "max-source"
+
+
+class RowFormat(str, enum.Enum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+    markdown = "markdown"
 
 
 @app.command("plan")
@@ -97,43 +116,83 @@ def show_run(run_dir: Path, sort: str, top: int | None, show_all: bool) -> None:
     console.print(front_table(summary.front, summary.recipe))
 
 
+def _rows_out(header: list[str], rows: list[list], fmt: RowFormat, title: str) -> None:
+    import sys
+
+    from normsearch.results.tables import format_rows
+
+    sys.stdout.write(format_rows(header, rows, fmt.value, title))
+
+
 @app.command("show")
 @user_errors
 def show(
     run_dir: Annotated[Path, typer.Argument(help="A run folder.")],
-    sort: Annotated[str, typer.Option(help="target or source.")] = "target",
+    sort: Annotated[
+        Sort, typer.Option(help="Order trials by select-target or source accuracy.")
+    ] = Sort.target,
     top: Annotated[int | None, typer.Option(min=1, help="Show only the best N.")] = None,
     show_all: Annotated[
         bool, typer.Option("--all", help="Also list repeats (configurations not trained again).")
     ] = False,
+    fmt: Annotated[
+        RowFormat, typer.Option("--format", help="table (rich), or csv | json | markdown to stdout.")
+    ] = RowFormat.table,
 ) -> None:
     """The trials table (front members starred, a reason for every failed or stopped trial) and the front."""
-    if sort not in ("target", "source"):
-        raise NormsearchError(f"--sort {sort!r}: allowed: target, source")
-    show_run(run_dir, sort, top, show_all)
+    if fmt is RowFormat.table:
+        show_run(run_dir, sort.value, top, show_all)
+        return
+    from normsearch.results.front import summarize
+    from normsearch.results.tables import header, trials_rows
+
+    summary = summarize(run_dir)
+    head, rows = trials_rows(summary)
+    rows = [r for r, t in zip(rows, summary.candidates, strict=True) if show_all or t.status != "repeat"]
+    key = head.index("target_select_acc" if sort is Sort.target else "source_val_acc")
+    rows.sort(key=lambda r: (r[2] == "complete", r[key] if r[key] is not None else -1.0), reverse=True)
+    _rows_out(head, rows[:top] if top else rows, fmt, header(summary.recipe))
 
 
 @app.command("pareto")
 @user_errors
 def pareto(
     run_dir: Annotated[Path, typer.Argument(help="A run folder.")],
-    plot: Annotated[Path | None, typer.Option(help="Write a PNG scatter of the front.")] = None,
-    html: Annotated[Path | None, typer.Option(help="Write an interactive HTML scatter.")] = None,
+    output: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "-o", "--output", help="Write the front plot: front.png, or front.html (offline, interactive)."
+        ),
+    ] = None,
+    fmt: Annotated[
+        RowFormat,
+        typer.Option("--format", help="table (rich, with a terminal scatter), or csv | json | markdown."),
+    ] = RowFormat.table,
+    plot: Annotated[Path | None, typer.Option(hidden=True, help="Same as -o FILE.png.")] = None,
+    html: Annotated[Path | None, typer.Option(hidden=True, help="Same as -o FILE.html.")] = None,
 ) -> None:
-    """The front, its hypervolume and a terminal scatter; files when asked."""
+    """The front, its hypervolume and a terminal scatter; plot files with -o (.png or .html)."""
     from normsearch.results.front import summarize
-    from normsearch.results.tables import front_table, header, plot_front, scatter
+    from normsearch.results.tables import front_rows, front_table, header, plot_front, scatter
 
+    files = [(p, p.suffix) for p in output or []]
+    for path in files:
+        if path[1] not in (".png", ".html"):
+            raise NormsearchError(f"-o {path[0]}: the front plot is .png or .html")
+    files += [(p, s) for p, s in ((plot, ".png"), (html, ".html")) if p is not None]
     summary = summarize(run_dir)
     front, recipe = summary.front, summary.recipe
-    console.print(header(recipe), highlight=False)
-    console.print(front_table(front, recipe))
-    if front.hypervolume is not None:
-        console.print(f"hypervolume {front.hypervolume:.1f} against reference {front.reference}")
-    console.print(scatter(front), highlight=False)
-    for path, suffix in ((plot, ".png"), (html, ".html")):
-        if path is not None:
-            plot_front(front, path, header(recipe), suffix)
+    if fmt is not RowFormat.table:
+        _rows_out(*front_rows(front), fmt, header(recipe))
+    else:
+        console.print(header(recipe), highlight=False)
+        console.print(front_table(front, recipe))
+        if front.hypervolume is not None:
+            console.print(f"hypervolume {front.hypervolume:.1f} against reference {front.reference}")
+        console.print(scatter(front), highlight=False)
+    for path, suffix in files:
+        plot_front(front, path, header(recipe), suffix)
+        if fmt is RowFormat.table:
             console.print(f"wrote {path}")
 
 
@@ -143,7 +202,7 @@ def export(
     run_dir: Annotated[Path, typer.Argument(help="A run folder.")],
     out: Annotated[Path, typer.Option("-o", "--output", help="Where to write the ArchConfig YAML.")],
     trial: Annotated[str | None, typer.Option(help="A trial id.")] = None,
-    pick_rule: Annotated[str | None, typer.Option("--pick", help="knee | max-target | max-source.")] = None,
+    pick_rule: Annotated[Pick | None, typer.Option("--pick", help="How to choose from the front.")] = None,
     max_source_drop: Annotated[
         float | None,
         typer.Option(help="With max-target: only trials within this many points of the best source."),
@@ -165,7 +224,8 @@ def export(
     if (trial is None) == (pick_rule is None):
         raise NormsearchError("export: give exactly one of --trial ID or --pick knee|max-target|max-source")
     summary = summarize(run_dir)
-    chosen = export_trial(summary, out, trial, pick_rule, max_source_drop, weights)
+    rule = pick_rule.value if pick_rule is not None else None
+    chosen = export_trial(summary, out, trial, rule, max_source_drop, weights)
     metrics = chosen.metrics
     console.print(
         f"wrote {out}: trial {chosen.trial_id} ({chosen.status}), source val "
@@ -254,7 +314,8 @@ def data_show(
 
     config = view_config(spec)
     tic = time.perf_counter()
-    data = load_data(config)
+    with console.status(f"loading {spec} (decoding images the first time, then from the cache)..."):
+        data = load_data(config)
     seconds = time.perf_counter() - tic
     table = Table(
         title=f"{spec}: {len(data.domains)} domains, {data.num_classes} classes, loaded in {seconds:.1f} s",

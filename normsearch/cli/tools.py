@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -10,6 +11,12 @@ from rich.table import Table
 
 from normsearch.cli.common import app, bench_app, console, load_recipe_flags, user_errors
 from normsearch.errors import NormsearchError
+
+
+class Device(str, enum.Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
 
 
 @bench_app.command("data")
@@ -57,7 +64,7 @@ def bench_norms(
     repeats: Annotated[int, typer.Option(min=3, help="Timed repeats per layer (median reported).")] = 20,
     warmup: Annotated[int, typer.Option(min=0, help="Untimed warm-up calls.")] = 5,
     threads: Annotated[int, typer.Option(min=1, help="torch threads.")] = 1,
-    device: Annotated[str, typer.Option(help="cpu, cuda, or auto (cuda when available, and cpu).")] = "auto",
+    device: Annotated[Device, typer.Option(help="auto: cpu, and cuda when available.")] = Device.auto,
     shapes: Annotated[
         str | None,
         typer.Option(help="N×C×H×W shapes, comma-separated, e.g. 8x16x8x8 (default: the standard three)."),
@@ -71,14 +78,12 @@ def bench_norms(
 
     shape_list = parse_shapes(shapes) if shapes else SHAPES
 
-    if device == "auto":
+    if device is Device.auto:
         devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    elif device in ("cpu", "cuda"):
-        if device == "cuda" and not torch.cuda.is_available():
-            raise NormsearchError("--device cuda: no CUDA device is available here; allowed: cpu, auto")
-        devices = [device]
     else:
-        raise NormsearchError(f"--device {device!r}: allowed: cpu, cuda, auto")
+        if device is Device.cuda and not torch.cuda.is_available():
+            raise NormsearchError("--device cuda: no CUDA device is available here; allowed: cpu, auto")
+        devices = [device.value]
     for dev in devices:
         table = Table(
             title=f"normalizers vs nn.BatchNorm2d ({dev}, {threads} thread(s), median of {repeats})"

@@ -178,42 +178,88 @@ def scatter(front: Front, width: int = 60, height: int = 16) -> str:
     return "\n".join(lines)
 
 
-def plot_front(front: Front, path: Path, title: str, kind: str | None = None) -> None:
-    """PNG (matplotlib) or HTML (plotly) scatter of the first two objectives, front highlighted; `kind`
-    (".png" / ".html") overrides the file's suffix. Written atomically; a bad place is one line."""
+def wrapped_title(title: str, width: int = 70) -> str:
+    """A long selection statement wrapped into lines that fit inside a 6-inch figure."""
+    import textwrap
+
+    return "\n".join(textwrap.wrap(title, width)) or title
+
+
+def _png(fig: Any, path: Path) -> None:
     import io
 
-    from normsearch.files import atomic_write_bytes, atomic_write_text
+    import matplotlib.pyplot as plt
 
-    names = list(front.objectives)
-    members = set(front.members)
-    xs = [p[0] for p in front.points]
-    ys = [p[1] for p in front.points]
-    labels = [t[0].trial_id for t in front.trials]
-    if (kind or path.suffix) == ".html":
-        import plotly.graph_objects as go
+    from normsearch.files import atomic_write_bytes
 
-        fig = go.Figure()
-        for on_front, name in ((False, "dominated"), (True, "Pareto front")):
-            idx = [i for i in range(len(xs)) if (i in members) == on_front]
-            fig.add_trace(
-                go.Scatter(
-                    x=[xs[i] for i in idx],
-                    y=[ys[i] for i in idx],
-                    text=[labels[i] for i in idx],
-                    mode="markers",
-                    name=name,
-                )
-            )
-        fig.update_layout(title=title, xaxis_title=names[0], yaxis_title=names[1])
-        atomic_write_text(path, fig.to_html(include_plotlyjs="cdn"))
-        return
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=120)
+    return plt
+
+
+def front_figure(front: Front, title: str) -> Any:
+    """The plotly figure of the front (first two objectives): dominated points grey, the front in red,
+    each point labelled with its trial on hover."""
+    import plotly.graph_objects as go
+
+    names = list(front.objectives)
+    members = set(front.members)
+    labels = [t[0].trial_id + " " + arch_summary(t[0].arch, t[0].config) for t in front.trials]
+    fig = go.Figure()
+    for on_front, name in ((False, "dominated"), (True, "Pareto front")):
+        idx = sorted(
+            (i for i in range(len(front.points)) if (i in members) == on_front), key=lambda i: front.points[i]
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=[front.points[i][0] for i in idx],
+                y=[front.points[i][1] for i in idx],
+                text=[labels[i] for i in idx],
+                mode="lines+markers" if on_front else "markers",
+                name=name,
+                marker={"color": "#d62728" if on_front else "#999999", "size": 9},
+            )
+        )
+    fig.update_layout(
+        title={"text": wrapped_title(title, 110).replace("\n", "<br>"), "font": {"size": 12}},
+        xaxis_title=names[0],
+        yaxis_title=names[1],
+        margin={"t": 90},
+    )
+    return fig
+
+
+def plot_front(front: Front, path: Path, title: str, kind: str | None = None) -> None:
+    """PNG (matplotlib) or HTML (plotly, self-contained: plotly.js embedded, no network request) scatter of
+    the first two objectives, front highlighted; `kind` (".png" / ".html") overrides the file's suffix.
+    Written atomically; a bad place is one line. The PNG's title wraps, so it stays inside the figure."""
+    from normsearch.files import atomic_write_text
+
+    if (kind or path.suffix) == ".html":
+        atomic_write_text(path, front_figure(front, title).to_html(include_plotlyjs=True, full_html=True))
+        return
+    _png(front_png(front, title), path)
+
+
+def front_png(front: Front, title: str) -> Any:
+    """The matplotlib figure of the front (PNG): title wrapped and labels kept inside the figure."""
+    names = list(front.objectives)
+    members = set(front.members)
+    xs = [p[0] for p in front.points]
+    ys = [p[1] for p in front.points]
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4.8), dpi=120)
     ax.scatter(
         [xs[i] for i in range(len(xs)) if i not in members],
         [ys[i] for i in range(len(xs)) if i not in members],
@@ -222,12 +268,109 @@ def plot_front(front: Front, path: Path, title: str, kind: str | None = None) ->
     )
     front_pts = sorted((xs[i], ys[i]) for i in members)
     ax.plot([p[0] for p in front_pts], [p[1] for p in front_pts], "o-", c="C3", label="Pareto front")
+    for i, group in enumerate(front.trials):
+        ax.annotate(group[0].trial_id, (xs[i], ys[i]), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.set_xlabel(names[0])
     ax.set_ylabel(names[1])
-    ax.set_title(title, fontsize=9)
-    ax.legend()
+    ax.set_title(wrapped_title(title), fontsize=8)
+    ax.legend(fontsize=8)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
+    return fig
+
+
+def plot_confirmed(confirmed: Any, search: Front, path: Path, title: str) -> None:
+    """PNG of the front re-drawn from confirmed means (results/collect.py `ConfirmedFront`): each confirmed
+    configuration at its mean with ± s.e. error bars, its search point as a hollow marker joined to it, the
+    confirmed front in red."""
+    names = list(confirmed.objectives)
+    search_points = {t.trial_id: search.points[i] for i, group in enumerate(search.trials) for t in group}
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4.8), dpi=120)
+    members = set(confirmed.members)
+    for i, key in enumerate(confirmed.ids):
+        (x, y), (ex, ey) = confirmed.means[i][:2], confirmed.errors[i][:2]
+        color = "C3" if i in members else "0.45"
+        ax.errorbar(x, y, xerr=ex, yerr=ey, fmt="o", color=color, capsize=3)
+        ax.annotate(key, (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
+        if key in search_points:
+            sx, sy = search_points[key][:2]
+            ax.plot([sx], [sy], "o", mfc="none", color=color, ms=7)
+            ax.plot([sx, x], [sy, y], ":", color=color, lw=0.8)
+    front_pts = sorted(confirmed.means[i][:2] for i in members)
+    ax.plot([p[0] for p in front_pts], [p[1] for p in front_pts], "-", c="C3", lw=1, label="confirmed front")
+    ax.plot([], [], "o", mfc="none", color="0.45", label="search (one seed)")
+    ax.set_xlabel(names[0])
+    ax.set_ylabel(names[1])
+    ax.set_title(wrapped_title(title), fontsize=8)
+    ax.legend(fontsize=8)
+    _png(fig, path)
+
+
+def trials_rows(summary: RunSummary) -> tuple[list[str], list[list[Any]]]:
+    """The trials table as plain rows (for --format csv|json|markdown)."""
+    members = summary.front.member_ids()
+    selects = [d for d in summary.recipe.data.select]
+    header = ["trial", "config", "status", "epochs", "source_val_acc", "target_select_acc"]
+    header += [f"select/{d}" for d in selects] + ["front", "reason"]
+    rows = []
+    for t in summary.candidates:
+        m = t.metrics
+        rows.append(
+            [
+                t.trial_id,
+                arch_summary(t.arch, t.config),
+                t.status,
+                t.epoch,
+                m.get("source_val_acc"),
+                m.get("target_select_acc"),
+            ]
+            + [m.get(f"select/{d}") for d in selects]
+            + [t.trial_id in members, t.reason or ""]
+        )
+    return header, rows
+
+
+def front_rows(front: Front) -> tuple[list[str], list[list[Any]]]:
+    """The front's points as plain rows: trial, config, every objective, how many trials share the point."""
+    header = ["trial", "config", *front.objectives, "seen"]
+    rows = []
+    for i in front.members:
+        trial = front.trials[i][0]
+        rows.append(
+            [trial.trial_id, arch_summary(trial.arch, trial.config), *front.points[i], len(front.trials[i])]
+        )
+    return header, rows
+
+
+def format_rows(header: list[str], rows: list[list[Any]], fmt: str, title: str = "") -> str:
+    """Rows as csv, json (a list of objects, with the title as `selection`) or a markdown table."""
+    import csv
+    import io
+    import json
+
+    if fmt == "csv":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+        return buffer.getvalue()
+    if fmt == "json":
+        return (
+            json.dumps(
+                {"selection": title, "rows": [dict(zip(header, r, strict=True)) for r in rows]}, indent=1
+            )
+            + "\n"
+        )
+
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.1f}" if abs(v) < 1e4 else f"{v:,.0f}"
+        if isinstance(v, bool):
+            return "★" if v else ""
+        return "" if v is None else str(v).replace("|", "\\|")
+
+    lines = [f"*{title}*", ""] if title else []
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "|".join("---" for _ in header) + "|")
+    lines += ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"

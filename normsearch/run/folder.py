@@ -7,6 +7,8 @@ A run folder holds everything a later command needs::
     trials.jsonl              one record per evaluation, appended as results arrive (run/records.py)
     tune/attempt-<k>/         Ray Tune's state of each driver that worked on the run, one per `run`/`resume`;
                               `<trial>/checkpoint_*` holds the trial's last epoch checkpoint (run/checkpoints)
+    tune/confirm-<k>/         the same for each `normsearch confirm` (configurations re-trained with new
+                              seeds; their records carry `confirm_of` and stay out of `trials()`)
     pretrained/<unit>.pt      `train.init: pretrain`: the base pretrained once on the (unit's) sources
     driver.json               the driver that holds the run (pid, host, start time) and the Ray processes
                               it started, so that `resume` can end them after a killed driver
@@ -45,6 +47,7 @@ TUNE = "tune"
 DRIVER = "driver.json"
 PRETRAINED = "pretrained"
 ATTEMPT_PREFIX = "attempt-"
+CONFIRM_PREFIX = "confirm-"
 
 
 def check_new_output(path: Path, flag: str = "output") -> None:
@@ -192,35 +195,48 @@ class RunFolder:
         return out
 
     def trials(self) -> list[TrialRecord]:
-        """Every trial's latest state (run/records.py `fold_records`)."""
+        """Every search trial's latest state (run/records.py `fold_records`); confirmation runs are not
+        search trials (`confirmations`), so the front and the search's counts never see them."""
         from normsearch.run.records import fold_records
 
         if not self.records_path.is_file():
             raise NormsearchError(f"{self.path}: no {TRIALS} (nothing has run yet)")
-        return fold_records(self.records())
+        return fold_records([r for r in self.records() if "confirm_of" not in r])
+
+    def confirmations(self) -> list[TrialRecord]:
+        """Every confirmation run's latest state (`normsearch confirm`: records with `confirm_of`)."""
+        from normsearch.run.records import fold_records
+
+        return fold_records([r for r in self.records() if "confirm_of" in r])
 
     # --- Ray Tune's folders and the trials' checkpoints ---------------------------------------------
     @property
     def tune_dir(self) -> Path:
         return self.path / TUNE
 
-    def attempts(self) -> list[str]:
-        """Names of the Tune experiments (one per driver) in order."""
+    def attempts(self, prefix: str = ATTEMPT_PREFIX) -> list[str]:
+        """Names of the Tune experiments (one per driver; with CONFIRM_PREFIX, one per confirm) in order."""
         if not self.tune_dir.is_dir():
             return []
-        names = [p.name for p in self.tune_dir.iterdir() if p.name.startswith(ATTEMPT_PREFIX)]
-        return sorted(names, key=lambda n: int(n.removeprefix(ATTEMPT_PREFIX) or 0))
+        names = [p.name for p in self.tune_dir.iterdir() if p.name.startswith(prefix)]
+        return sorted(names, key=lambda n: int(n.removeprefix(prefix) or 0))
 
-    def new_attempt(self) -> str:
-        """The Tune experiment name for a new driver: attempt-1, attempt-2, ..."""
-        done = self.attempts()
-        return f"{ATTEMPT_PREFIX}{int(done[-1].removeprefix(ATTEMPT_PREFIX)) + 1 if done else 1}"
+    def new_attempt(self, prefix: str = ATTEMPT_PREFIX) -> str:
+        """The Tune experiment name for a new driver: attempt-1, attempt-2, ... (confirm-1, ...)."""
+        done = self.attempts(prefix)
+        return f"{prefix}{int(done[-1].removeprefix(prefix)) + 1 if done else 1}"
+
+    @staticmethod
+    def trial_dirname(trial: str) -> str:
+        """The folder name of a trial inside a Tune experiment ("t003/s1" is "t003-s1")."""
+        return trial.replace("/", "-")
 
     def last_checkpoint(self, trial: str) -> Path | None:
-        """The newest epoch checkpoint a trial left in any attempt, or None."""
+        """The newest epoch checkpoint a trial left in any attempt (or confirm), or None."""
         from normsearch.run.checkpoints import newest_checkpoint
 
-        found = [self.tune_dir / attempt / trial for attempt in self.attempts()]
+        experiments = self.attempts() + self.attempts(CONFIRM_PREFIX)
+        found = [self.tune_dir / name / self.trial_dirname(trial) for name in experiments]
         return newest_checkpoint([p for p in found if p.is_dir()])
 
     def final_state(self, trial: str):

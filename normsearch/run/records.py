@@ -9,7 +9,9 @@ A run's trials.jsonl holds one JSON record per event of a trial, appended as it 
 and, where they apply: ``epoch``, ``final``, ``metrics`` (what the trial reported; names below), ``test``
 (test-domain accuracies, once, after the last epoch), ``reason`` (why a trial failed, was stopped, or was not
 trained), ``repeat_of`` (the trial whose result a repeated configuration reuses), ``resumed_from`` (the
-epoch a continued trial started from), ``node_id``/``worker``/``device``.
+epoch a continued trial started from), ``node_id``/``worker``/``device``, ``confirm_of`` (a confirmation
+run of a search trial: the same configuration re-trained with a new model seed by `normsearch confirm`,
+trial id ``t003/s<seed>``; never a search trial, see `RunFolder.trials`).
 
 A trial's state is the fold of its records: the last status wins, except that a finished trial (complete,
 pruned, failed, repeat) never goes back to running; metrics and test accuracies carry forward. A candidate
@@ -56,6 +58,12 @@ def trial_key(number: int) -> str:
 
 
 UNIT_SEPARATOR = "@"
+CONFIRM_SEPARATOR = "/"
+
+
+def confirm_trial_id(key: str, seed: int) -> str:
+    """The id of the confirmation run of search trial `key` with model seed `seed` ("t003/s1")."""
+    return f"{key}{CONFIRM_SEPARATOR}s{seed}"
 
 
 def unit_trial_id(key: str, unit: str) -> str:
@@ -124,6 +132,7 @@ class TrialRecord:
     repeat_of: str | None = None
     resumed_from: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    confirm_of: str | None = None
 
     @property
     def complete(self) -> bool:
@@ -169,5 +178,6 @@ def fold_records(records: list[dict[str, Any]]) -> list[TrialRecord]:
             repeat_of=rec.get("repeat_of", old.repeat_of if old else None),
             resumed_from=rec.get("resumed_from", old.resumed_from if old else None),
             extra={**(old.extra if old else {}), **rec.get("extra", {})},
+            confirm_of=rec.get("confirm_of", old.confirm_of if old else None),
         )
     return list(trials.values())

@@ -21,7 +21,8 @@ RAY_ENV = {
     "RAY_AUTH_MODE": "disabled",
     "RAY_CHDIR_TO_TRIAL_DIR": "0",
     "RAY_AIR_NEW_OUTPUT": "0",
-    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+    # Tune's own per-trial result files stay on (result.json, progress.csv, TensorBoard events), so that
+    # `ResultGrid`/`ExperimentAnalysis` and `tensorboard --logdir <run>/tune` can read every trial.
     "RAY_DEDUP_LOGS": "0",
     "TUNE_MAX_PENDING_TRIALS_PG": "2",
     # A failed trial reports its reason instead of the objectives; Tune must not reject that result.

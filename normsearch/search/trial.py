@@ -1,7 +1,8 @@
 """The Ray Tune trainable: one trial = one candidate trained by train.py, checkpointed every epoch.
 
-The searcher hands each trial its sampled values plus two keys of its own: `TRIAL_KEY` (the stable trial id
-of the run's records) and `RESUME_KEY` (the checkpoint folder of an unfinished trial to continue). After
+The searcher hands each trial its sampled values plus keys of its own: `TRIAL_KEY` (the stable trial id
+of the run's records), `RESUME_KEY` (the checkpoint folder of an unfinished trial to continue) and, for a
+confirmation run, `SEED_KEY` (the model seed; the recipe's otherwise). After
 every epoch the trial reports its metrics together with a Tune checkpoint of its `TrainState`; Tune keeps
 the newest in the run folder, restores from it when it retries a trial whose worker died, and the next
 `resume` continues from it. A trial that fails in our code (bad data, a NaN loss, any exception) does not
@@ -25,6 +26,7 @@ TRIAL_KEY = "__trial__"
 UNIT_KEY = "__unit__"  # which unit of the data protocol (data/protocol.py) this trial trains
 RESUME_KEY = "__resume__"
 INIT_KEY = "__init__"  # `train.init: pretrain`: the run's pretrained base this unit fine-tunes from
+SEED_KEY = "__seed__"  # a model seed other than the recipe's (`normsearch confirm` re-seeds a configuration)
 STARTED_FROM = "started_from"  # result key: what the trial's training started from (weights, inheritance)
 FAILED = "failed"  # result key holding a failure's reason
 TRACE = "traceback"
@@ -113,7 +115,7 @@ def run_trial(config: dict[str, Any], recipe_json: str, space_json: str) -> None
             data,
             recipe.data,
             recipe.train,
-            seed=recipe.seed,
+            seed=int(config[SEED_KEY]) if config.get(SEED_KEY) is not None else recipe.seed,
             report=report,
             threads=recipe.resources.cpu,
             device=device,
