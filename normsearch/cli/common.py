@@ -49,7 +49,8 @@ class OneLineErrors(TyperGroup):
                 error.show()
                 sys.exit(error.exit_code)
             where = f" (see `{error.ctx.command_path} --help`)" if getattr(error, "ctx", None) else ""
-            print_error(f"{error.format_message()}{where}")
+            # pydantic coercion errors arrive as "Value error, ...": the message is the useful part
+            print_error(f"{error.format_message().replace('Value error, ', '')}{where}")
             sys.exit(error.exit_code)
         except typer.Abort:
             err_console.print("[yellow]aborted[/yellow]")
