@@ -41,6 +41,7 @@ def _job(args: tuple[str, dict[str, Any], int]) -> dict[str, Any]:
     result = train_units(arch, load_data(recipe.data), recipe.data, recipe.train, seed=seed, threads=1)
     return {
         "values": values,
+        "arch": arch.to_dict(),
         "seed": seed,
         "final": {k: v for k, v in result.final.items() if isinstance(v, int | float)},
         "test": result.test,
@@ -52,6 +53,24 @@ def _job(args: tuple[str, dict[str, Any], int]) -> dict[str, Any]:
 
 def _key(values: dict[str, Any], seed: int) -> str:
     return json.dumps([values, seed], sort_keys=True)
+
+
+def _arch_key(arch: dict[str, Any], seed: int, budget: dict[str, Any]) -> str:
+    return json.dumps([arch, seed, budget], sort_keys=True)
+
+
+def _measured_elsewhere(out: Path, budget: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Runs of other reproduce recipes in `out` at the same budget, by (architecture, seed): the same
+    network trained the same way is not trained again (the baseline appears in several tables)."""
+    found = {}
+    for path in out.glob("*.json"):
+        stored = json.loads(path.read_text())
+        if stored.get("budget") != budget:
+            continue
+        for run in stored.get("runs", []):
+            if "arch" in run:
+                found[_arch_key(run["arch"], run["seed"], budget)] = run
+    return found
 
 
 def _stats(values: list[float]) -> str:
@@ -89,12 +108,19 @@ def main() -> None:
         if stored.get("budget") == budget
         else {}
     )
-    todo = [
-        (str(args.recipe), values, recipe.seed + k)
-        for values in assignments
-        for k in range(args.seeds)
-        if _key(values, recipe.seed + k) not in runs
-    ]
+    elsewhere = _measured_elsewhere(args.out, budget)
+    todo = []
+    for values in assignments:
+        arch = space.to_arch(recipe.model, values).to_dict()
+        for k in range(args.seeds):
+            seed = recipe.seed + k
+            if _key(values, seed) in runs:
+                continue
+            known = elsewhere.get(_arch_key(arch, seed, budget))
+            if known is not None:
+                runs[_key(values, seed)] = {**known, "values": values}
+                continue
+            todo.append((str(args.recipe), values, seed))
 
     def save() -> None:
         path.write_text(
