@@ -28,22 +28,42 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class SchedulerConfig(_Strict):
-    """Early stopping: `asha` stops weak trials on one scalar metric (Li et al., 2020)."""
+class RejectBelow(_Strict):
+    """A cheap rejection rule (EvoNorm, Liu et al. 2020, §4: 20 % after 100 steps): a trial whose `metric`
+    is below `value` after `epoch` epochs is stopped (PRUNED, with the reason), whatever the scheduler."""
 
-    kind: Literal["none", "asha"] = "none"
+    metric: str = "source_val_acc"
+    value: float
+    epoch: int = Field(default=1, ge=1)
+
+    @field_validator("metric")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if not is_metric(value):
+            raise ValueError(f"unknown metric {value!r}; allowed: {', '.join(METRICS)}, {SELECT_PREFIX}<domain>")
+        return value
+
+
+class SchedulerConfig(_Strict):
+    """Early stopping. `asha` stops weak trials on one scalar `metric` (Li et al., 2020); `moasha` is
+    successive halving whose promotion ranks the trials at a rung by non-dominated sorting over all the
+    search's objectives, ties broken by crowding distance (MO-ASHA, Schmucker et al., 2021), so a trial on
+    the front of the second objective is not stopped for being weak on the first."""
+
+    kind: Literal["none", "asha", "moasha"] = "none"
     metric: str = "target_select_acc"
     mode: Literal["max", "min"] = "max"
     grace_period: int = Field(default=2, ge=1)
     reduction_factor: float = Field(default=3.0, gt=1.0)
+    reject_below: RejectBelow | None = None
 
     @field_validator("metric", mode="before")
     @classmethod
     def _one_metric(cls, value: Any) -> Any:
         if isinstance(value, list | tuple):
             raise ValueError(
-                "ASHA compares trials on one scalar; give one metric name, not a list (multi-objective "
-                "pruning would rank trials by an arbitrary mix of the objectives)"
+                "ASHA compares trials on one scalar; give one metric name, not a list (for all the "
+                "objectives at once use kind: moasha, which ranks by non-dominated sorting)"
             )
         if isinstance(value, str) and not is_metric(value):
             # Tune would only find out at the first report, after Ray started and trials were sampled.
@@ -51,6 +71,23 @@ class SchedulerConfig(_Strict):
                 f"unknown metric {value!r}; allowed: {', '.join(METRICS)}, {SELECT_PREFIX}<domain>"
             )
         return value
+
+
+class WarmStartConfig(_Strict):
+    """`kind: sn`: before the search, one soft Switchable-Norm "supernet" of the base architecture is
+    trained on the sources; the configurations of the space nearest to what its layers learned (each slot's
+    IN/LN/BN ratios) are the first trials. `fix_above`: a slot whose largest ratio exceeds it is fixed to
+    that normalizer (configurations that disagree there are not trained). `neighbours`: how many of the
+    nearest configurations are queued."""
+
+    kind: Literal["none", "sn"] = "none"
+    fix_above: float | None = Field(default=None, gt=0.0, le=1.0)
+    neighbours: int = Field(default=4, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short_form(cls, data: Any) -> Any:
+        return {"kind": data} if isinstance(data, str) else data
 
 
 class FailureConfig(_Strict):
@@ -72,6 +109,17 @@ class SearchConfig(_Strict):
         default_factory=lambda: {"source_val_acc": "max", "target_select_acc": "max"}
     )
     failures: FailureConfig = FailureConfig()
+    constraints: list[str] = Field(default_factory=list)
+    warm_start: WarmStartConfig = WarmStartConfig()
+
+    @field_validator("constraints")
+    @classmethod
+    def _constraints(cls, value: list[str]) -> list[str]:
+        from normsearch.constraints import parse_constraint
+
+        for text in value:
+            parse_constraint(text)  # raises ValueError naming what is allowed
+        return value
 
     @field_validator("objectives")
     @classmethod
@@ -141,6 +189,11 @@ class Recipe(_Strict):
     def _check(self) -> Recipe:
         units = self.data.units()
         rule = self.data.selection
+        if self.search.constraints and self.search.algorithm not in ("nsga2", "tpe"):
+            raise ValueError(
+                f"search.constraints: algorithm {self.search.algorithm} samples without looking at "
+                "outcomes, so it cannot keep to constraints; use nsga2 or tpe"
+            )
         checked = [("search.objectives", name) for name in self.search.objectives]
         checked.append(("search.scheduler.metric", self.search.scheduler.metric))
         for key, name in checked:

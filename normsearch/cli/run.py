@@ -108,7 +108,10 @@ def _search(recipe: Any, space: Any, run_dir: Path, resume: bool, checked: Any =
         from normsearch.run.folder import RunFolder
 
         if RunFolder.is_run(run_dir):
-            console.print(f"[yellow]interrupted.[/yellow] Continue with: {resume_hint}", highlight=False)
+            # soft_wrap: the command stays on one line, so it can be copied whatever the terminal width
+            console.print(
+                f"[yellow]interrupted.[/yellow] Continue with: {resume_hint}", highlight=False, soft_wrap=True
+            )
         else:
             console.print("[yellow]interrupted before any trial started; nothing was written[/yellow]")
         raise typer.Exit(130) from None
@@ -128,6 +131,7 @@ def _search(recipe: Any, space: Any, run_dir: Path, resume: bool, checked: Any =
             f"[yellow]interrupted[/yellow] ({len(outcome.interrupted)} unfinished: {unfinished}). "
             f"Continue with: {resume_hint}",
             highlight=False,
+            soft_wrap=True,
         )
         raise typer.Exit(130)
     if outcome.all_failed:
