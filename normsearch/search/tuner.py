@@ -24,6 +24,7 @@ from normsearch.search.preflight import Preflight, preflight, trial_budget
 from normsearch.search.ray import check_cluster_resources, local_ray_processes, start_ray
 from normsearch.search.searcher import make_sampler, make_searcher
 from normsearch.search.trial import TRIAL_KEY, run_trial
+from normsearch.search.warm_start import train_supernet
 from normsearch.space import Space
 
 
@@ -109,6 +110,19 @@ def pretrained_bases(
     return paths
 
 
+def _message(on_change: Callable[[Progress], None] | None) -> Callable[[str], None] | None:
+    """A progress line for work the driver does before the trials (the live view shows `message`)."""
+    if on_change is None:
+        return None
+    progress = Progress(total=0)
+
+    def show(text: str) -> None:
+        progress.message = text
+        on_change(progress)
+
+    return show
+
+
 def _trainable(recipe: Recipe, space: Space):
     from ray import tune
 
@@ -179,6 +193,7 @@ def run_search(
     study = open_study(folder, recipe.name, objectives, make_sampler(recipe))
     unit_names = [u.name for u in recipe.data.units()]
     recovery = reconcile(folder, study, objectives, unit_names) if resume else None
+    train_supernet(folder, recipe, space, study, _message(on_change))
     if recovery is not None:
         recovery.ended_processes = ended
     trained_before = sum(
