@@ -147,14 +147,21 @@ class Ledger:
                 continue
             self._start(key, asked.number, values, arch, [(u.name, None, 0) for u in self.units], {})
             return self.queue.pop(0)
+        self._exhausted()
+        return None
+
+    def _exhausted(self) -> None:
         self.exhausted = True
         self.progress.message = (
             f"space exhausted: all {self.size} configuration(s) trained"
             if self.size is not None
             else f"the sampler proposed only trained configurations {MAX_REPEATS_IN_A_ROW} times in a row"
         )
+        if self.size is not None and self.recipe.search.num_samples > self.size:
+            self.progress.message += (
+                f" (num_samples {self.recipe.search.num_samples} is more than the space holds)"
+            )
         self._changed()
-        return None
 
     def _start(
         self,
@@ -294,6 +301,8 @@ class Ledger:
             self._repeat(trial_key(number), number, folded)
         self.progress.running.discard(key)
         self._count(folded)
+        if self.size is not None and len(self.trained) >= self.size and not self.exhausted:
+            self._exhausted()  # Tune asks no further once the budget (capped at the space's size) is spent
 
     def _violations(self, trial: TrialRecord) -> list[float] | None:
         """`search.constraints` for `trial` in Optuna's form, `best` over the trials finished so far and
