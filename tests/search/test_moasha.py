@@ -309,11 +309,12 @@ def test_the_rejection_reason_reaches_the_record_and_the_study(tmp_path: Path) -
 def test_a_real_moasha_search_prunes_with_reasons(tmp_path: Path, ray_local) -> None:
     out = tmp_path / "moasha"
     budget = ["--set", "data.n_train=200", "--set", "data.n_val=40", "--set", "data.n_test=40"]
-    budget += ["--set", "train.epochs=3"]
+    budget += ["--set", "train.epochs=3", "--num-samples", "3"]
     # Rungs: epoch 1 only (rf 3, 3 epochs). The rejection bar is on the parameter count, which training does
     # not change, so which trials it stops is known beforehand: of the five quickstart networks only IBN-b
     # (78,138 parameters; the others 78,042) clears 78,100. Every trial MO-ASHA lets past epoch 1 is either
-    # IBN-b, which completes, or rejected at epoch 2.
+    # IBN-b, which completes, or rejected at epoch 2: whatever the accuracies, at most one of the three
+    # trials (grid order) completes and the others are stopped, each with its reason.
     scheduler = ["--set", "search.scheduler.kind=moasha", "--set", "search.scheduler.grace_period=1"]
     scheduler += ["--set", "search.scheduler.reject_below={metric: params, value: 78100, epoch: 2}"]
     result = CliRunner().invoke(
@@ -321,12 +322,12 @@ def test_a_real_moasha_search_prunes_with_reasons(tmp_path: Path, ray_local) -> 
     )
     assert result.exit_code == 0, result.output + repr(result.exception)
     trials = RunFolder.open(out).trials()
-    assert len(trials) == 5
+    assert len(trials) == 3
     at_rung = [t for t in trials if t.status == "pruned" and t.epoch == 1]
     rejected_ = [t for t in trials if t.status == "pruned" and t.epoch == 2]
     complete = [t for t in trials if t.status == "complete"]
-    assert len(at_rung) + len(rejected_) + len(complete) == 5
-    assert len(at_rung) <= 3  # the first trial at the rung always continues, the second is one of 2 places
+    assert len(at_rung) + len(rejected_) + len(complete) == 3
+    assert len(at_rung) <= 2  # the first trial at a rung always continues
     for t in at_rung:
         assert t.reason.startswith("stopped by moasha at epoch 1 (rung 1: outside the top 1/3 by non-dom")
     for t in rejected_:
@@ -338,4 +339,4 @@ def test_a_real_moasha_search_prunes_with_reasons(tmp_path: Path, ray_local) -> 
     for t in at_rung + rejected_:
         assert told[t.trial_id].state == optuna.trial.TrialState.PRUNED
         assert told[t.trial_id].user_attrs["reason"] == t.reason
-    assert at_rung or rejected_
+    assert len(complete) <= 1 and len(at_rung) + len(rejected_) >= 2
