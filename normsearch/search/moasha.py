@@ -109,9 +109,10 @@ def moasha_continues(
     distances follow their order). A NaN objective counts as the worst value.
 
     A trial on the rung's first front (no trial recorded there dominates it) always continues, even beyond
-    the top n/rf: stopping it could throw away a member of the final Pareto front on the strength of its
-    partial curve, which is exactly what a multi-objective search is for not doing, and the crowding
-    tie-break would pick among equally good trade-offs arbitrarily. What it costs: the fraction stopped is
+    the top n/rf (a departure from Schmucker et al., who promote the top n/rf strictly): stopping it could
+    throw away a member of the final Pareto front, the one thing this search exists to find, on the
+    strength of a partial curve, and among first-front trials the crowding tie-break only says which
+    trade-off is more isolated, not which is better. What it costs: the fraction stopped is
     no longer guaranteed to be 1 - 1/rf. With two strongly conflicting objectives most trials at a rung can
     be mutually non-dominated, and in the worst case (all of them) MO-ASHA stops nothing there and spends
     the budget of a FIFO search on that rung."""
