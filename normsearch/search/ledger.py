@@ -33,6 +33,7 @@ from normsearch.run.records import (
     unit_trial_id,
 )
 from normsearch.run.study import close_trial, set_attrs
+from normsearch.search.moasha import stop_reason
 from normsearch.search.trial import FAILED, INIT_KEY, RESUME_KEY, STARTED_FROM, TRACE, TRIAL_KEY, UNIT_KEY
 from normsearch.space import Space
 
@@ -259,9 +260,7 @@ class Ledger:
             status, reason = "complete", None
         else:
             status = "pruned"
-            reason = (
-                f"stopped by the {self.recipe.search.scheduler.kind} scheduler at epoch {last.get('epoch')}"
-            )
+            reason = stop_reason(self.recipe.search.scheduler, last, self.objectives)
         record = self._base(uid, status)
         epoch_result = last if status == "complete" else self._last_epoch_result(last)
         record.update(epoch=last.get("epoch"), final=status == "complete", node_id=last.get("node_id"))

@@ -20,6 +20,7 @@ from normsearch.run.reconcile import Recovery, end_orphans, mark_interrupted, re
 from normsearch.run.records import UNIT_SEPARATOR
 from normsearch.run.study import open_study
 from normsearch.search.ledger import Ledger, Progress, make_callback
+from normsearch.search.moasha import make_scheduler
 from normsearch.search.preflight import Preflight, preflight, trial_budget
 from normsearch.search.ray import check_cluster_resources, local_ray_processes, start_ray
 from normsearch.search.searcher import make_sampler, make_searcher
@@ -134,23 +135,6 @@ def _trainable(recipe: Recipe, space: Space):
     )
 
 
-def _scheduler(recipe: Recipe):
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-
-    sched = recipe.search.scheduler
-    if sched.kind != "asha":
-        return FIFOScheduler()
-    # time_attr is the epoch, not Tune's iteration count: a continued trial's first report is its epoch k+1.
-    return ASHAScheduler(
-        metric=sched.metric,
-        mode=sched.mode,
-        time_attr="epoch",
-        max_t=recipe.train.epochs,
-        grace_period=sched.grace_period,
-        reduction_factor=sched.reduction_factor,
-    )
-
-
 def _trial_name(trial) -> str:
     return str(trial.config[TRIAL_KEY])
 
@@ -224,7 +208,7 @@ def run_search(
         _trainable(recipe, space),
         tune_config=tune.TuneConfig(
             search_alg=make_searcher(ledger),
-            scheduler=_scheduler(recipe),
+            scheduler=make_scheduler(recipe),
             num_samples=budget * len(recipe.data.units()),
             max_concurrent_trials=recipe.search.max_concurrent,
             reuse_actors=True,
