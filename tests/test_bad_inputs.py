@@ -830,6 +830,41 @@ FLAGS = [
     ),
     Case("run-name-with-spaces", [*GOOD_RUN, "--name", "bad name"], ("name", "pattern")),
     Case(
+        "constraint-malformed",
+        [*GOOD_RUN, "--set", "search.constraints=['acc > 1']"],
+        ("search.constraints", "'acc > 1'", "METRIC >= NUMBER"),
+    ),
+    Case(
+        "constraint-unknown-metric",
+        [*GOOD_RUN, "--set", "search.constraints=['acc >= 1']"],
+        ("search.constraints", "unknown metric 'acc'"),
+    ),
+    Case(
+        "constraint-with-random",
+        [*GOOD_RUN, "--set", "search.algorithm=random", "--set", "search.constraints=['params <= 5']"],
+        ("search.constraints", "use nsga2 or tpe"),
+    ),
+    Case(
+        "warm-start-unknown",
+        [*GOOD_RUN, "--set", "search.warm_start=xbn"],
+        ("search.warm_start.kind", "'sn'"),
+    ),
+    Case(
+        "warm-start-fix-above-range",
+        [*GOOD_RUN, "--set", "search.warm_start={kind: sn, fix_above: 2}"],
+        ("search.warm_start.fix_above", "less than or equal to 1"),
+    ),
+    Case(
+        "reject-below-metric",
+        [*GOOD_RUN, "--set", "search.scheduler.reject_below={value: 20, metric: foo}"],
+        ("search.scheduler.reject_below.metric", "unknown metric 'foo'"),
+    ),
+    Case(
+        "scheduler-kind-unknown",
+        [*GOOD_RUN, "--set", "search.scheduler.kind=hyperband"],
+        ("search.scheduler.kind", "moasha"),
+    ),
+    Case(
         "show-sort-unknown",
         ["show", "<run>", "--sort", "foo"],
         ("'--sort'", "'foo' is not one of 'target', 'source'"),
