@@ -218,6 +218,14 @@ class Recipe(_Strict):
                     f"{key}: target_select_acc: under selection {rule} no target is selected on; "
                     "use source_val_acc and worst_source_val_acc"
                 )
+        sched = self.search.scheduler
+        if sched.kind != "none" and sched.grace_period >= self.train.epochs:
+            # Ray's ASHA asserts on this when it is built, after Ray started; MO-ASHA would have no rung.
+            raise ValueError(
+                f"search.scheduler.grace_period: {sched.grace_period} epochs leaves {sched.kind} no rung "
+                f"before the last epoch (train.epochs {self.train.epochs}); allowed: 1 to "
+                f"{self.train.epochs - 1}"
+            )
         return self
 
     @property
