@@ -77,7 +77,9 @@ def maximised(metric: str) -> bool:
     return METRICS.get(metric, "max") == "max"
 
 
-def best_values(constraints: Iterable[Constraint], finished: Iterable[Mapping[str, float]]) -> dict[str, float]:
+def best_values(
+    constraints: Iterable[Constraint], finished: Iterable[Mapping[str, float]]
+) -> dict[str, float]:
     """The best value of every metric a relative constraint names, over the finished trials' metrics."""
     rows = list(finished)
     best: dict[str, float] = {}

@@ -40,7 +40,9 @@ class RejectBelow(_Strict):
     @classmethod
     def _known(cls, value: str) -> str:
         if not is_metric(value):
-            raise ValueError(f"unknown metric {value!r}; allowed: {', '.join(METRICS)}, {SELECT_PREFIX}<domain>")
+            raise ValueError(
+                f"unknown metric {value!r}; allowed: {', '.join(METRICS)}, {SELECT_PREFIX}<domain>"
+            )
         return value
 
 

@@ -59,11 +59,19 @@ def set_attrs(study: Any, number: int, attrs: dict[str, Any]) -> None:
             study._storage.set_trial_user_attr(trial_id, key, value)
 
 
-def close_trial(study: Any, number: int, record: TrialRecord, objectives: dict[str, str]) -> str:
+def close_trial(
+    study: Any,
+    number: int,
+    record: TrialRecord,
+    objectives: dict[str, str],
+    constraints: list[float] | None = None,
+) -> str:
     """Tell the study how trial `number` ended, from its folded record; returns the state told.
 
     complete: COMPLETE with the objectives' values; pruned (stopped early): PRUNED; failed: FAIL with the
-    reason; a repeat: what its twin was told. Anything else is left running."""
+    reason; a repeat: what its twin was told. Anything else is left running. `constraints` (Optuna's form,
+    <= 0 feasible) is stored as the user attribute ``constraints`` that the sampler's `constraints_func`
+    reads when the trial is told."""
     import optuna
 
     attrs: dict[str, Any] = {
@@ -74,6 +82,8 @@ def close_trial(study: Any, number: int, record: TrialRecord, objectives: dict[s
         "arch": json.dumps(record.arch, sort_keys=True) if record.arch is not None else None,
         **{f"test/{domain}": value for domain, value in record.test.items()},
     }
+    if constraints is not None:
+        attrs["constraints"] = constraints
     set_attrs(study, number, attrs)
     state = optuna.trial.TrialState
     # A repeat is told what its twin was told: its outcome is recorded with it.

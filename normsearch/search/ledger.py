@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from normsearch.constraints import best_values, parse_constraint, violations
 from normsearch.errors import NormsearchError
 from normsearch.recipe import Recipe
 from normsearch.results.pareto import non_dominated
@@ -105,6 +106,7 @@ class Ledger:
         self.trained: dict[str, TrialRecord] = {}  # config key -> the trial that trained it (finished)
         self.training: dict[str, str] = {}  # config key -> trial key training it now
         self.progress = Progress(total=budget)
+        self.constraints = [parse_constraint(text) for text in recipe.search.constraints]
         for trial in folder.trials() if folder.records_path.is_file() else []:
             if trial.finished and trial.status != "repeat" and UNIT_SEPARATOR not in trial.trial_id:
                 self.trained.setdefault(trial.key(), trial)
@@ -189,7 +191,8 @@ class Ledger:
     def _repeat(self, key: str, number: int, twin: TrialRecord) -> None:
         record = repeat_record(key, twin, attempt=self.attempt, versions=self.versions)
         self.folder.append(record)
-        close_trial(self.study, number, fold_records([record])[0], self.objectives)
+        folded = fold_records([record])[0]
+        close_trial(self.study, number, folded, self.objectives, self._violations(folded))
         self.progress.repeats += 1
 
     # --- trial events (from the Tune callback) ---------------------------------------------------------
@@ -283,7 +286,7 @@ class Ledger:
             record = candidate_record(key, self.units, candidate["outcomes"], self._shared(candidate))
             self.folder.append(record)
             folded = fold_records([record])[0]
-        close_trial(self.study, candidate["number"], folded, self.objectives)
+        close_trial(self.study, candidate["number"], folded, self.objectives, self._violations(folded))
         ckey = config_key(candidate["arch"])
         self.training.pop(ckey, None)
         self.trained.setdefault(ckey, folded)
@@ -291,6 +294,16 @@ class Ledger:
             self._repeat(trial_key(number), number, folded)
         self.progress.running.discard(key)
         self._count(folded)
+
+    def _violations(self, trial: TrialRecord) -> list[float] | None:
+        """`search.constraints` for `trial` in Optuna's form, `best` over the trials finished so far and
+        this one; None without constraints."""
+        if not self.constraints:
+            return None
+        finished = [t.metrics for t in self.trained.values() if t.status == "complete"]
+        if trial.status in ("complete", "repeat"):
+            finished.append(trial.metrics)
+        return violations(self.constraints, trial.metrics, best_values(self.constraints, finished))
 
     @staticmethod
     def _last_epoch_result(last: dict[str, Any]) -> dict[str, Any] | None:

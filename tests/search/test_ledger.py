@@ -19,12 +19,13 @@ THREE = {"params": {"ratio": {"type": "categorical", "choices": [0.25, 0.5, 0.75
 OBJ = {"source_val_acc": "max", "target_select_acc": "max"}
 
 
-def _ledger(tmp_path: Path, algorithm: str, num_samples: int) -> Ledger:
+def _ledger(tmp_path: Path, algorithm: str, num_samples: int, constraints: list[str] | None = None) -> Ledger:
+    search = {"space": THREE, "algorithm": algorithm, "num_samples": num_samples}
     recipe = Recipe.model_validate(
         {
             "name": "unit",
             "model": {"backbone": {"preset": "resnet-mini"}, "norm": {"ibn": {"stages": [1]}}},
-            "search": {"space": THREE, "algorithm": algorithm, "num_samples": num_samples},
+            "search": {**search, "constraints": constraints or []},
         }
     )
     space = Space.model_validate(THREE)
@@ -115,3 +116,29 @@ def test_a_repeat_of_a_running_configuration_waits_for_its_twin(tmp_path: Path) 
     assert study[waiting_number].user_attrs["repeat_of"] == twin
     repeat = next(t for t in ledger.folder.trials() if t.status == "repeat")
     assert repeat.reason.endswith("which failed; not trained again")
+
+
+@pytest.mark.parametrize("algorithm", ["nsga2", "tpe"])
+def test_constraints_reach_the_sampler_in_optunas_form(tmp_path: Path, algorithm: str) -> None:
+    ledger = _ledger(
+        tmp_path, algorithm, num_samples=3, constraints=["source_val_acc >= best - 1.0", "params <= 1000"]
+    )
+    sources = iter([90.0, 95.0, 94.5])  # the second raises the best; the third is within a point of it
+    told: dict[str, float] = {}
+    while (config := ledger.next_config()) is not None:
+        key = config[TRIAL_KEY]
+        src = next(sources)
+        ledger.result(key, {**_final(2, src, 30.0), "params": 1200 if src == 94.5 else 800})
+        ledger.ended(key)
+        told[key] = src
+    by_trial = {t.user_attrs["trial"]: t for t in ledger.study.trials}
+    # Optuna's own record of what its constraints_func returned (the sampler reads exactly this).
+    seen = [list(by_trial[key].system_attrs["constraints"]) for key in told]  # in training order
+    assert seen == [[-1.0, -200.0], [-1.0, -200.0], [95.0 - 1.0 - 94.5, 200.0]]
+
+
+def test_constraints_need_a_sampler_that_reads_outcomes() -> None:
+    with pytest.raises(ValueError, match="algorithm random samples without looking at outcomes"):
+        Recipe.model_validate(
+            {"name": "u", "search": {"space": THREE, "algorithm": "random", "constraints": ["params <= 1"]}}
+        )
