@@ -32,8 +32,9 @@ TABLE_FORMAT = "normsearch-efficiency-table/1"
 @dataclass(frozen=True)
 class Table:
     """A tabulated space. `curves[key][seed]` is one run's learning curve: per epoch, the values of
-    `metrics` (the objectives first, in `objectives` order, then e.g. an ASHA metric that is not one). `configs[key]` are the sampled values of configuration `key`
-    (`config_key(values)`), in the space's enumeration order. `supernet[seed]` (may be empty) holds the
+    `metrics` (the objectives first, in `objectives` order, then e.g. an ASHA metric that is not one).
+    `configs[key]` are the sampled values of configuration `key` (`config_key(values)`), in the space's
+    enumeration order. `supernet[seed]` (may be empty) holds the
     SN supernet's `curve` (same layout) and its slot `ratios`."""
 
     name: str
@@ -91,7 +92,9 @@ def tabulate(
     recipe, space = load_recipe(recipe_path)
     assignments = space.assignments()
     if assignments is None:
-        raise NormsearchError(f"{recipe_path}: search.space must be finite to be tabulated (every param with choices or a step)")
+        raise NormsearchError(
+            f"{recipe_path}: search.space must be finite to be tabulated (every param with choices or a step)"
+        )
     out_file = Path(out_file)
     budget = _budget(recipe)
     metrics = list(dict.fromkeys([*recipe.search.objectives, recipe.search.scheduler.metric]))
@@ -146,8 +149,11 @@ def tabulate(
             if progress is not None:
                 last = rows[_row_key(values, seed)]["curve"][-1]
                 shown = ", ".join(f"{m} {v:.1f}" for m, v in last.items())
-                progress(f"[{done}/{total}] {values} seed {seed}: {shown} ({time.perf_counter() - tic:.1f} s)")
+                progress(
+                    f"[{done}/{total}] {values} seed {seed}: {shown} ({time.perf_counter() - tic:.1f} s)"
+                )
         for seed in sn_todo:
+            from normsearch.arch import ArchConfig
             from normsearch.models import build_model
             from normsearch.search.warm_start import slot_ratios, supernet_arch
 
@@ -156,8 +162,8 @@ def tabulate(
             result = train_candidate(
                 arch, data, recipe.data, recipe.train, seed=seed, threads=1, keep_weights=True
             )
-            network = build_model(arch, result.checkpoint)
-            ratios = slot_ratios(network, arch)
+            trained = ArchConfig.from_dict(result.checkpoint.arch)  # num_classes set to the data's
+            ratios = slot_ratios(build_model(trained, result.checkpoint), trained)
             supernets[seed] = {
                 "curve": _curve(result.history, metrics),
                 "ratios": {slot: list(r) for slot, r in ratios.items()},
@@ -178,7 +184,9 @@ def load_table(path: str | Path) -> Table:
     """Read a table `tabulate` wrote (every configuration must have a curve for every seed)."""
     path = Path(path)
     if not path.is_file():
-        raise NormsearchError(f"{path}: no such table file; write one with `normsearch bench efficiency RECIPE`")
+        raise NormsearchError(
+            f"{path}: no such table file; write one with `normsearch bench efficiency RECIPE`"
+        )
     raw = json.loads(path.read_text())
     if raw.get("format") != TABLE_FORMAT:
         raise NormsearchError(f"{path}: not an efficiency table (format {raw.get('format')!r})")
@@ -357,7 +365,9 @@ def write_png(summary: Summary, path: str | Path) -> Path:
         colour = colours.get(algorithm, "tab:red")
         style = styles.get(scheduler, "-")
         epochs = range(len(m.median))
-        ax.plot(epochs, m.median, style, color=colour, lw=2.2 if m.method == "sn_warm" else 1.4, label=m.method)
+        ax.plot(
+            epochs, m.median, style, color=colour, lw=2.2 if m.method == "sn_warm" else 1.4, label=m.method
+        )
         ax.fill_between(epochs, m.low, m.high, color=colour, alpha=0.08)
     ax.axhline(summary.grid_hypervolume, color="black", lw=0.8, label="full grid (mean over table seeds)")
     ax.axhline((1 - summary.tolerance) * summary.grid_hypervolume, color="black", lw=0.8, ls="--")
@@ -393,7 +403,9 @@ def markdown(summary: Summary) -> str:
         "median epochs spent |",
         "|---|---:|---:|---:|---:|",
     ]
-    for m in sorted(summary.methods.values(), key=lambda m: (m.epochs_to_grid is None, m.epochs_to_grid or 0)):
+    for m in sorted(
+        summary.methods.values(), key=lambda m: (m.epochs_to_grid is None, m.epochs_to_grid or 0)
+    ):
         lines.append(
             f"| {m.method} | {100 * m.final_median / grid:.1f} | "
             f"{m.epochs_to_grid if m.epochs_to_grid is not None else 'not reached'} | "

@@ -185,7 +185,9 @@ class _Rungs:
                 )
             else:
                 recorded.append(tuple(values[: self.n]))
-                keep = moasha_continues(recorded, len(recorded) - 1, self.modes, self.settings.reduction_factor)
+                keep = moasha_continues(
+                    recorded, len(recorded) - 1, self.modes, self.settings.reduction_factor
+                )
             if not keep:
                 return milestone
         return None
@@ -274,7 +276,7 @@ def _queue_warm_start(
 ) -> int:
     """Queue the configurations nearest to the supernet's learned ratios (the supernet of the table seed
     this search seed draws) as the study's first trials; returns the supernet's cost in epochs."""
-    from normsearch.search.warm_start import rank_configs
+    from normsearch.search.warm_start import queue, rank_configs
 
     if not table.supernet:
         raise NormsearchError(
@@ -283,9 +285,11 @@ def _queue_warm_start(
         )
     seed = table_seed(table, search_seed)
     if seed not in table.supernet:
-        raise NormsearchError(f"bench efficiency: the table {table.name} has no SN supernet run of seed {seed}")
+        raise NormsearchError(
+            f"bench efficiency: the table {table.name} has no SN supernet run of seed {seed}"
+        )
     supernet = table.supernet[seed]
     ranked = rank_configs(space, base or recipe.model, supernet["ratios"], fix_above=settings.fix_above)
-    for values in ranked[: settings.neighbours]:
+    for values in queue(ranked, settings.neighbours):
         study.enqueue_trial(values, skip_if_exists=True)
     return len(supernet["curve"])
