@@ -78,10 +78,11 @@ class Settings:
 class Trajectory:
     """One replay: `points` are (cumulative trial-epochs, hypervolume) after every trained trial (the SN
     warm start starts with the supernet's cost at hypervolume 0); `trials` says what each trained trial
-    was (configuration key, table seed, epochs spent, pruned)."""
+    was (configuration key, table seed, epochs spent, pruned); `table_seed` is the world it ran in."""
 
     method: str
     search_seed: int
+    table_seed: int
     points: list[tuple[int, float]] = field(default_factory=list)
     trials: list[dict[str, Any]] = field(default_factory=list)
 
@@ -119,14 +120,18 @@ def front_hypervolume(points: list[tuple[float, ...]], table: Table) -> float:
     return hypervolume_2d(members, reference_point(table), directions)
 
 
-def grid_hypervolume(table: Table) -> float:
-    """The full grid's hypervolume: every configuration's final values, per table seed, averaged over
-    the table's seeds."""
+def grid_hypervolumes(table: Table) -> dict[int, float]:
+    """Per table seed, the full grid's hypervolume: every configuration's final values at that seed."""
     n = len(table.objectives)
-    per_seed = [
-        front_hypervolume([table.curves[k][s][-1][:n] for k in table.configs], table) for s in table.seeds
-    ]
-    return sum(per_seed) / len(per_seed)
+    return {
+        s: front_hypervolume([table.curves[k][s][-1][:n] for k in table.configs], table) for s in table.seeds
+    }
+
+
+def grid_hypervolume(table: Table) -> float:
+    """The full grid's hypervolume averaged over the table's seeds."""
+    per_seed = grid_hypervolumes(table)
+    return sum(per_seed.values()) / len(per_seed)
 
 
 def table_seed(table: Table, search_seed: int) -> int:
@@ -220,7 +225,7 @@ def replay(
         sampler=_sampler(recipe, algorithm, search_seed, settings.population),
     )
     rungs = _Rungs(scheduler, settings, table)
-    trajectory = Trajectory(method, search_seed)
+    trajectory = Trajectory(method, search_seed, table_seed(table, search_seed))
     cost = 0
     if method == WARM:
         cost = _queue_warm_start(table, space, recipe, study, search_seed, settings, base)
