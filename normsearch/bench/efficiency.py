@@ -48,11 +48,6 @@ class Table:
     space: str | dict[str, Any] | None = None
     model: dict[str, Any] | None = None
 
-    @property
-    def grid_epochs(self) -> int:
-        """The compute of the full grid: every configuration trained once to the end."""
-        return len(self.configs) * self.epochs
-
 
 def _row_key(values: dict[str, Any], seed: int) -> str:
     return json.dumps([values, seed], sort_keys=True)
@@ -292,11 +287,14 @@ def _first_at(curve: list[float], level: float) -> int | None:
     return next((e for e, v in enumerate(curve) if v >= level), None)
 
 
-def summarise(trajectories: list[Any], table: Table, tolerance: float = 0.01) -> Summary:
+def summarise(
+    trajectories: list[Any], table: Table, tolerance: float = 0.01, distinct: int | None = None
+) -> Summary:
     """Median and quartile bands over search seeds, on a common epoch grid, of each replay's hypervolume
     as a percentage of the full grid's at the replay's table seed, per method; for each the compute at
     which its median first reaches 100 x (1 - tolerance); and for the SN warm start the compute to reach
-    NSGA-II+MO-ASHA's final median, next to the compute NSGA-II+MO-ASHA itself needs to reach it."""
+    NSGA-II+MO-ASHA's final median, next to the compute NSGA-II+MO-ASHA itself needs to reach it. The
+    grid's compute is `distinct` networks (default: every configuration) x the table's epochs."""
     import numpy as np
 
     from normsearch.bench.replay import WARM, grid_hypervolume, grid_hypervolumes
@@ -334,7 +332,7 @@ def summarise(trajectories: list[Any], table: Table, tolerance: float = 0.01) ->
             warm_epochs = _first_at(methods[WARM].median, reference.final_median)
     return Summary(
         table=table.name,
-        grid_epochs=table.grid_epochs,
+        grid_epochs=(len(table.configs) if distinct is None else distinct) * table.epochs,
         grid_hypervolume=grid_hv,
         tolerance=tolerance,
         search_seeds=len({t.search_seed for t in trajectories}),
@@ -469,7 +467,7 @@ def run_bench(
     has supernet runs) over `search_seeds` search seeds on the table at `table_path` and write
     `<name>.csv`, `<name>.png` and `<name>.md` into `out_dir`. `max_trials` defaults to the recipe's
     `search.num_samples`."""
-    from normsearch.bench.replay import METHODS, WARM, replay
+    from normsearch.bench.replay import METHODS, WARM, distinct_architectures, replay
     from normsearch.recipe import load_recipe
 
     recipe, space = load_recipe(recipe_path)
@@ -483,7 +481,7 @@ def run_bench(
             progress(f"replaying {method} over {search_seeds} search seeds")
         for seed in range(search_seeds):
             trajectories.append(replay(table, space, recipe, method, seed, max_trials=trials))
-    summary = summarise(trajectories, table)
+    summary = summarise(trajectories, table, distinct=distinct_architectures(table, space, recipe.model))
     out_dir = Path(out_dir)
     return BenchResult(
         summary,

@@ -4,8 +4,9 @@ One replay is one search, sequential (concurrency 1), in an in-memory Optuna stu
 sampler (normsearch.search.searcher.make_sampler): each asked configuration is looked up in the table, and
 its learning curve is "trained" epoch by epoch. The rules are the live search's:
 
-- no duplicate: a configuration already run in this replay costs nothing again and the study is told its
-  twin's outcome (its values, or PRUNED); a finite space fully visited ends the search;
+- no duplicate: a configuration whose network (its architecture, as the live ledger keys it) was already
+  run in this replay costs nothing again and the study is told its twin's outcome (its values, or
+  PRUNED); a finite space fully visited ends the search;
 - schedulers decide at their rung milestones with the live schedulers' own rules
   (normsearch.search.moasha: Ray's ASHA on one metric, MO-ASHA by non-dominated sorting over every
   objective), against the values recorded at that rung so far;
@@ -134,6 +135,18 @@ def grid_hypervolume(table: Table) -> float:
     return sum(per_seed.values()) / len(per_seed)
 
 
+def architectures(table: Table, space: Space, base: ArchConfig) -> dict[str, str]:
+    """Each configuration's key -> the key of the architecture it builds. The live no-duplicate rule goes
+    by architecture (two values that build the same network, e.g. one shared IN ratio r and per-stage
+    ratios (r, r), are one training), and so does the replay."""
+    return {k: config_key(space.to_arch(base, v).to_dict()) for k, v in table.configs.items()}
+
+
+def distinct_architectures(table: Table, space: Space, base: ArchConfig) -> int:
+    """How many different networks the table's configurations build: what a full grid search trains."""
+    return len(set(architectures(table, space, base).values()))
+
+
 def table_seed(table: Table, search_seed: int) -> int:
     """The table seed every configuration is 'trained' with in the replay of `search_seed` (whatever the
     method and the order configurations are visited in)."""
@@ -210,7 +223,7 @@ def replay(
 ) -> Trajectory:
     """Replay one search `method` (``<algorithm>+<scheduler>`` of ALGORITHMS x SCHEDULERS, or
     ``sn_warm``) on `table` with `search_seed`, for at most `max_trials` trained trials (default: every
-    configuration). `recipe` gives the sampler's settings (and `settings` by default); `base` is the
+    distinct architecture). `recipe` gives the sampler's settings (and `settings` by default); `base` is the
     architecture the warm start ranks against (default: the recipe's model)."""
     import optuna
 
@@ -230,11 +243,13 @@ def replay(
     if method == WARM:
         cost = _queue_warm_start(table, space, recipe, study, search_seed, settings, base)
         trajectory.points.append((cost, 0.0))
-    budget = len(table.configs) if max_trials is None else max_trials
-    outcomes: dict[str, tuple[float, ...] | None] = {}  # key -> final objective values, None: pruned
+    arch_of = architectures(table, space, base or recipe.model)
+    distinct = len(set(arch_of.values()))
+    budget = distinct if max_trials is None else max_trials
+    outcomes: dict[str, tuple[float, ...] | None] = {}  # architecture -> final values, None: pruned
     finished: list[tuple[float, ...]] = []
     repeats = 0
-    while len(outcomes) < min(budget, len(table.configs)) and repeats < MAX_REPEATS_IN_A_ROW:
+    while len(outcomes) < min(budget, distinct) and repeats < MAX_REPEATS_IN_A_ROW:
         trial = study.ask()
         values = space.sample(trial)
         key = config_key(values)
@@ -243,9 +258,10 @@ def replay(
                 f"bench efficiency: the sampler proposed {values}, which is not in the table; was it "
                 "tabulated from this recipe's space?"
             )
-        if key in outcomes:  # the no-duplicate rule: told the twin's outcome, at no cost
+        network = arch_of[key]
+        if network in outcomes:  # the no-duplicate rule: told the twin's outcome, at no cost
             repeats += 1
-            twin = outcomes[key]
+            twin = outcomes[network]
             if twin is None:
                 study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             else:
@@ -259,11 +275,11 @@ def replay(
         cost += spent
         if stopped is None:
             final = tuple(curve[-1][:n])
-            outcomes[key] = final
+            outcomes[network] = final
             finished.append(final)
             study.tell(trial, list(final))
         else:
-            outcomes[key] = None
+            outcomes[network] = None
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         trajectory.trials.append({"key": key, "seed": seed, "epochs": spent, "pruned": stopped is not None})
         trajectory.points.append((cost, front_hypervolume(finished, table)))

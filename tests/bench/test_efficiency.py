@@ -205,3 +205,29 @@ def test_a_table_of_another_budget_is_one_line(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["bench", "efficiency", str(recipe), "--table", str(table)])
     assert result.exit_code == 2
     assert "another budget" in result.output
+
+
+def test_two_values_that_build_one_network_are_trained_once(tmp_path: Path) -> None:
+    space_doc = {
+        "fixed": {"norm.ibn.variant": "a"},
+        "params": {
+            "name": {
+                "type": "categorical",
+                "choices": ["early", "first"],  # two names for IN in stage 1: one network
+                "sets": {"early": {"norm.ibn.stages": [1]}, "first": {"norm.ibn.stages": [1]}},
+            }
+        },
+    }
+    path = tmp_path / "twins.yaml"
+    path.write_text(yaml.safe_dump({"name": "twins", "search": {"space": space_doc, "algorithm": "grid"}}))
+    recipe, space = load_recipe(path)
+    configs = space.assignments()
+    raw = {
+        "name": "twins",
+        "objectives": {"source_val_acc": "max", "target_select_acc": "max"},
+        "configs": configs,
+        "seeds": [0],
+        "rows": [{"values": v, "seed": 0, "curve": _curve(0.25, 0)} for v in configs],
+    }
+    trajectory = replay(table_from_dict(raw), space, recipe, "random+none", 0, max_trials=10)
+    assert trajectory.points == [(4, pytest.approx(80 * 46))]  # one training of 4 epochs, whichever name
