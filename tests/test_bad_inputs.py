@@ -829,7 +829,11 @@ FLAGS = [
         ("no domain 'photo:smile:'",),
     ),
     Case("run-name-with-spaces", [*GOOD_RUN, "--name", "bad name"], ("name", "pattern")),
-    Case("show-sort-unknown", ["show", "<run>", "--sort", "foo"], ("'--sort'", "'foo' is not one of 'target', 'source'")),
+    Case(
+        "show-sort-unknown",
+        ["show", "<run>", "--sort", "foo"],
+        ("'--sort'", "'foo' is not one of 'target', 'source'"),
+    ),
     Case("show-top-zero", ["show", "<run>", "--top", "0"], ("--top",)),
     Case("show-not-a-run", ["show", "<tmp>"], ("not a run folder",)),
     Case("show-missing-folder", ["show", "<tmp>/nowhere"], ("nowhere", "not a run folder")),
@@ -864,7 +868,9 @@ FLAGS = [
     Case("resume-not-a-run", ["resume", "<tmp>"], ("not a run folder",)),
     Case("resume-missing-folder", ["resume", "<tmp>/nowhere"], ("nowhere", "not a run folder")),
     Case(
-        "bench-device-unknown", ["bench", "norms", "--device", "tpu"], ("'--device'", "'tpu' is not one of 'auto', 'cpu', 'cuda'")
+        "bench-device-unknown",
+        ["bench", "norms", "--device", "tpu"],
+        ("'--device'", "'tpu' is not one of 'auto', 'cpu', 'cuda'"),
     ),
     Case("bench-shapes-malformed", ["bench", "norms", "--shapes", "4x8"], ("--shapes", "'4x8'")),
     Case("bench-repeats-too-few", ["bench", "norms", "--repeats", "1"], ("--repeats",)),

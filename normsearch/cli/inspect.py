@@ -107,9 +107,13 @@ app.add_typer(data_app, name="data")
 def show_run(run_dir: Path, sort: str, top: int | None, show_all: bool) -> None:
     """Print a run's trials table and front (also what `run` and `resume` end with)."""
     from normsearch.results.front import summarize
-    from normsearch.results.tables import domainbed_table, front_table, trials_table
+    from normsearch.results.tables import domainbed_table, front_table, trials_table, warm_start_table
+    from normsearch.run.folder import RunFolder
 
     summary = summarize(run_dir)
+    warm = RunFolder(run_dir).warm_start()
+    if warm is not None:
+        console.print(warm_start_table(warm))
     console.print(trials_table(summary, sort=sort, top=top, show_all=show_all))
     if summary.recipe.data.rotate:
         console.print(domainbed_table(summary))

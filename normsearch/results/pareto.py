@@ -1,4 +1,5 @@
-"""Pareto fronts over trial results: non-dominated sort, 2-D hypervolume, knee, and pick rules.
+"""Pareto fronts over trial results: non-dominated sort, front ranks and crowding distance, 2-D hypervolume,
+knee, and pick rules.
 
 Directions are "max" or "min" per objective. Points are tuples in objective order. Everything here is plain
 Python on small lists (a search has tens to hundreds of trials).
@@ -57,6 +58,39 @@ def non_dominated(points: Sequence[Point], directions: Sequence[str]) -> list[in
     if not points:
         return []
     return non_dominated_sort(points, directions)[0]
+
+
+def front_ranks(points: Sequence[Point], directions: Sequence[str]) -> list[int]:
+    """Each point's front number: 0 for points no other point dominates, 1 for those dominated only by
+    front-0 points, and so on (the fast non-dominated sort of NSGA-II, Deb et al. 2002, §III-A). Equal
+    points share a rank. MO-ASHA (search/moasha.py) ranks the trials at a rung by it."""
+    ranks = [0] * len(points)
+    for rank, front in enumerate(non_dominated_sort(points, directions) if points else []):
+        for i in front:
+            ranks[i] = rank
+    return ranks
+
+
+def crowding_distances(points: Sequence[Point], directions: Sequence[str]) -> list[float]:
+    """NSGA-II's crowding distance (Deb et al. 2002, §III-B), computed within each point's own front.
+
+    For every objective the front is sorted on it; its two ends get infinity and every other point adds
+    the gap between its two neighbours divided by the objective's range over the front. So a front of one
+    or two points is all infinite, and a larger distance means a more isolated point, the one to prefer
+    when ranks tie (it keeps the front spread out). An objective whose range over the front is zero or not
+    finite (a point at +-inf) adds nothing to the inner points. Ties within a sort keep index order, so the
+    result is deterministic. The distance does not depend on the directions; the fronts do."""
+    distances = [0.0] * len(points)
+    for front in non_dominated_sort(points, directions) if points else []:
+        for d in range(len(directions)):
+            ordered = sorted(front, key=lambda i: (points[i][d], i))
+            distances[ordered[0]] = distances[ordered[-1]] = math.inf
+            span = points[ordered[-1]][d] - points[ordered[0]][d]
+            if span <= 0 or not math.isfinite(span):
+                continue
+            for before, i, after in zip(ordered, ordered[1:-1], ordered[2:], strict=False):
+                distances[i] += (points[after][d] - points[before][d]) / span
+    return distances
 
 
 def hypervolume_2d(points: Sequence[Point], reference: Point, directions: Sequence[str]) -> float:

@@ -121,6 +121,34 @@ def domainbed_table(summary: RunSummary) -> Table:
     return table
 
 
+def warm_start_table(record: dict[str, Any]) -> Table:
+    """What the SN warm start's supernet learned: each slot's IN/LN/BN ratios (SN Fig. 5), its argmax,
+    the slots `fix_above` fixed, and the configurations it queued first."""
+    m = record.get("metrics", {})
+    title = (
+        f"SN warm start: supernet trained on {record.get('unit') or 'the sources'} for {record['epochs']} "
+        f"epochs ({record['seconds']:.0f} s), source val {m.get('source_val_acc', float('nan')):.1f}"
+    )
+    queued = "; ".join(
+        f"{i + 1}. {', '.join(f'{k}={v}' for k, v in q['values'].items())} (distance {q['distance']:.2f})"
+        for i, q in enumerate(record.get("queue", []))
+    )
+    table = Table(title=title, caption=f"queued first: {queued or 'nothing'}", caption_justify="left")
+    for column in ("slot", "IN", "LN", "BN", "argmax", "fixed"):
+        table.add_column(column, justify="left" if column in ("slot", "argmax", "fixed") else "right")
+    fixed = record.get("fixed", {})
+    for slot, (w_in, w_ln, w_bn) in record.get("ratios", {}).items():
+        table.add_row(
+            slot,
+            f"{w_in:.2f}",
+            f"{w_ln:.2f}",
+            f"{w_bn:.2f}",
+            record["choice"][slot],
+            fixed.get(slot, ""),
+        )
+    return table
+
+
 def _pct(value: Any) -> str:
     return "-" if value is None else f"{float(value):.1f}"
 

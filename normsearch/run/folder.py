@@ -46,6 +46,7 @@ TRIALS = "trials.jsonl"
 TUNE = "tune"
 DRIVER = "driver.json"
 PRETRAINED = "pretrained"
+WARM_START = "warm_start.json"
 ATTEMPT_PREFIX = "attempt-"
 CONFIRM_PREFIX = "confirm-"
 
@@ -257,6 +258,15 @@ class RunFolder:
     def pretrained_path(self, unit: str) -> Path:
         """Where the pretrained base of a unit (`train.init: pretrain`) is kept ("base" for a single unit)."""
         return self.path / PRETRAINED / f"{unit or 'base'}.pt"
+
+    def write_warm_start(self, supernet: dict[str, Any]) -> None:
+        """Keep what the SN warm start's supernet learned (its ratios, metrics, the queue it made)."""
+        atomic_write_text(self.path / WARM_START, json.dumps(supernet, indent=1))
+
+    def warm_start(self) -> dict[str, Any] | None:
+        """The SN warm start's supernet record, or None when this run has none (yet)."""
+        path = self.path / WARM_START
+        return json.loads(path.read_text()) if path.is_file() else None
 
     # --- the driver and its Ray processes ------------------------------------------------------------
     def driver(self) -> dict[str, Any]:

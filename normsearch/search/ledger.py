@@ -33,6 +33,7 @@ from normsearch.run.records import (
     unit_trial_id,
 )
 from normsearch.run.study import close_trial, set_attrs
+from normsearch.search.moasha import stop_reason
 from normsearch.search.trial import FAILED, INIT_KEY, RESUME_KEY, STARTED_FROM, TRACE, TRIAL_KEY, UNIT_KEY
 from normsearch.space import Space
 
@@ -147,14 +148,21 @@ class Ledger:
                 continue
             self._start(key, asked.number, values, arch, [(u.name, None, 0) for u in self.units], {})
             return self.queue.pop(0)
+        self._exhausted()
+        return None
+
+    def _exhausted(self) -> None:
         self.exhausted = True
         self.progress.message = (
             f"space exhausted: all {self.size} configuration(s) trained"
             if self.size is not None
             else f"the sampler proposed only trained configurations {MAX_REPEATS_IN_A_ROW} times in a row"
         )
+        if self.size is not None and self.recipe.search.num_samples > self.size:
+            self.progress.message += (
+                f" (num_samples {self.recipe.search.num_samples} is more than the space holds)"
+            )
         self._changed()
-        return None
 
     def _start(
         self,
@@ -252,9 +260,7 @@ class Ledger:
             status, reason = "complete", None
         else:
             status = "pruned"
-            reason = (
-                f"stopped by the {self.recipe.search.scheduler.kind} scheduler at epoch {last.get('epoch')}"
-            )
+            reason = stop_reason(self.recipe.search.scheduler, last, self.objectives)
         record = self._base(uid, status)
         epoch_result = last if status == "complete" else self._last_epoch_result(last)
         record.update(epoch=last.get("epoch"), final=status == "complete", node_id=last.get("node_id"))
@@ -294,6 +300,8 @@ class Ledger:
             self._repeat(trial_key(number), number, folded)
         self.progress.running.discard(key)
         self._count(folded)
+        if self.size is not None and len(self.trained) >= self.size and not self.exhausted:
+            self._exhausted()  # Tune asks no further once the budget (capped at the space's size) is spent
 
     def _violations(self, trial: TrialRecord) -> list[float] | None:
         """`search.constraints` for `trial` in Optuna's form, `best` over the trials finished so far and

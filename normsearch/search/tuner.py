@@ -20,10 +20,12 @@ from normsearch.run.reconcile import Recovery, end_orphans, mark_interrupted, re
 from normsearch.run.records import UNIT_SEPARATOR
 from normsearch.run.study import open_study
 from normsearch.search.ledger import Ledger, Progress, make_callback
+from normsearch.search.moasha import make_scheduler
 from normsearch.search.preflight import Preflight, preflight, trial_budget
 from normsearch.search.ray import check_cluster_resources, local_ray_processes, start_ray
 from normsearch.search.searcher import make_sampler, make_searcher
 from normsearch.search.trial import TRIAL_KEY, run_trial
+from normsearch.search.warm_start import train_supernet
 from normsearch.space import Space
 
 
@@ -109,6 +111,19 @@ def pretrained_bases(
     return paths
 
 
+def _message(on_change: Callable[[Progress], None] | None) -> Callable[[str], None] | None:
+    """A progress line for work the driver does before the trials (the live view shows `message`)."""
+    if on_change is None:
+        return None
+    progress = Progress(total=0)
+
+    def show(text: str) -> None:
+        progress.message = text
+        on_change(progress)
+
+    return show
+
+
 def _trainable(recipe: Recipe, space: Space):
     from ray import tune
 
@@ -117,23 +132,6 @@ def _trainable(recipe: Recipe, space: Space):
             run_trial, recipe_json=recipe.model_dump_json(), space_json=space.model_dump_json()
         ),
         {"cpu": recipe.resources.cpu, "gpu": recipe.resources.gpu},
-    )
-
-
-def _scheduler(recipe: Recipe):
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-
-    sched = recipe.search.scheduler
-    if sched.kind != "asha":
-        return FIFOScheduler()
-    # time_attr is the epoch, not Tune's iteration count: a continued trial's first report is its epoch k+1.
-    return ASHAScheduler(
-        metric=sched.metric,
-        mode=sched.mode,
-        time_attr="epoch",
-        max_t=recipe.train.epochs,
-        grace_period=sched.grace_period,
-        reduction_factor=sched.reduction_factor,
     )
 
 
@@ -179,6 +177,7 @@ def run_search(
     study = open_study(folder, recipe.name, objectives, make_sampler(recipe))
     unit_names = [u.name for u in recipe.data.units()]
     recovery = reconcile(folder, study, objectives, unit_names) if resume else None
+    train_supernet(folder, recipe, space, study, _message(on_change))
     if recovery is not None:
         recovery.ended_processes = ended
     trained_before = sum(
@@ -209,7 +208,7 @@ def run_search(
         _trainable(recipe, space),
         tune_config=tune.TuneConfig(
             search_alg=make_searcher(ledger),
-            scheduler=_scheduler(recipe),
+            scheduler=make_scheduler(recipe),
             num_samples=budget * len(recipe.data.units()),
             max_concurrent_trials=recipe.search.max_concurrent,
             reuse_actors=True,

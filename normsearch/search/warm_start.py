@@ -18,7 +18,7 @@ takes over after it (and may still propose anything).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +26,8 @@ from torch import nn
 
 from normsearch.arch import ArchConfig
 from normsearch.norms.spec import NormSpec
+from normsearch.recipe import Recipe
+from normsearch.run.folder import RunFolder
 from normsearch.space import Space
 
 Share = tuple[float, float, float]  # (IN, LN, BN)
@@ -98,14 +100,14 @@ class Ranked:
 
 def distance(arch: ArchConfig, ratios: dict[str, Share], fixed: dict[str, str]) -> tuple[float, bool]:
     """Sum over slots of the total-variation distance between the plan's share and the learned ratios;
-    and whether the plan agrees with every fixed slot (its share's largest entry is the fixed one)."""
+    and whether the plan agrees with every fixed slot (the fixed normalizer has its largest share)."""
     total, agrees = 0.0, True
     for slot, spec in arch.resolve().slots.items():
         share = spec_share(spec)
         if share is None or slot not in ratios:
             continue
         total += 0.5 * sum(abs(a - b) for a, b in zip(share, ratios[slot], strict=True))
-        if slot in fixed and STATS[max(range(3), key=share.__getitem__)] != fixed[slot]:
+        if slot in fixed and share[STATS.index(fixed[slot])] < max(share):  # a tie (IBN 0.5) agrees
             agrees = False
     return total, agrees
 
@@ -142,6 +144,74 @@ def rank_configs(
         d, agrees = distance(space.to_arch(model, values), ratios, fixed)
         ranked.append(Ranked(values, d, agrees))
     return sorted(ranked, key=lambda r: (not r.agrees, r.distance))
+
+
+def train_supernet(
+    folder: RunFolder,
+    recipe: Recipe,
+    space: Space,
+    study: Any,
+    on_change: Callable[[str], None] | None = None,
+) -> dict[str, Any] | None:
+    """Phase 1 of `search.warm_start: sn`: train the supernet on the first training unit's sources (in
+    the driver, as `train.init: pretrain` does), read its ratios, enqueue the nearest configurations as
+    the study's first trials, and keep the supernet's record in the run folder. A run that already has
+    the record (resume) is not trained again. Returns the record (None without a warm start)."""
+    from normsearch.data.spec import load_data
+    from normsearch.models import build_model
+    from normsearch.train import train_candidate
+
+    rule = recipe.search.warm_start
+    if rule.kind != "sn":
+        return None
+    kept = folder.warm_start()
+    if kept is not None:
+        return kept
+    arch = supernet_arch(recipe.model)
+    unit = recipe.data.units()[0]
+
+    def report(metrics: dict[str, Any]) -> None:
+        if on_change is not None:
+            on_change(
+                f"warm start: training the SN supernet on {', '.join(unit.sources)}: epoch "
+                f"{metrics['epoch']}/{recipe.train.epochs}, source val {metrics['source_val_acc']:.1f}"
+            )
+
+    result = train_candidate(
+        arch,
+        load_data(recipe.data),
+        recipe.data,
+        recipe.train,
+        seed=recipe.seed,
+        report=report,
+        threads=recipe.resources.cpu,
+        keep_weights=True,
+        unit=unit,
+    )
+    assert result.checkpoint is not None
+    ratios = slot_ratios(build_model(arch, weights=result.checkpoint), arch)
+    ranked = rank_configs(space, recipe.model, ratios, rule.fix_above, recipe.search_seed)
+    first = queue(ranked, rule.neighbours)
+    for values in first:
+        study.enqueue_trial(values, user_attrs={"warm_start": "sn"}, skip_if_exists=True)
+    # After the queue is in the study: a driver killed in between trains the supernet again on resume and
+    # re-enqueues (the no-duplicate rule then makes the second copies repeats); the other order could lose
+    # the queue.
+    record = {
+        "kind": "sn",
+        "arch": arch.to_dict(),
+        "unit": unit.name,
+        "epochs": len(result.history),
+        "seconds": result.seconds,
+        "metrics": {k: v for k, v in result.final.items() if isinstance(v, int | float)},
+        "test": result.test,
+        "ratios": {slot: list(r) for slot, r in ratios.items()},
+        "choice": hard_choice(ratios),
+        "fixed": confident_slots(ratios, rule.fix_above),
+        "queue": [{"values": r.values, "distance": r.distance} for r in ranked if r.values in first],
+    }
+    folder.write_warm_start(record)
+    return record
 
 
 def queue(ranked: Iterable[Ranked], neighbours: int) -> list[dict[str, Any]]:

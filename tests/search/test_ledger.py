@@ -67,7 +67,9 @@ def test_outcomes_reach_records_first_then_the_study(tmp_path: Path) -> None:
     ledger.ended(c)
     trials = {t.trial_id: t for t in ledger.folder.trials()}
     assert trials[a].status == "complete" and trials[a].test == {"fog": 1.0}
-    assert trials[b].status == "pruned" and trials[b].reason == "stopped by the none scheduler at epoch 1"
+    assert trials[b].status == "pruned" and trials[b].reason == (
+        "stopped by Tune at epoch 1, before its last epoch (no scheduler rule applies)"
+    )
     assert trials[c].status == "failed" and trials[c].reason == "NaN loss at epoch 1"
     study = {t.number: t for t in ledger.study.trials}
     state = optuna.trial.TrialState

@@ -205,3 +205,31 @@ def test_run_on_a_two_node_cluster_uses_both_nodes(tmp_path: Path) -> None:
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+@pytest.mark.parametrize("algorithm", ["nsga2"])  # grid over the same space: tests/search/test_ledger.py
+def test_three_point_space_with_six_samples_trains_each_configuration_once_and_says_so(
+    tmp_path: Path, ray_local, algorithm: str
+) -> None:
+    out = tmp_path / algorithm
+    space = "{params: {ratio: {type: categorical, choices: [0.25, 0.5, 0.75], path: norm.ibn.ratio}}}"
+    stdout = run(
+        "quickstart.yaml",
+        out,
+        "--num-samples",
+        "6",
+        "--set",
+        f"search.space={space}",
+        "--set",
+        f"search.algorithm={algorithm}",
+        "--set",
+        "model.norm.ibn={stages: [1]}",
+        "--set",
+        "train.epochs=1",
+    )
+    trials = RunFolder.open(out).trials()
+    trained = [t for t in trials if t.status != "repeat"]
+    assert sorted(t.config["ratio"] for t in trained) == [0.25, 0.5, 0.75]
+    assert "space exhausted: all 3 configuration(s) trained" in " ".join(stdout.split())
+    repeats = [t for t in study(out, "quickstart").trials if "repeat_of" in t.user_attrs]
+    assert len(repeats) == sum(t.status == "repeat" for t in trials)
