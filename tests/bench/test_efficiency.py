@@ -11,7 +11,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from normsearch.bench.efficiency import load_table, summarise, table_from_dict, tabulate, write_csv, write_png
+from normsearch.bench.efficiency import load_table, table_from_dict, tabulate
+from normsearch.bench.efficiency_report import summarise, write_csv, write_png
 from normsearch.bench.replay import METHODS, grid_hypervolume, replay
 from normsearch.cli import app
 from normsearch.recipe import load_recipe
