@@ -136,9 +136,11 @@ def grid_hypervolume(table: Table) -> float:
 
 
 def architectures(table: Table, space: Space, base: ArchConfig) -> dict[str, str]:
-    """Each configuration's key -> the key of the architecture it builds. The live no-duplicate rule goes
-    by architecture (two values that build the same network, e.g. one shared IN ratio r and per-stage
-    ratios (r, r), are one training), and so does the replay."""
+    """Each configuration's key -> the key of the ArchConfig it builds. The live no-duplicate rule goes by
+    the ArchConfig (two values that write the same config, e.g. two choices with the same `sets`, are one
+    training), and so does the replay. It compares configs, not networks: ibn_ratio's shared ratio r
+    (`ratio: r`) and per-stage (r, r) (`ratio: [r, r]`) are different configs of one network, trained
+    twice by the live search and so by the replay."""
     return {k: config_key(space.to_arch(base, v).to_dict()) for k, v in table.configs.items()}
 
 
