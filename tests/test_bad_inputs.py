@@ -909,6 +909,19 @@ FLAGS = [
     ),
     Case("bench-shapes-malformed", ["bench", "norms", "--shapes", "4x8"], ("--shapes", "'4x8'")),
     Case("bench-repeats-too-few", ["bench", "norms", "--repeats", "1"], ("--repeats",)),
+    Case(
+        "bench-efficiency-search-seeds-zero",
+        ["bench", "efficiency", "<good>", "--search-seeds", "0", "-o", "<tmp>/b"],
+        ("--search-seeds",),
+    ),
+    Case(
+        "bench-efficiency-continuous-space",
+        ["bench", "efficiency", "<tmp>/r.yaml", "-o", "<tmp>/b"],
+        ("r.yaml", "must be finite"),
+        files={
+            "r.yaml": space_recipe(param(type="float", low=0.0, high=1.0), **{"search.algorithm": "random"})
+        },
+    ),
     Case("unknown-command", ["fly"], ("No such command", "fly")),
     Case("plan-without-argument", ["plan"], ("Missing argument",)),
     Case("spaces-validate-without-argument", ["spaces", "validate"], ("Missing argument",)),

@@ -167,3 +167,79 @@ def train(
             f"[yellow]{len(flagged)} run(s) not converged (source val < 98% and training accuracy still "
             "climbing in the last epoch): their target accuracy is not a DG result[/yellow]"
         )
+
+
+@bench_app.command("efficiency")
+@user_errors
+def bench_efficiency(
+    recipe_path: Annotated[
+        Path,
+        typer.Argument(
+            metavar="RECIPE",
+            help="A recipe with a finite space, e.g. recipes/bench_efficiency_ibn_ratio.yaml.",
+        ),
+    ],
+    table: Annotated[
+        Path | None,
+        typer.Option(
+            help="The tabulated space (JSON); missing rows are trained first (default: OUT/<name>.json)."
+        ),
+    ] = None,
+    seeds: Annotated[int, typer.Option(min=1, help="Model seeds the space is tabulated over.")] = 2,
+    search_seeds: Annotated[
+        int, typer.Option(min=1, help="Search seeds every method is replayed with.")
+    ] = 20,
+    trials: Annotated[
+        int | None, typer.Option(min=1, help="Trained trials per replay (default: search.num_samples).")
+    ] = None,
+    out: Annotated[
+        Path, typer.Option("-o", "--out", help="Where the table, CSV, PNG and Markdown go.")
+    ] = Path("benchmarks/efficiency"),
+) -> None:
+    """Tabulate a space once, replay every search method on it; hypervolume against trial-epochs."""
+    from normsearch.bench.efficiency import run_bench, tabulate
+
+    recipe, _ = load_recipe_flags(recipe_path)
+    table_path = table or out / f"{recipe.name}.json"
+    with console.status("tabulating...") as status:
+        tabulate(
+            recipe_path, table_path, seeds=seeds, progress=lambda line: status.update(f"tabulating {line}")
+        )
+        status.update("replaying...")
+        result = run_bench(
+            recipe_path,
+            table_path,
+            out,
+            search_seeds=search_seeds,
+            max_trials=trials,
+            progress=lambda line: status.update(line),
+        )
+    summary = result.summary
+    grid = summary.grid_hypervolume
+    rendered = Table(
+        title=(
+            f"{summary.table}: full grid {summary.grid_epochs} trial-epochs, hypervolume {grid:.1f}; "
+            f"HV in % of the full grid's at the same table seed, median over {summary.search_seeds} search "
+            "seeds"
+        ),
+        title_justify="left",
+    )
+    for column in ("method", "final HV % of grid", "epochs to grid −1 %", "fraction of grid", "epochs spent"):
+        rendered.add_column(column, justify="left" if column == "method" else "right")
+    ordered = sorted(
+        summary.methods.values(), key=lambda m: (m.epochs_to_grid is None, m.epochs_to_grid or 0)
+    )
+    for m in ordered:
+        reached = m.epochs_to_grid is not None
+        rendered.add_row(
+            m.method,
+            f"{m.final_median:.1f}",
+            str(m.epochs_to_grid) if reached else "not reached",
+            f"{summary.fraction(m.epochs_to_grid):.2f}" if reached else "",
+            f"{m.median_epochs:.0f}",
+        )
+    console.print(rendered)
+    for line in result.markdown_file.read_text().splitlines():
+        if line.startswith("- target"):
+            console.print(line)
+    console.print(f"wrote {table_path}, {result.csv}, {result.png}, {result.markdown_file}")
