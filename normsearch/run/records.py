@@ -17,12 +17,14 @@ A trial's state is the fold of its records: the last status wins, except that a 
 pruned, failed, repeat) never goes back to running; metrics and test accuracies carry forward. A candidate
 trained once per protocol unit (several sources held out in turn, leave-one-domain-out) has one record per
 unit (``trial_id`` ``t003@<unit>``, ``unit``) and, when the last unit ends, its own record (``t003``) with
-the units' combined numbers. This module imports nothing of normsearch at import time, so that every layer
-(the recipe's objective check included) can take the metric names from here.
+the units' combined numbers. This module imports nothing of normsearch at import time (`config_key`
+resolves an ArchConfig when called), so that every layer (the recipe's objective check included) can take
+the metric names from here.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -148,8 +150,37 @@ class TrialRecord:
 
 
 def config_key(arch_or_config: dict[str, Any]) -> str:
-    """A canonical text of an ArchConfig (or sampled values): equal configurations, equal keys."""
-    return json.dumps(arch_or_config, sort_keys=True)
+    """A canonical text of the network an ArchConfig builds (or of sampled values): equal networks, equal
+    keys. Two ArchConfigs that resolve to the same NormPlan on the same backbone are one configuration (a
+    shared IBN ratio r and per-stage ratios [r, r] build the same network), so the no-duplicate rule and
+    the front's grouping go by what is trained, not by how it was written."""
+    text = json.dumps(arch_or_config, sort_keys=True)
+    return _network_key(text) if "backbone" in arch_or_config else text
+
+
+@functools.lru_cache(maxsize=4096)
+def _network_key(text: str) -> str:
+    from dataclasses import asdict
+
+    from normsearch.arch import ArchConfig
+    from normsearch.errors import NormsearchError
+
+    data = json.loads(text)
+    try:
+        arch = ArchConfig.from_dict(data)
+        plan = arch.resolve()
+    except (NormsearchError, ValueError):
+        return text  # not a valid ArchConfig (an old or hand-edited record): its text is its identity
+    return json.dumps(
+        {
+            "backbone": arch.backbone.model_dump(mode="json"),
+            "plan": plan.rows(),
+            "input_norm": plan.input_norm,
+            "crossnorm": asdict(plan.crossnorm) if plan.crossnorm else None,
+            "switchable": asdict(plan.switchable) if plan.switchable else None,
+        },
+        sort_keys=True,
+    )
 
 
 def fold_records(records: list[dict[str, Any]]) -> list[TrialRecord]:

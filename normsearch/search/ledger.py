@@ -34,6 +34,7 @@ from normsearch.run.records import (
 )
 from normsearch.run.study import close_trial, set_attrs
 from normsearch.search.moasha import stop_reason
+from normsearch.search.preflight import network_count
 from normsearch.search.trial import FAILED, INIT_KEY, RESUME_KEY, STARTED_FROM, TRACE, TRIAL_KEY, UNIT_KEY
 from normsearch.space import Space
 
@@ -96,7 +97,7 @@ class Ledger:
         self.waiting: dict[str, list[int]] = {k: list(v) for k, v in (waiting or {}).items()}
         self.on_change = on_change
         self.versions = versions or {}
-        self.size = space.size()
+        self.size = network_count(recipe, space)  # distinct networks, not spellings of one
         self.exhausted = False
         self.handed_out = 0  # candidates
         self.queue: list[dict[str, Any]] = []  # unit configurations handed out next

@@ -38,10 +38,21 @@ class Preflight:
     data_seconds: float
 
 
+def network_count(recipe: Recipe, space: Space) -> int | None:
+    """How many distinct networks a finite space builds on the recipe's model (None when continuous):
+    fewer than its configurations where two of them resolve to the same NormPlan (run/records.config_key)."""
+    from normsearch.run.records import config_key
+
+    values = space.assignments()
+    if values is None:
+        return None
+    return len({config_key(space.to_arch(recipe.model, v).to_dict()) for v in values})
+
+
 def trial_budget(recipe: Recipe, space: Space) -> int:
-    """How many trials a run trains: `num_samples`, but never more than a finite space holds (no
-    configuration is trained twice)."""
-    size = space.size()
+    """How many trials a run trains: `num_samples`, but never more than the distinct networks a finite
+    space holds (no configuration is trained twice)."""
+    size = network_count(recipe, space)
     return recipe.search.num_samples if size is None else min(recipe.search.num_samples, size)
 
 

@@ -144,3 +144,42 @@ def test_constraints_need_a_sampler_that_reads_outcomes() -> None:
         Recipe.model_validate(
             {"name": "u", "search": {"space": THREE, "algorithm": "random", "constraints": ["params <= 1"]}}
         )
+
+
+def test_two_spellings_of_one_network_are_one_configuration(tmp_path: Path) -> None:
+    from normsearch.search.preflight import network_count
+    from normsearch.space import load_space
+
+    recipe = Recipe.model_validate(
+        {"name": "u", "model": {"backbone": {"preset": "resnet-mini"}}, "search": {"space": "ibn_ratio"}}
+    )
+    space = load_space("ibn_ratio")
+    # 9 shared ratios + 9 x 9 per-stage pairs; a shared r builds the same network as the pair (r, r).
+    assert space.size() == 90 and network_count(recipe, space) == 90 - 9
+    spelled = {
+        "params": {
+            "how": {
+                "type": "categorical",
+                "choices": ["shared", "per_stage"],
+                "sets": {"shared": {"norm.ibn.ratio": 0.5}, "per_stage": {"norm.ibn.ratio": [0.5]}},
+            }
+        }
+    }
+    recipe = Recipe.model_validate(
+        {
+            "name": "unit",
+            "model": {"backbone": {"preset": "resnet-mini"}, "norm": {"ibn": {"stages": [1]}}},
+            "search": {"space": spelled, "algorithm": "grid", "num_samples": 2},
+        }
+    )
+    space = Space.model_validate(spelled)
+    folder = RunFolder.create(tmp_path / "run", recipe, space)
+    study = open_study(folder, recipe.name, OBJ, make_sampler(recipe))
+    ledger = Ledger(folder, study, recipe, space, "attempt-1", budget=network_count(recipe, space))
+    assert ledger.budget == 1
+    first = ledger.next_config()
+    ledger.result(first[TRIAL_KEY], _final(2, 80.0, 30.0))
+    ledger.ended(first[TRIAL_KEY])
+    assert (
+        ledger.next_config() is None and "space exhausted: all 1 configuration(s)" in ledger.progress.message
+    )
