@@ -215,8 +215,11 @@ def markdown(summary: Summary) -> str:
         lines.append(
             f"- target 2 (SN warm start reaches NSGA-II+MO-ASHA's final median HV, "
             f"{summary.methods['nsga2+moasha'].final_median:.1f} % of grid, at <= 1/2 of its compute): "
-            "sn_warm "
-            f"{summary.warm_epochs if summary.warm_epochs is not None else 'not reached'} epochs vs "
-            f"{summary.moasha_epochs}, ratio {_fmt(ratio)}: {verdict}"
+            + (
+                f"sn_warm at {summary.warm_epochs} epochs vs {summary.moasha_epochs}, ratio {_fmt(ratio)}"
+                if summary.warm_epochs is not None
+                else f"sn_warm never reaches it (NSGA-II+MO-ASHA: {summary.moasha_epochs} epochs)"
+            )
+            + f": {verdict}"
         )
     return "\n".join(lines) + "\n"
