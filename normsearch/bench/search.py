@@ -1,10 +1,13 @@
 """`normsearch bench search`: what does the search machinery (Ray Tune, Optuna, the run folder, per-epoch
 checkpoints) cost on top of training itself?
 
-The same N trials are run twice, in this order:
+The same N trials are run twice:
 
 1. **sequentially in this process** through `train.train_units`, with no Ray: the compute a trial needs,
-   timed per trial around the call (same seed and torch threads as the search's trials);
+   timed per trial around the call (same seed and torch threads as the search's trials). The first half
+   of the N configurations is trained before the search and the second half after it, so that a change
+   in the machine's load from other jobs during the bench falls on both sides instead of on one (a first
+   version ran them all before the search and measured -12.5 % overhead: the load had dropped);
 2. **as a search** through `search.tuner.run_search`, exactly what `normsearch run` calls: preflight, Ray
    start-up (unless this process already runs Ray), the study, the records, every trial's epoch
    checkpoints, timed from the call to its return.
@@ -22,7 +25,10 @@ FLOPs for every value. The recipe's own space is replaced by this one; its data,
 seed and `resources.cpu` (the torch threads of every trial, both ways) are kept.
 
 On a 2-core machine the default is one trial at a time on one thread: running two would put both on the
-cores the sequential run had alone and count their contention as overhead.
+cores the sequential run had alone and count their contention as overhead. Ray runs its workers at
+niceness 15 (its `RAY_worker_niceness` default), the sequential run keeps this process's: on a machine
+shared with other jobs a search trial gets less of the CPU than the same trial in this process, and the
+bench counts that as overhead too, since `normsearch run` pays it.
 """
 
 from __future__ import annotations
@@ -179,19 +185,23 @@ def bench_search(
     assert assignments is not None and len(assignments) == trials
     threads = bench.resources.cpu
 
-    previous = torch.get_num_threads()
+    data = load_data(bench.data)
     seconds: list[float] = []
-    try:
-        data = load_data(bench.data)
-        for k, values in enumerate(assignments, start=1):
-            say(f"sequential run, trial {k}/{trials} (ratio {values['ratio']})")
-            arch = space.to_arch(bench.model, values)
-            tic = time.perf_counter()
-            train_units(arch, data, bench.data, bench.train, seed=bench.seed, threads=threads)
-            seconds.append(time.perf_counter() - tic)
-    finally:
-        torch.set_num_threads(previous)
-    del data
+
+    def sequential(part: list[dict[str, Any]]) -> None:
+        previous = torch.get_num_threads()
+        try:
+            for values in part:
+                say(f"sequential run, trial {len(seconds) + 1}/{trials} (ratio {values['ratio']})")
+                arch = space.to_arch(bench.model, values)
+                tic = time.perf_counter()
+                train_units(arch, data, bench.data, bench.train, seed=bench.seed, threads=threads)
+                seconds.append(time.perf_counter() - tic)
+        finally:
+            torch.set_num_threads(previous)
+
+    half = (trials + 1) // 2
+    sequential(assignments[:half])
 
     import ray
 
@@ -213,6 +223,7 @@ def bench_search(
             f"bench search: {len(finished)} of {trials} search trials completed ({reasons or 'interrupted'})"
         )
     records = folder.records()
+    sequential(assignments[half:])
     return SearchBench(
         tuple(seconds),
         wall,
