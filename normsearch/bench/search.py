@@ -61,6 +61,7 @@ class SearchBench:
     ray_started: bool  # whether Ray's start-up is inside search_wall
     search_trial_seconds: tuple[float, ...]  # each search trial's Σ epoch_seconds, from its records
     run_dir: Path
+    idle: float = 0.0  # of search_wall, the seconds no trial was between its first epoch and its end
 
     @property
     def trials(self) -> int:
@@ -79,6 +80,13 @@ class SearchBench:
     def overhead(self) -> float:
         """(search wall - Σ compute / concurrency) / search wall, as a fraction."""
         return (self.search_wall - self.compute / self.concurrency) / self.search_wall
+
+    @property
+    def idle_share(self) -> float:
+        """`idle` / search wall: a lower bound of the overhead read from the search's own records alone,
+        so a change of the machine's load between the sequential run and the search does not enter it (the
+        per-epoch checkpoints inside a trial are not in it)."""
+        return self.idle / self.search_wall
 
     @property
     def at_target_scale(self) -> bool:
@@ -152,6 +160,26 @@ def _startup(records: list[dict[str, Any]], called: float) -> float:
     return min(firsts) - called
 
 
+def _idle(records: list[dict[str, Any]], called: float, returned: float) -> float:
+    """Seconds of [called, returned] (time.time()) outside every trial's span, from the start of its first
+    epoch to its terminal record: start-up, the gaps between trials, the end of the search."""
+    spans: dict[str, list[float]] = {}
+    for r in records:
+        if r.get("status") == "running" and "epoch_seconds" in r.get("metrics", {}):
+            start = r["time"] - float(r["metrics"]["epoch_seconds"])
+            span = spans.setdefault(r["trial_id"], [start, start])
+            span[0] = min(span[0], start)
+        elif r.get("status") in ("complete", "pruned", "failed") and r["trial_id"] in spans:
+            spans[r["trial_id"]][1] = max(spans[r["trial_id"]][1], r["time"])
+    covered, reach = 0.0, called
+    for start, end in sorted(spans.values()):
+        start, end = max(start, reach), min(end, returned)
+        if end > start:
+            covered += end - start
+            reach = end
+    return (returned - called) - covered
+
+
 def _search_trial_seconds(records: list[dict[str, Any]]) -> tuple[float, ...]:
     """Each trial's Σ epoch_seconds, from its per-epoch records."""
     per: dict[str, float] = {}
@@ -214,7 +242,8 @@ def bench_search(
         run_dir,
         on_change=lambda p: say(f"search: {p.done}/{p.total} trials done, {len(p.running)} running"),
     )
-    wall = time.time() - called
+    returned = time.time()
+    wall = returned - called
     folder = RunFolder(run_dir)
     finished = [t for t in folder.trials() if t.complete]
     if outcome.incomplete or len(finished) != trials:
@@ -233,4 +262,5 @@ def bench_search(
         ray_started,
         _search_trial_seconds(records),
         run_dir,
+        _idle(records, called, returned),
     )

@@ -213,7 +213,8 @@ def bench_search(
         ),
         title_justify="left",
     )
-    for column in ("trials", "s / trial", "search wall s", "Σ compute s", "start-up s", "overhead", "target"):
+    columns = ("trials", "s / trial", "search wall s", "Σ compute s", "start-up s", "overhead", "target")
+    for column in (*columns, "not training"):
         table.add_column(column, justify="right")
     verdict = "[green]met[/green]" if result.meets_target else "[red]missed[/red]"
     table.add_row(
@@ -224,6 +225,7 @@ def bench_search(
         f"{result.startup:.1f}",
         f"{100 * result.overhead:.1f} %",
         f"≤{100 * TARGET_OVERHEAD:.0f} % {verdict}",
+        f"{result.idle:.1f} s = {100 * result.idle_share:.1f} %",
     )
     console.print(table)
     console.print(
@@ -231,6 +233,11 @@ def bench_search(
         f"sequential run (trials {min(result.trial_seconds):.1f}-{max(result.trial_seconds):.1f} s); the "
         f"search's own trials spent {sum(result.search_trial_seconds):.1f} s in their epochs; run folder "
         f"{result.run_dir}",
+        highlight=False,
+    )
+    console.print(
+        "not training: the search's wall outside every trial's span (first epoch to end), from its own "
+        "records; a lower bound of the overhead that a change of load between the two runs cannot shift",
         highlight=False,
     )
     if not result.at_target_scale:

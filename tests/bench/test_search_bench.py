@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from normsearch.bench.search import SearchBench, bench_recipe, bench_search, ratios
+from normsearch.bench.search import SearchBench, _idle, bench_recipe, bench_search, ratios
 from normsearch.cli import app
 from normsearch.errors import NormsearchError
 from normsearch.recipe import load_recipe
@@ -27,6 +27,24 @@ def test_overhead_is_the_share_of_the_wall_not_spent_training() -> None:
     assert not bench.meets_target and not bench.at_target_scale
     at_scale = SearchBench((10.0,) * 20, 204.0, 3.0, 1, 1, True, (), Path("x"))
     assert at_scale.overhead == pytest.approx(4 / 204) and at_scale.meets_target and at_scale.at_target_scale
+
+
+def _epoch(trial: str, time: float, seconds: float) -> dict:
+    return {"trial_id": trial, "status": "running", "time": time, "metrics": {"epoch_seconds": seconds}}
+
+
+def test_idle_is_the_wall_outside_every_trials_span() -> None:
+    # t000 spans [10, 20] (first epoch began 12 - 2), t001 [22, 30]: 18 s covered of [0, 31], 13 s idle.
+    done = [{"trial_id": "t000", "status": "complete", "time": 20.0}]
+    one_after_another = [_epoch("t000", 12.0, 2.0), *done, _epoch("t001", 25.0, 3.0)]
+    one_after_another.append({"trial_id": "t001", "status": "complete", "time": 30.0})
+    assert _idle(one_after_another, 0.0, 31.0) == pytest.approx(13.0)
+    # Two at once: t001 spans [15, 25], overlapping t000's [10, 20]; the union is [10, 25], 16 s idle.
+    overlapping = [_epoch("t000", 12.0, 2.0), _epoch("t001", 17.0, 2.0), *done]
+    overlapping.append({"trial_id": "t001", "status": "complete", "time": 25.0})
+    assert _idle(overlapping, 0.0, 31.0) == pytest.approx(16.0)
+    bench = SearchBench((10.0,), 40.0, 4.0, 1, 1, True, (), Path("x"), idle=6.0)
+    assert bench.idle_share == pytest.approx(0.15)
 
 
 def test_ratios_are_distinct_and_evenly_spaced() -> None:
@@ -59,6 +77,7 @@ def test_two_tiny_trials_through_ray_and_the_formula_on_what_it_returns(tmp_path
         (result.search_wall - sum(result.trial_seconds)) / result.search_wall
     )
     assert 0 < result.startup < result.search_wall
+    assert result.startup <= result.idle < result.search_wall  # start-up is the first idle stretch
     assert len(result.search_trial_seconds) == 2 and all(s > 0 for s in result.search_trial_seconds)
     assert result.compute < result.search_wall  # the search did the same training, and more
     trials = RunFolder.open(tmp_path / "run").trials()
