@@ -223,8 +223,8 @@ class Recipe(_Strict):
             # Ray's ASHA asserts on this when it is built, after Ray started; MO-ASHA would have no rung.
             raise ValueError(
                 f"search.scheduler.grace_period: {sched.grace_period} epochs leaves {sched.kind} no rung "
-                f"before the last epoch (train.epochs {self.train.epochs}); allowed: 1 to "
-                f"{self.train.epochs - 1}"
+                f"before the last epoch (train.epochs {self.train.epochs}); allowed: "
+                + (f"1 to {self.train.epochs - 1}" if self.train.epochs > 1 else "scheduler kind none")
             )
         return self
 

@@ -243,3 +243,81 @@ def bench_efficiency(
         if line.startswith("- target"):
             console.print(line)
     console.print(f"wrote {table_path}, {result.csv}, {result.png}, {result.markdown_file}")
+
+
+@bench_app.command("search")
+@user_errors
+def bench_search(
+    recipe_path: Annotated[
+        Path, typer.Argument(metavar="RECIPE", help="A recipe giving the trial budget.")
+    ] = Path("recipes/bench_search.yaml"),
+    trials: Annotated[int, typer.Option(min=1, help="Trials, each a distinct IBN-a ratio.")] = 20,
+    concurrency: Annotated[
+        int, typer.Option(min=1, help="Trials at once in the search (2-core machine: 1).")
+    ] = 1,
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="torch threads per trial (default: resources.cpu).")
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help="train.epochs of every trial.")] = None,
+    n_train: Annotated[int | None, typer.Option(min=10, help="data.n_train of every trial.")] = None,
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="The search's run folder (default: runs/...).")
+    ] = None,
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a recipe key, e.g. --set data.n_val=50.")
+    ] = None,
+) -> None:
+    """Search overhead: the same N trials through `normsearch run` and sequentially in this process."""
+    from normsearch.bench.search import TARGET_OVERHEAD, TARGET_TRIAL_SECONDS, TARGET_TRIALS
+    from normsearch.bench.search import bench_search as run_bench
+    from normsearch.recipe import default_output
+
+    extra = [f"train.epochs={epochs}"] * (epochs is not None) + [f"data.n_train={n_train}"] * (
+        n_train is not None
+    )
+    recipe, _ = load_recipe_flags(recipe_path, overrides=[*(overrides or []), *extra])
+    run_dir = output or default_output(recipe)
+    with console.status("sequential run...") as status:
+        result = run_bench(
+            recipe, run_dir, trials=trials, concurrency=concurrency, threads=threads, on_step=status.update
+        )
+    table = Table(
+        title=(
+            f"{recipe.name}: {recipe.data.describe()}; {result.concurrency} trial(s) at once, "
+            f"{result.threads} thread(s) each; Ray start-up "
+            f"{'included' if result.ray_started else 'not included (Ray was running)'}"
+        ),
+        title_justify="left",
+    )
+    columns = ("trials", "s / trial", "search wall s", "Σ compute s", "start-up s", "overhead", "target")
+    for column in (*columns, "not training"):
+        table.add_column(column, justify="right")
+    verdict = "[green]met[/green]" if result.meets_target else "[red]missed[/red]"
+    table.add_row(
+        str(result.trials),
+        f"{result.seconds_per_trial:.1f}",
+        f"{result.search_wall:.1f}",
+        f"{result.compute:.1f}",
+        f"{result.startup:.1f}",
+        f"{100 * result.overhead:.1f} %",
+        f"≤{100 * TARGET_OVERHEAD:.0f} % {verdict}",
+        f"{result.idle:.1f} s = {100 * result.idle_share:.1f} %",
+    )
+    console.print(table)
+    console.print(
+        f"overhead = (search wall - Σ compute / {result.concurrency}) / search wall; Σ compute from the "
+        f"sequential run (trials {min(result.trial_seconds):.1f}-{max(result.trial_seconds):.1f} s); the "
+        f"search's own trials spent {sum(result.search_trial_seconds):.1f} s in their epochs; run folder "
+        f"{result.run_dir}",
+        highlight=False,
+    )
+    console.print(
+        "not training: the search's wall outside every trial's span (first epoch to end), from its own "
+        "records; a lower bound of the overhead that a change of load between the two runs cannot shift",
+        highlight=False,
+    )
+    if not result.at_target_scale:
+        console.print(
+            f"[yellow]the target is stated for >= {TARGET_TRIALS} trials of >= {TARGET_TRIAL_SECONDS:.0f} s "
+            "each; this run is smaller, so its verdict is not the target's[/yellow]"
+        )
