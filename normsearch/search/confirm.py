@@ -297,7 +297,6 @@ def run_confirm(
 ) -> ConfirmOutcome:
     """Confirm the chosen configurations of the run in `run_dir` with `seeds` new model seeds (module
     docstring); returns what was trained and what was found already done."""
-    from ray import tune
 
     from normsearch.search.ray import (
         check_cluster_resources,
@@ -305,7 +304,7 @@ def run_confirm(
         local_ray_processes,
         start_ray,
     )
-    from normsearch.search.tuner import _trainable, pretrained_bases, versions
+    from normsearch.search.tuner import make_tuner, pretrained_bases, versions
 
     summary = summarize(run_dir)
     folder, recipe, space = summary.folder, summary.recipe, summary.space
@@ -335,24 +334,15 @@ def run_confirm(
             def name(trial: Any) -> str:
                 return RunFolder.trial_dirname(str(trial.config[TRIAL_KEY]))
 
-            tuner = tune.Tuner(
-                _trainable(recipe, space),
-                tune_config=tune.TuneConfig(
-                    search_alg=_searcher(book),
-                    num_samples=len(book.queue),
-                    max_concurrent_trials=recipe.search.max_concurrent,
-                    reuse_actors=True,
-                    trial_name_creator=name,
-                    trial_dirname_creator=name,
-                ),
-                run_config=tune.RunConfig(
-                    name=experiment,
-                    storage_path=str(folder.tune_dir),
-                    verbose=0,
-                    callbacks=[_callback(book)],
-                    failure_config=tune.FailureConfig(max_failures=recipe.search.failures.retries),
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                ),
+            tuner = make_tuner(
+                recipe,
+                space,
+                folder,
+                experiment,
+                searcher=_searcher(book),
+                callback=_callback(book),
+                num_samples=len(book.queue),
+                trial_name=name,
             )
             tuner.fit()
         book.outcome.found = probe.outcome.found

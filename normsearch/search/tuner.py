@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from normsearch.recipe import Recipe
 from normsearch.run.folder import RunFolder
@@ -135,6 +136,44 @@ def _trainable(recipe: Recipe, space: Space):
     )
 
 
+def make_tuner(
+    recipe: Recipe,
+    space: Space,
+    folder: RunFolder,
+    experiment: str,
+    searcher: Any,
+    callback: Any,
+    num_samples: int,
+    trial_name: Callable[[Any], str],
+    scheduler: Any = None,
+) -> Any:
+    """One Ray Tune experiment `tune/<experiment>` in the run folder, the way every driver runs one (a
+    search attempt, a confirmation): the recipe's trainable and resources, concurrency, retries of lost
+    workers from the last epoch checkpoint, Tune's result files, the trial directory named by the trial."""
+    from ray import tune
+
+    return tune.Tuner(
+        _trainable(recipe, space),
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=num_samples,
+            max_concurrent_trials=recipe.search.max_concurrent,
+            reuse_actors=True,
+            trial_name_creator=trial_name,
+            trial_dirname_creator=trial_name,
+        ),
+        run_config=tune.RunConfig(
+            name=experiment,
+            storage_path=str(folder.tune_dir),
+            verbose=0,
+            callbacks=[callback],
+            failure_config=tune.FailureConfig(max_failures=recipe.search.failures.retries),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        ),
+    )
+
+
 def _trial_name(trial) -> str:
     return str(trial.config[TRIAL_KEY])
 
@@ -150,7 +189,6 @@ def run_search(
     """Run (or, with `resume`, continue) the search of `recipe` over `space` in `run_dir`.
 
     `checked` is the result of `preflight` when the caller already ran it (the CLI shows it first)."""
-    from ray import tune
 
     if resume:
         folder = RunFolder.open(run_dir)
@@ -204,25 +242,16 @@ def run_search(
         outcome.nothing_to_do = True
         folder.release()
         return outcome
-    tuner = tune.Tuner(
-        _trainable(recipe, space),
-        tune_config=tune.TuneConfig(
-            search_alg=make_searcher(ledger),
-            scheduler=make_scheduler(recipe),
-            num_samples=budget * len(recipe.data.units()),
-            max_concurrent_trials=recipe.search.max_concurrent,
-            reuse_actors=True,
-            trial_name_creator=_trial_name,
-            trial_dirname_creator=_trial_name,
-        ),
-        run_config=tune.RunConfig(
-            name=attempt,
-            storage_path=str(folder.tune_dir),
-            verbose=0,
-            callbacks=[make_callback(ledger)],
-            failure_config=tune.FailureConfig(max_failures=recipe.search.failures.retries),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-        ),
+    tuner = make_tuner(
+        recipe,
+        space,
+        folder,
+        attempt,
+        searcher=make_searcher(ledger),
+        callback=make_callback(ledger),
+        num_samples=budget * len(recipe.data.units()),
+        trial_name=_trial_name,
+        scheduler=make_scheduler(recipe),
     )
     try:
         tuner.fit()
