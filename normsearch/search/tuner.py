@@ -63,6 +63,19 @@ class SearchOutcome:
         return p is not None and p.failed > 0 and p.done == 0 and p.pruned == 0 and p.repeats == 0
 
 
+def _message(on_change: Callable[[Progress], None] | None) -> Callable[[str], None] | None:
+    """A progress line for work the driver does before the trials (the live view shows `message`)."""
+    if on_change is None:
+        return None
+    progress = Progress(total=0)
+
+    def show(text: str) -> None:
+        progress.message = text
+        on_change(progress)
+
+    return show
+
+
 def pretrained_bases(
     folder: RunFolder, recipe: Recipe, on_change: Callable[[Progress], None] | None = None
 ) -> dict[str, str]:
@@ -79,7 +92,7 @@ def pretrained_bases(
     paths: dict[str, str] = {}
     by_sources: dict[tuple[str, ...], str] = {}
     data = None
-    progress = Progress(total=0)
+    show = _message(on_change)
     for unit in recipe.data.units():
         if unit.sources in by_sources:
             paths[unit.name] = by_sources[unit.sources]
@@ -89,12 +102,11 @@ def pretrained_bases(
             data = data or load_data(recipe.data)
 
             def report(metrics: dict, unit=unit) -> None:
-                progress.message = (
-                    f"pretraining the base on {', '.join(unit.sources)}: epoch {metrics['epoch']}, "
-                    f"source val {metrics['source_val_acc']:.1f}"
-                )
-                if on_change is not None:
-                    on_change(progress)
+                if show is not None:
+                    show(
+                        f"pretraining the base on {', '.join(unit.sources)}: epoch {metrics['epoch']}, "
+                        f"source val {metrics['source_val_acc']:.1f}"
+                    )
 
             result = pretrain(
                 recipe.model,
@@ -110,19 +122,6 @@ def pretrained_bases(
             save_checkpoint(result.checkpoint, path)
         by_sources[unit.sources] = paths[unit.name] = str(path)
     return paths
-
-
-def _message(on_change: Callable[[Progress], None] | None) -> Callable[[str], None] | None:
-    """A progress line for work the driver does before the trials (the live view shows `message`)."""
-    if on_change is None:
-        return None
-    progress = Progress(total=0)
-
-    def show(text: str) -> None:
-        progress.message = text
-        on_change(progress)
-
-    return show
 
 
 def _trainable(recipe: Recipe, space: Space):
