@@ -117,7 +117,7 @@ class SearchConfig(_Strict):
     @field_validator("constraints")
     @classmethod
     def _constraints(cls, value: list[str]) -> list[str]:
-        from normsearch.constraints import parse_constraint
+        from normsearch.search.constraints import parse_constraint
 
         for text in value:
             parse_constraint(text)  # raises ValueError naming what is allowed

@@ -192,7 +192,7 @@ def _subset(images: torch.Tensor, labels: torch.Tensor, n: int) -> torch.Tensor:
 def domain_images(network: TrainedNetwork, data: DomainSet, n: int = IMAGES) -> dict[str, torch.Tensor]:
     """The images each domain is diagnosed on: the sources' test splits (together), then every target's
     reported images (the split `evaluation` measures it on)."""
-    from normsearch.evaluation import evaluation_split
+    from normsearch.train.evaluation import evaluation_split
 
     parts = [data[name].split("test") for name in network.unit.sources]
     source = (torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts]))
@@ -204,8 +204,8 @@ def domain_images(network: TrainedNetwork, data: DomainSet, n: int = IMAGES) -> 
 
 def _standardizer(network: TrainedNetwork, data: DomainSet) -> Standardizer:
     """The input standardisation the network was trained with (the same rule as training's)."""
-    from normsearch.evaluation import unit_sets
     from normsearch.train import _standardizer as training_standardizer
+    from normsearch.train.evaluation import unit_sets
 
     return training_standardizer(
         network.arch, network.recipe.data, unit_sets(data, network.unit, lambda t: t)
@@ -283,7 +283,7 @@ def write_diagnosis(diagnosis: Diagnosis, out_dir: str | Path) -> list[Path]:
     import io
 
     from normsearch.analysis.plots import plot_divergence, plot_estimation_shift, plot_sn_ratios
-    from normsearch.files import atomic_write_text, os_errors
+    from normsearch.run.files import atomic_write_text, os_errors
 
     out = Path(out_dir)
     with os_errors(out, "create the output folder"):

@@ -26,7 +26,7 @@ def _figure(width: float, height: float, rows: int = 1) -> tuple[Any, Any]:
 def _save(fig: Any, path: Path, title: str) -> Path:
     import matplotlib.pyplot as plt
 
-    from normsearch.files import atomic_write_bytes
+    from normsearch.run.files import atomic_write_bytes
 
     fig.suptitle("\n".join(textwrap.wrap(title, 90)), fontsize=9)
     fig.tight_layout()

@@ -40,8 +40,8 @@ def bench_data(recipe: Recipe, batches: int = 5, threads: int | None = None, war
     """Time the recipe's input pipeline against its train step (see the module docstring)."""
     from normsearch.data.pipeline import Standardizer, balanced_batches, make_augment
     from normsearch.data.spec import load_data
-    from normsearch.evaluation import unit_sets
     from normsearch.models import build_model
+    from normsearch.train.evaluation import unit_sets
 
     threads = threads or recipe.resources.cpu
     previous = torch.get_num_threads()

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from normsearch.errors import NormsearchError
-from normsearch.files import atomic_write_text
+from normsearch.run.files import atomic_write_text
 from normsearch.run.records import config_key
 
 if TYPE_CHECKING:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from normsearch.files import atomic_write_bytes, atomic_write_text
+from normsearch.run.files import atomic_write_bytes, atomic_write_text
 
 if TYPE_CHECKING:
     from normsearch.bench.efficiency import Table

@@ -331,7 +331,7 @@ def data_show(
         table.add_row(*row)
     console.print(table)
     if out is not None:
-        from normsearch.files import os_errors
+        from normsearch.run.files import os_errors
 
         with os_errors(out, "write here"):
             save_grid(data, config, out, per_row)

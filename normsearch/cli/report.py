@@ -149,9 +149,9 @@ def collect(
 ) -> None:
     """DomainBed-style tables over the runs' records: one row per configuration, one column per reported
     domain, mean ± s.e. where confirmed, the selection rule in the header, X with a reason."""
-    from normsearch.files import atomic_write_text
     from normsearch.results.collect import collect as collect_runs
     from normsearch.results.collect import render, rich_tables
+    from normsearch.run.files import atomic_write_text
 
     tables = collect_runs(run_dirs)
     if output is not None:

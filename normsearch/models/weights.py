@@ -90,7 +90,7 @@ def save_checkpoint(checkpoint: Checkpoint, path: str | Path) -> Path:
     reader never sees half a file, a crash leaves the previous file in place."""
     import io
 
-    from normsearch.files import atomic_write_bytes
+    from normsearch.run.files import atomic_write_bytes
 
     payload = {
         "format": FORMAT,

@@ -14,9 +14,9 @@ from typing import Any
 import yaml
 
 from normsearch.errors import NormsearchError
-from normsearch.files import atomic_write_text
 from normsearch.recipe import Recipe
 from normsearch.results.pareto import hypervolume_2d, non_dominated, pick, worst_reference
+from normsearch.run.files import atomic_write_text
 from normsearch.run.folder import RunFolder
 from normsearch.run.records import UNIT_SEPARATOR, TrialRecord
 from normsearch.space import Space

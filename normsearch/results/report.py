@@ -220,7 +220,7 @@ def _fmt(value: Any) -> str:
 
 def render_markdown_report(data: ReportData, path: Path) -> list[Path]:
     """The Markdown report at `path`, its PNGs in `<stem>_files/` beside it. Returns every file written."""
-    from normsearch.files import atomic_write_text
+    from normsearch.run.files import atomic_write_text
 
     assets = path.parent / f"{path.stem}_files"
     from normsearch.results.report_figures import pngs as write_pngs
@@ -289,8 +289,8 @@ def render_html_report(data: ReportData, path: Path) -> list[Path]:
     """The self-contained HTML report at `path` (plotly.js embedded once; no network request)."""
     import plotly.offline
 
-    from normsearch.files import atomic_write_text
     from normsearch.results.report_figures import plotly_figures
+    from normsearch.run.files import atomic_write_text
 
     figures = plotly_figures(data)
     s = data.summary

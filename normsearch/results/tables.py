@@ -218,7 +218,7 @@ def _png(fig: Any, path: Path) -> None:
 
     import matplotlib.pyplot as plt
 
-    from normsearch.files import atomic_write_bytes
+    from normsearch.run.files import atomic_write_bytes
 
     fig.tight_layout()
     buffer = io.BytesIO()
@@ -272,7 +272,7 @@ def plot_front(front: Front, path: Path, title: str, kind: str | None = None) ->
     """PNG (matplotlib) or HTML (plotly, self-contained: plotly.js embedded, no network request) scatter of
     the first two objectives, front highlighted; `kind` (".png" / ".html") overrides the file's suffix.
     Written atomically; a bad place is one line. The PNG's title wraps, so it stays inside the figure."""
-    from normsearch.files import atomic_write_text
+    from normsearch.run.files import atomic_write_text
 
     if (kind or path.suffix) == ".html":
         atomic_write_text(path, front_figure(front, title).to_html(include_plotlyjs=True, full_html=True))

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from normsearch.errors import NormsearchError
-from normsearch.files import atomic_write_text, first_line, os_errors
+from normsearch.run.files import atomic_write_text, first_line, os_errors
 
 if TYPE_CHECKING:
     from normsearch.recipe import Recipe

@@ -16,7 +16,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from normsearch.constraints import best_values, parse_constraint, violations
 from normsearch.errors import NormsearchError
 from normsearch.recipe import Recipe
 from normsearch.results.pareto import non_dominated
@@ -33,6 +32,7 @@ from normsearch.run.records import (
     unit_trial_id,
 )
 from normsearch.run.study import close_trial, set_attrs
+from normsearch.search.constraints import best_values, parse_constraint, violations
 from normsearch.search.moasha import stop_reason
 from normsearch.search.preflight import network_count
 from normsearch.search.trial import FAILED, INIT_KEY, RESUME_KEY, STARTED_FROM, TRACE, TRIAL_KEY, UNIT_KEY

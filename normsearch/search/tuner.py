@@ -83,9 +83,9 @@ def pretrained_bases(
     sees its held-out domain) and kept in the run folder; a base already there is used, never retrained
     (resume). Returns unit name -> checkpoint path; empty for any other `train.init`."""
     from normsearch.data.spec import load_data
-    from normsearch.initialise import init_mode
     from normsearch.models.weights import save_checkpoint
     from normsearch.train import pretrain
+    from normsearch.train.initialise import init_mode
 
     if recipe.train.init_from is not None or init_mode(recipe.model, recipe.train, given=True) != "pretrain":
         return {}

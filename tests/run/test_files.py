@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from normsearch.errors import NormsearchError
-from normsearch.files import atomic_write_text
+from normsearch.run.files import atomic_write_text
 
 
 def test_an_atomic_write_replaces_the_file_and_leaves_no_temporary(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from torch import nn
 from normsearch.data.domains import Domain, DomainSet
 from normsearch.data.pipeline import Standardizer
 from normsearch.data.protocol import Unit
-from normsearch.evaluation import epoch_metrics, evaluation_split, final_accuracies, unit_sets
+from normsearch.train.evaluation import epoch_metrics, evaluation_split, final_accuracies, unit_sets
 
 
 class AlwaysClass(nn.Module):

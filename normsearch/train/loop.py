@@ -21,7 +21,7 @@ a torchvision weights name or a checkpoint file), or ``pretrain``: `pretrain(...
 architecture once on the sources, and every candidate fine-tunes from that checkpoint
 (`train_candidate(..., init=checkpoint)`). Either way the checkpoint goes through weight inheritance
 (`normsearch.models.inherit`), and `TrainResult.extra["init"]` says what the run started from. Precision,
-layout and device placement: `normsearch.precision`.
+layout and device placement: `normsearch.train.precision`.
 """
 
 from __future__ import annotations
@@ -47,21 +47,11 @@ from normsearch.data.pipeline import (
 )
 from normsearch.data.protocol import Unit
 from normsearch.data.spec import DataConfig, group_means
-from normsearch.evaluation import UnitSets, epoch_metrics, final_accuracies, unit_sets
-from normsearch.initialise import init_mode as init_mode
-from normsearch.initialise import pretrain as pretrain  # the public door is normsearch.train.pretrain
-from normsearch.initialise import starting_model, trained_checkpoint
 from normsearch.norms.sparse_switchable import set_sparse_progress
-from normsearch.precision import autocast, grad_scaler, layout, place, resolve_device
-from normsearch.train_state import (  # the public doors stay normsearch.train.*
-    Diverged as Diverged,
-)
-from normsearch.train_state import TrainResult as TrainResult
-from normsearch.train_state import TrainState as TrainState
-from normsearch.train_state import _generators, converged
-from normsearch.train_state import hardened_arch as hardened_arch
-from normsearch.train_state import retrain_summary as retrain_summary
-from normsearch.train_state import switch_to_hard as switch_to_hard
+from normsearch.train.evaluation import UnitSets, epoch_metrics, final_accuracies, unit_sets
+from normsearch.train.initialise import starting_model, trained_checkpoint
+from normsearch.train.precision import autocast, grad_scaler, layout, place, resolve_device
+from normsearch.train.state import Diverged, TrainResult, TrainState, _generators, converged, switch_to_hard
 
 if TYPE_CHECKING:
     from normsearch.models.weights import Checkpoint
@@ -159,7 +149,7 @@ def train_candidate(
     unit: Unit | None = None,
 ) -> TrainResult:
     """Train `arch` on one unit of the data protocol (default: the recipe's only one; `data_config.units()`)
-    and evaluate it (normsearch.evaluation); deterministic from `seed` on CPU at a fixed
+    and evaluate it (normsearch.train.evaluation); deterministic from `seed` on CPU at a fixed
     thread count. `report` receives one metrics dict per epoch (``final`` is True on the last); `snapshot`,
     called just before it, the state to continue from. With `resume`, the finished epochs are not trained
     again (a state whose last epoch is the final one only reports it again). `init` (a checkpoint, a file,

@@ -30,7 +30,8 @@ if TYPE_CHECKING:
     from normsearch.data.protocol import Unit
     from normsearch.data.spec import DataConfig
     from normsearch.models.weights import Checkpoint
-    from normsearch.train import TrainConfig, TrainResult, TrainState
+    from normsearch.train.loop import TrainConfig
+    from normsearch.train.state import TrainResult, TrainState
 
 
 def init_mode(arch: ArchConfig, config: TrainConfig, given: bool = False) -> str:
@@ -115,7 +116,7 @@ def pretrain(
     import torchvision
 
     from normsearch import __version__
-    from normsearch.train import train_candidate
+    from normsearch.train.loop import train_candidate
 
     base = config.model_copy(
         update={
