@@ -51,7 +51,13 @@ NETWORKS = {
 }
 
 
-@pytest.mark.parametrize("name", list(NETWORKS))
+# The families that take over 3 s each on a 2-core machine (--durations) run only in the full suite.
+SLOW = {"wide_resnet", "densenet121", "vgg_bn"}
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in NETWORKS]
+)
 def test_family_conformance(name: str) -> None:
     backbone, family = NETWORKS[name]
     result = check_network(backbone, size=64, name=name)
