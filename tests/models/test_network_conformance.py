@@ -51,8 +51,17 @@ NETWORKS = {
 }
 
 
-# The families that take over 3 s each on a 2-core machine (--durations) run only in the full suite.
-SLOW = {"wide_resnet", "densenet121", "vgg_bn"}
+# The networks that take over 3 s each on a 2-core machine (--durations) run only in the full suite; the
+# fast loop (-m 'not slow') keeps ResNeXt, the MobileNets, ShuffleNet, MnasNet and a traced timm model.
+SLOW = {
+    "resnet18",
+    "wide_resnet",
+    "densenet121",
+    "efficientnet_b0",
+    "regnet_x_400mf",
+    "vgg_bn",
+    "timm seresnet18",
+}
 
 
 @pytest.mark.parametrize(

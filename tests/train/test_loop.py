@@ -159,6 +159,7 @@ def test_pretrain_once_then_every_candidate_fine_tunes_from_it(data, tmp_path) -
     assert _without_timing(again.history) == _without_timing(tuned.history)
 
 
+@pytest.mark.slow  # over 3 s on a 2-core machine (--durations)
 def test_resume_of_a_fine_tuned_run_continues_it_without_loading_again(data, tmp_path) -> None:
     from normsearch.models import build_model, save_checkpoint
     from normsearch.models.weights import Checkpoint
