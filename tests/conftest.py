@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+
 import pytest
 import torch
 
@@ -15,6 +17,45 @@ quiet_ray_env()
 def _one_thread_and_seed() -> None:
     torch.set_num_threads(1)
     torch.manual_seed(0)
+
+
+# The recipe overrides that make a run small enough that a trial takes a second or two on one thread, while
+# the code path stays the full one (data pipeline, Ray Tune, the study, the records). One list for the suite.
+TINY_BUDGET: dict[str, object] = {
+    "train.epochs": 2,
+    "data.n_train": 300,
+    "data.n_val": 60,
+    "data.n_test": 60,
+}
+
+
+class Tiny:
+    """The tiny budget as recipe overrides: `overrides()` for `load_recipe(..., overrides=...)`, `flags()`
+    (or unpacking, `*tiny`) for the CLI's `--set`, and `but({...})` for a test that needs another value of
+    one key (None drops the key), so that each deviation from the shared budget is written where it is
+    used."""
+
+    def __init__(self, values: Mapping[str, object]) -> None:
+        self.values = dict(values)
+
+    def but(self, changes: Mapping[str, object]) -> Tiny:
+        values = {**self.values, **changes}
+        return Tiny({key: value for key, value in values.items() if value is not None})
+
+    def overrides(self) -> list[str]:
+        return [f"{key}={value}" for key, value in self.values.items()]
+
+    def flags(self) -> list[str]:
+        return [part for override in self.overrides() for part in ("--set", override)]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.flags())
+
+
+@pytest.fixture(scope="session")
+def tiny() -> Tiny:
+    """The suite's one tiny budget (TINY_BUDGET), for CLI runs and `load_recipe` alike."""
+    return Tiny(TINY_BUDGET)
 
 
 @pytest.fixture

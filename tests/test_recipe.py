@@ -95,6 +95,7 @@ def test_flags_beat_the_recipe_and_the_recipe_beats_defaults(tmp_path: Path) -> 
         load_recipe(path, overrides=["epochs"])
 
 
+@pytest.mark.slow  # 4-11 s each (--durations); issue 19
 @pytest.mark.parametrize("recipe", SHIPPED_DATA, ids=[p.stem for p in SHIPPED_DATA])
 def test_every_recipe_passes_dry_run(recipe: Path, tmp_path: Path) -> None:
     result = runner.invoke(app, ["run", str(recipe), "--dry-run", "--output", str(tmp_path / "x")])
@@ -103,6 +104,7 @@ def test_every_recipe_passes_dry_run(recipe: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "x").exists()  # a dry run writes nothing
 
 
+@pytest.mark.slow  # 4-11 s each (--durations); issue 19
 def test_the_pacs_recipe_dry_runs_on_a_pacs_layout_folder_and_names_missing_weights(
     tmp_path: Path, make_image_folder, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -5,23 +5,18 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import pytest
 from typer.testing import CliRunner
 
 from normsearch.cli import app
 
+if TYPE_CHECKING:
+    from tests.conftest import Tiny
+
 ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
-TINY = [
-    "--set",
-    "train.epochs=2",
-    "--set",
-    "data.n_train=300",
-    "--set",
-    "data.n_val=60",
-    "--set",
-    "data.n_test=60",
-]
 # IN on the stem and after stage 1's addition (IBN-b), soft Switchable Norm in stage 2, BN elsewhere.
 MIXED = """backbone: {preset: resnet-mini}
 norm:
@@ -30,11 +25,12 @@ norm:
 """
 
 
-def test_diagnose_a_config_trained_on_a_recipe(tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_diagnose_a_config_trained_on_a_recipe(tmp_path: Path, tiny: Tiny) -> None:
     config = tmp_path / "mixed.yaml"
     config.write_text(MIXED)
     out = tmp_path / "diag"
-    args = ["diagnose", str(config), "--recipe", str(ROOT / "recipes" / "quickstart.yaml"), *TINY]
+    args = ["diagnose", str(config), "--recipe", str(ROOT / "recipes" / "quickstart.yaml"), *tiny]
     result = runner.invoke(app, [*args, "--images", "48", "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert "feature divergence" in result.stdout and "Switchable Norm ratios" in result.stdout

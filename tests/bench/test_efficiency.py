@@ -154,7 +154,7 @@ def test_summary_names_the_known_best_method_and_writes_csv_and_png(tmp_path: Pa
     assert write_png(summary, tmp_path / "out" / "hand.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-TINY = {
+TINY_RECIPE = {
     "name": "tiny",
     "data": {"size": 8, "n_train": 40, "n_val": 20, "n_test": 20, "select": ["texture"], "test": ["noisy"]},
     "model": {"backbone": {"preset": "resnet-mini"}},
@@ -177,7 +177,7 @@ TINY = {
 
 def test_tabulation_through_the_cli_then_resumed_without_training(tmp_path: Path) -> None:
     recipe = tmp_path / "tiny.yaml"
-    recipe.write_text(yaml.safe_dump(TINY))
+    recipe.write_text(yaml.safe_dump(TINY_RECIPE))
     out = tmp_path / "bench"
     result = CliRunner().invoke(
         app, ["bench", "efficiency", str(recipe), "--seeds", "1", "--search-seeds", "2", "-o", str(out)]
@@ -200,7 +200,7 @@ def test_tabulation_through_the_cli_then_resumed_without_training(tmp_path: Path
 
 def test_a_table_of_another_budget_is_one_line(tmp_path: Path) -> None:
     recipe = tmp_path / "tiny.yaml"
-    recipe.write_text(yaml.safe_dump(TINY))
+    recipe.write_text(yaml.safe_dump(TINY_RECIPE))
     table = tmp_path / "other.json"
     table.write_text(json.dumps({"format": "normsearch-efficiency-table/1", "budget": {}, "rows": []}))
     result = CliRunner().invoke(app, ["bench", "efficiency", str(recipe), "--table", str(table)])

@@ -4,6 +4,7 @@ arithmetic on the numbers it returns."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from typer.testing import CliRunner
@@ -14,9 +15,13 @@ from normsearch.errors import NormsearchError
 from normsearch.recipe import load_recipe
 from normsearch.run.folder import RunFolder
 
+if TYPE_CHECKING:
+    from tests.conftest import Tiny
+
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "recipes" / "bench_search.yaml"
-TINY = ["train.epochs=1", "data.n_train=40", "data.n_val=20", "data.n_test=20"]
+# One epoch on 40 images: the bench measures the path around training, not training.
+SMALLEST = {"train.epochs": 1, "data.n_train": 40, "data.n_val": 20, "data.n_test": 20}
 
 
 def test_overhead_is_the_share_of_the_wall_not_spent_training() -> None:
@@ -55,8 +60,8 @@ def test_ratios_are_distinct_and_evenly_spaced() -> None:
         ratios(0)
 
 
-def test_bench_recipe_keeps_the_budget_and_searches_every_ratio_once(tmp_path: Path) -> None:
-    recipe, _ = load_recipe(RECIPE, overrides=["search.warm_start=sn", *TINY])
+def test_bench_recipe_keeps_the_budget_and_searches_every_ratio_once(tmp_path: Path, tiny: Tiny) -> None:
+    recipe, _ = load_recipe(RECIPE, overrides=["search.warm_start=sn", *tiny.but(SMALLEST).overrides()])
     bench, space = bench_recipe(recipe, 3, 1, tmp_path / "run", threads=1)
     assert bench.train == recipe.train and bench.data == recipe.data and bench.model == recipe.model
     assert bench.search.algorithm == "grid" and bench.search.num_samples == 3
@@ -67,8 +72,11 @@ def test_bench_recipe_keeps_the_budget_and_searches_every_ratio_once(tmp_path: P
     assert all(a.norm.ibn.variant == "a" and a.norm.ibn.stages == [1, 2] for a in archs)
 
 
-def test_two_tiny_trials_through_ray_and_the_formula_on_what_it_returns(tmp_path: Path, ray_local) -> None:
-    recipe, _ = load_recipe(RECIPE, overrides=TINY)
+@pytest.mark.slow
+def test_two_tiny_trials_through_ray_and_the_formula_on_what_it_returns(
+    tmp_path: Path, ray_local, tiny: Tiny
+) -> None:
+    recipe, _ = load_recipe(RECIPE, overrides=tiny.but(SMALLEST).overrides())
     steps: list[str] = []
     result = bench_search(recipe, tmp_path / "run", trials=2, concurrency=1, threads=1, on_step=steps.append)
     assert result.trials == 2 and result.threads == 1 and result.concurrency == 1

@@ -38,6 +38,7 @@ def _prepare(root: str, cache: str, queue) -> None:
         queue.put(("error", repr(error)))
 
 
+@pytest.mark.slow  # over 3 s on a 2-core machine (--durations)
 def test_concurrent_processes_preparing_one_domain_all_succeed_with_identical_data(tmp_path: Path) -> None:
     root = _tree(tmp_path / "data")
     cache = tmp_path / "cache"

@@ -51,7 +51,22 @@ NETWORKS = {
 }
 
 
-@pytest.mark.parametrize("name", list(NETWORKS))
+# The networks that take over 3 s each on a 2-core machine (--durations) run only in the full suite; the
+# fast loop (-m 'not slow') keeps ResNeXt, the MobileNets, ShuffleNet, MnasNet and a traced timm model.
+SLOW = {
+    "resnet18",
+    "wide_resnet",
+    "densenet121",
+    "efficientnet_b0",
+    "regnet_x_400mf",
+    "vgg_bn",
+    "timm seresnet18",
+}
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in NETWORKS]
+)
 def test_family_conformance(name: str) -> None:
     backbone, family = NETWORKS[name]
     result = check_network(backbone, size=64, name=name)

@@ -12,7 +12,7 @@ import normsearch
 from normsearch.arch import ArchConfig
 from normsearch.errors import NormsearchError
 from normsearch.norms import CrossNorm, CrossNormPolicy
-from tests.test_arch import FAMILIES
+from tests.arch.test_arch import FAMILIES
 
 
 def _train_step(model: nn.Module, seed: int = 0) -> None:

@@ -4,6 +4,7 @@ space: real Ray Tune trials, each building its network through `build_model`."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from typer.testing import CliRunner
@@ -13,24 +14,20 @@ from normsearch.arch import ArchConfig
 from normsearch.cli import app
 from normsearch.run.folder import RunFolder
 
+if TYPE_CHECKING:
+    from tests.conftest import Tiny
+
 ROOT = Path(__file__).resolve().parents[2]
-TINY = [
-    "--set",
-    "train.epochs=1",
-    "--set",
-    "data.n_train=200",
-    "--set",
-    "data.n_val=40",
-    "--set",
-    "data.n_test=40",
-]
+# One epoch on 200 images: two presets, two trials each.
+SMALLER = {"train.epochs": 1, "data.n_train": 200, "data.n_val": 40, "data.n_test": 40}
 
 
 @pytest.mark.parametrize("preset", ["densenet-mini", "mobilenetv2-mini"])
-def test_ibn_ratio_search_runs_on_small_families(preset: str, tmp_path: Path, ray_local) -> None:
+@pytest.mark.slow
+def test_ibn_ratio_search_runs_on_small_families(preset: str, tmp_path: Path, ray_local, tiny: Tiny) -> None:
     out = tmp_path / preset
     args = ["run", str(ROOT / "recipes" / "ibn_ratio.yaml"), "--output", str(out), "--num-samples", "2"]
-    result = CliRunner().invoke(app, [*args, *TINY, "--set", f"model.backbone.preset={preset}"])
+    result = CliRunner().invoke(app, [*args, *tiny.but(SMALLER), "--set", f"model.backbone.preset={preset}"])
     assert result.exit_code == 0, result.output + repr(result.exception)
     trials = RunFolder.open(out).trials()
     assert len(trials) == 2 and all(t.complete for t in trials), [t.status for t in trials]

@@ -49,6 +49,7 @@ def ray_local_module():
     yield
 
 
+@pytest.mark.slow  # `confirmed` trains through Ray
 def test_confirm_trains_only_the_missing_seed_and_appends_its_record(confirmed) -> None:
     run, before, stdout = confirmed
     after = (run / "trials.jsonl").read_text().splitlines()
@@ -65,6 +66,7 @@ def test_confirm_trains_only_the_missing_seed_and_appends_its_record(confirmed) 
     assert (run.parent / "c.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow  # `confirmed` trains through Ray
 def test_confirmation_never_changes_the_search(confirmed) -> None:
     run, _, _ = confirmed
     folder = RunFolder.open(run)
@@ -77,6 +79,7 @@ def test_confirmation_never_changes_the_search(confirmed) -> None:
     assert seeds == [1, 2, 3]
 
 
+@pytest.mark.slow  # `confirmed` trains through Ray
 def test_confirm_again_trains_nothing(confirmed) -> None:
     run, _, _ = confirmed
     lines = (run / "trials.jsonl").read_text()
@@ -85,6 +88,7 @@ def test_confirm_again_trains_nothing(confirmed) -> None:
     assert (run / "trials.jsonl").read_text() == lines
 
 
+@pytest.mark.slow  # `confirmed` trains through Ray
 def test_the_confirmation_run_has_tune_result_files_and_a_checkpoint_to_diagnose(confirmed, tmp_path) -> None:
     from ray.tune import ExperimentAnalysis
 
@@ -100,6 +104,7 @@ def test_the_confirmation_run_has_tune_result_files_and_a_checkpoint_to_diagnose
     assert (tmp_path / "divergence.csv").read_text().startswith("slot,normalizer,texture,pastel")
 
 
+@pytest.mark.slow  # `confirmed` trains through Ray
 def test_confirm_refuses_bad_choices(confirmed) -> None:
     run, _, _ = confirmed
     both = runner.invoke(app, ["confirm", str(run), "--front", "--trials", "t000"])

@@ -14,6 +14,7 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import optuna
 import pytest
@@ -23,10 +24,14 @@ from normsearch.cli import app
 from normsearch.run.folder import ProcessRef, RunFolder
 from normsearch.run.records import FINISHED, config_key
 
+if TYPE_CHECKING:
+    from tests.conftest import Tiny
+
 ROOT = Path(__file__).resolve().parents[2]
 QUICK = str(ROOT / "recipes" / "quickstart.yaml")
-TINY = ["--set", "data.n_train=300", "--set", "data.n_val=60", "--set", "data.n_test=60"]
 runner = CliRunner()
+# Every test here runs real searches through Ray Tune, most of them killed and resumed.
+pytestmark = pytest.mark.slow
 STATE = optuna.trial.TrialState
 TOLD = {"complete": STATE.COMPLETE, "pruned": STATE.PRUNED, "failed": STATE.FAIL}
 
@@ -44,9 +49,9 @@ def _wait(out: Path, predicate, what: str, seconds: float = 240.0) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _driver(out: Path, epochs: int = 3, *extra: str) -> subprocess.Popen:
-    command = [sys.executable, "-m", "normsearch", "run", QUICK, "--output", str(out), *TINY]
-    command += ["--set", f"train.epochs={epochs}", *extra]
+def _driver(out: Path, tiny: Tiny, epochs: int = 3, *extra: str) -> subprocess.Popen:
+    command = [sys.executable, "-m", "normsearch", "run", QUICK, "--output", str(out)]
+    command += [*tiny.but({"train.epochs": epochs}), *extra]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -89,10 +94,10 @@ def _resume(out: Path) -> str:
 
 
 def test_ctrl_c_exits_130_with_the_resume_command_and_resume_loses_and_repeats_nothing(
-    tmp_path: Path, ray_local
+    tmp_path: Path, ray_local, tiny: Tiny
 ) -> None:
     out = tmp_path / "sigint"
-    driver = _driver(out)
+    driver = _driver(out, tiny)
     _wait(out, lambda rs: "complete" in {r["status"] for r in rs}, "a finished trial")
     driver.send_signal(signal.SIGINT)
     output, _ = driver.communicate(timeout=180)
@@ -111,10 +116,10 @@ def test_ctrl_c_exits_130_with_the_resume_command_and_resume_loses_and_repeats_n
 
 @pytest.mark.parametrize("point", ["after a finished trial", "during the first epochs"])
 def test_a_killed_driver_resumes_from_checkpoints_and_ends_its_ray(
-    tmp_path: Path, ray_local, point: str
+    tmp_path: Path, ray_local, tiny: Tiny, point: str
 ) -> None:
     out = tmp_path / "sigkill"
-    driver = _driver(out, 4)
+    driver = _driver(out, tiny, 4)
     if point == "after a finished trial":
         _wait(out, lambda rs: bool(_terminal(rs)), point)
     else:
@@ -139,7 +144,7 @@ def test_a_killed_driver_resumes_from_checkpoints_and_ends_its_ray(
     assert not _alive(recorded)
 
 
-def test_a_killed_trial_worker_is_retried_from_its_checkpoint(tmp_path: Path, ray_local) -> None:
+def test_a_killed_trial_worker_is_retried_from_its_checkpoint(tmp_path: Path, ray_local, tiny: Tiny) -> None:
     out = tmp_path / "worker"
     killed: dict[str, int] = {}
 
@@ -155,7 +160,7 @@ def test_a_killed_trial_worker_is_retried_from_its_checkpoint(tmp_path: Path, ra
 
     watcher = threading.Thread(target=kill_first_worker, daemon=True)
     watcher.start()
-    result = runner.invoke(app, ["run", QUICK, "--output", str(out), *TINY, "--set", "train.epochs=4"])
+    result = runner.invoke(app, ["run", QUICK, "--output", str(out), *tiny.but({"train.epochs": 4})])
     watcher.join(timeout=5)
     assert result.exit_code == 0, result.output
     assert killed, "no worker was killed"
@@ -209,10 +214,10 @@ def test_a_trial_that_raises_says_why_everywhere(tmp_path: Path, ray_local) -> N
     )
 
 
-def test_a_run_whose_trials_all_diverge_fails_with_the_reason(tmp_path: Path, ray_local) -> None:
+def test_a_run_whose_trials_all_diverge_fails_with_the_reason(tmp_path: Path, ray_local, tiny: Tiny) -> None:
     out = tmp_path / "nan"
     result = runner.invoke(
-        app, ["run", QUICK, "--output", str(out), *TINY, "--set", "train.epochs=2", "--set", "train.lr=1e6"]
+        app, ["run", QUICK, "--output", str(out), *tiny.but({"train.epochs": 2}), "--set", "train.lr=1e6"]
     )
     assert result.exit_code == 1, result.output
     assert "every trial failed" in result.stdout

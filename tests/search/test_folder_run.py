@@ -13,6 +13,7 @@ from normsearch.cli import app
 from normsearch.run.folder import RunFolder
 
 runner = CliRunner()
+pytestmark = pytest.mark.slow  # `normsearch run` through Ray Tune
 
 
 def test_a_rotated_folder_run_completes_and_reports_each_held_out_domain(

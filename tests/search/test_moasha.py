@@ -7,6 +7,7 @@ import math
 import pickle
 import random
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import optuna
 import pytest
@@ -29,6 +30,9 @@ from normsearch.search.moasha import (
 from normsearch.search.searcher import make_sampler
 from normsearch.search.trial import TRIAL_KEY
 from normsearch.space import Space
+
+if TYPE_CHECKING:
+    from tests.conftest import Tiny
 
 ROOT = Path(__file__).resolve().parents[2]
 MAXMAX = ["max", "max"]
@@ -306,10 +310,11 @@ def test_the_rejection_reason_reaches_the_record_and_the_study(tmp_path: Path) -
 
 
 # --- one real search -----------------------------------------------------------------------------------
-def test_a_real_moasha_search_prunes_with_reasons(tmp_path: Path, ray_local) -> None:
+@pytest.mark.slow
+def test_a_real_moasha_search_prunes_with_reasons(tmp_path: Path, ray_local, tiny: Tiny) -> None:
     out = tmp_path / "moasha"
-    budget = ["--set", "data.n_train=200", "--set", "data.n_val=40", "--set", "data.n_test=40"]
-    budget += ["--set", "train.epochs=3", "--num-samples", "3"]
+    smaller = {"train.epochs": 3, "data.n_train": 200, "data.n_val": 40, "data.n_test": 40}
+    budget = [*tiny.but(smaller), "--num-samples", "3"]
     # Rungs: epoch 1 only (rf 3, 3 epochs). The rejection bar is on the parameter count, which training does
     # not change, so which trials it stops is known beforehand: of the five quickstart networks only IBN-b
     # (78,138 parameters; the others 78,042) clears 78,100. Every trial MO-ASHA lets past epoch 1 is either

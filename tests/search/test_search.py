@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 import optuna
@@ -21,26 +22,18 @@ from normsearch.search.ray import start_ray
 
 ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
+# Every test here runs `normsearch run` through Ray Tune.
+pytestmark = pytest.mark.slow
 OPTUNA_CLI = (
     str(Path(sys.executable).with_name("optuna"))
     if Path(sys.executable).with_name("optuna").exists()
     else (shutil.which("optuna") or "optuna")
 )
-# Small enough that a trial takes a second or two; the code path is the full one.
-TINY = [
-    "--set",
-    "train.epochs=2",
-    "--set",
-    "data.n_train=300",
-    "--set",
-    "data.n_val=60",
-    "--set",
-    "data.n_test=60",
-]
 
 
-def run(recipe: str, out: Path, *extra: str) -> str:
-    result = runner.invoke(app, ["run", str(ROOT / "recipes" / recipe), "--output", str(out), *TINY, *extra])
+def run(recipe: str, out: Path, tiny: Iterable[str], *extra: str) -> str:
+    """`normsearch run` on a built-in recipe at the tiny budget; `extra` flags come after it and win."""
+    result = runner.invoke(app, ["run", str(ROOT / "recipes" / recipe), "--output", str(out), *tiny, *extra])
     assert result.exit_code == 0, result.output + repr(result.exception)
     return result.stdout
 
@@ -50,10 +43,10 @@ def study(run_dir: Path, name: str) -> optuna.Study:
 
 
 @pytest.fixture(scope="module")
-def quickstart(tmp_path_factory) -> tuple[Path, str]:
+def quickstart(tmp_path_factory, tiny) -> tuple[Path, str]:
     start_ray(None, num_cpus=2)
     out = tmp_path_factory.mktemp("runs") / "quick"
-    return out, run("quickstart.yaml", out)
+    return out, run("quickstart.yaml", out, tiny)
 
 
 def test_quickstart_runs_every_configuration_and_records_them(quickstart, ray_local) -> None:
@@ -140,11 +133,12 @@ def test_show_pareto_and_export_rebuild_the_chosen_network(quickstart, tmp_path:
     assert bad.exit_code == 2 and "exactly one of --trial ID or --pick" in bad.stderr
 
 
-def test_asha_prunes_and_pruned_trials_stay_off_the_front(tmp_path: Path, ray_local) -> None:
+def test_asha_prunes_and_pruned_trials_stay_off_the_front(tmp_path: Path, ray_local, tiny) -> None:
     out = tmp_path / "asha"
     run(
         "sn_ratios.yaml",
         out,
+        tiny,
         "--num-samples",
         "6",
         "--set",
@@ -173,9 +167,9 @@ def recipe_objectives() -> dict[str, str]:
 
 
 @pytest.mark.parametrize("recipe", ["ibn_ratio", "ibn_groups", "xbn_position", "cn_probability"])
-def test_paper_recipes_run_end_to_end(recipe: str, tmp_path: Path, ray_local) -> None:
+def test_paper_recipes_run_end_to_end(recipe: str, tmp_path: Path, ray_local, tiny) -> None:
     out = tmp_path / recipe
-    stdout = run(f"{recipe}.yaml", out, "--num-samples", "2")
+    stdout = run(f"{recipe}.yaml", out, tiny, "--num-samples", "2")
     trials = RunFolder.open(out).trials()
     assert len(trials) == 2 and all(t.complete for t in trials), [t.status for t in trials]
     assert "Pareto front" in stdout
@@ -183,7 +177,7 @@ def test_paper_recipes_run_end_to_end(recipe: str, tmp_path: Path, ray_local) ->
         assert build_model(t.arch) is not None
 
 
-def test_run_on_a_two_node_cluster_uses_both_nodes(tmp_path: Path) -> None:
+def test_run_on_a_two_node_cluster_uses_both_nodes(tmp_path: Path, tiny) -> None:
     """A two-node Ray cluster on loopback, started by the test (not `ray start`, which binds beyond
     loopback, and not `ray stop`, which ends every Ray process on the machine)."""
     import ray
@@ -196,7 +190,7 @@ def test_run_on_a_two_node_cluster_uses_both_nodes(tmp_path: Path) -> None:
         cluster.add_node(**node)
         cluster.wait_for_nodes()
         out = tmp_path / "cluster"
-        run("quickstart.yaml", out, "--address", cluster.address, "--num-samples", "4")
+        run("quickstart.yaml", out, tiny, "--address", cluster.address, "--num-samples", "4")
         trials = RunFolder.open(out).trials()
         assert len(trials) == 4 and all(t.complete for t in trials)
         nodes = set().union(*(t.nodes for t in trials))
@@ -209,13 +203,14 @@ def test_run_on_a_two_node_cluster_uses_both_nodes(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("algorithm", ["nsga2"])  # grid over the same space: tests/search/test_ledger.py
 def test_three_point_space_with_six_samples_trains_each_configuration_once_and_says_so(
-    tmp_path: Path, ray_local, algorithm: str
+    tmp_path: Path, ray_local, tiny, algorithm: str
 ) -> None:
     out = tmp_path / algorithm
     space = "{params: {ratio: {type: categorical, choices: [0.25, 0.5, 0.75], path: norm.ibn.ratio}}}"
     stdout = run(
         "quickstart.yaml",
         out,
+        tiny,
         "--num-samples",
         "6",
         "--set",

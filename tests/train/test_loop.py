@@ -20,6 +20,7 @@ def data():
     return load_data(DATA)
 
 
+@pytest.mark.slow  # over 3 s on a 2-core machine (--durations)
 def test_same_seed_same_numbers_and_reports_per_epoch(data) -> None:
     reports = []
     arch = ArchConfig.from_dict(MINI)
@@ -85,6 +86,7 @@ def _without_timing(history: list[dict]) -> list[dict]:
     return [{k: v for k, v in h.items() if k not in ("epoch_seconds", "images_per_s")} for h in history]
 
 
+@pytest.mark.slow  # over 3 s on a 2-core machine (--durations)
 @pytest.mark.parametrize(
     "norm",
     [
@@ -125,6 +127,7 @@ def _arch_with(norm: dict, **backbone) -> ArchConfig:
     return ArchConfig.from_dict({"backbone": {"preset": "resnet-mini", **backbone}, "norm": norm})
 
 
+@pytest.mark.slow  # over 3 s on a 2-core machine (--durations)
 def test_pretrain_once_then_every_candidate_fine_tunes_from_it(data, tmp_path) -> None:
     from normsearch.models import load_weights, save_checkpoint
     from normsearch.train import pretrain
@@ -156,6 +159,7 @@ def test_pretrain_once_then_every_candidate_fine_tunes_from_it(data, tmp_path) -
     assert _without_timing(again.history) == _without_timing(tuned.history)
 
 
+@pytest.mark.slow  # over 3 s on a 2-core machine (--durations)
 def test_resume_of_a_fine_tuned_run_continues_it_without_loading_again(data, tmp_path) -> None:
     from normsearch.models import build_model, save_checkpoint
     from normsearch.models.weights import Checkpoint
@@ -208,6 +212,7 @@ def test_init_from_without_pretrain_is_a_config_error() -> None:
 BENCH = DataConfig(select=["texture", "pastel"], test=["fog"], n_train=400, n_val=200, n_test=40)
 
 
+@pytest.mark.slow  # over 3 s on a 2-core machine (--durations)
 def test_bf16_with_channels_last_trains_to_within_two_points_of_fp32() -> None:
     bench = load_data(BENCH)
     arch = ArchConfig.from_dict(MINI)
@@ -222,6 +227,7 @@ def test_bf16_with_channels_last_trains_to_within_two_points_of_fp32() -> None:
     assert conv.is_contiguous(memory_format=torch.channels_last) and conv.dtype == torch.float32
 
 
+@pytest.mark.slow  # over 3 s on a 2-core machine (--durations)
 def test_fp16_resume_restores_the_grad_scaler() -> None:
     tiny_data = DataConfig(select=["texture"], test=["fog"], n_train=100, n_val=20, n_test=20)
     tiny = load_data(tiny_data)
@@ -251,6 +257,7 @@ def test_cuda_bf16_channels_last_training_runs_on_the_device_and_learns(data) ->
     assert result.history[-1]["loss"] < result.history[0]["loss"]
 
 
+@pytest.mark.slow  # over 3 s on a 2-core machine (--durations)
 def test_a_224_px_folder_domain_trains_one_step_with_resnet18(
     tmp_path, make_image_folder, monkeypatch
 ) -> None:

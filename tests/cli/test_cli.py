@@ -11,7 +11,7 @@ from normsearch import __version__
 from normsearch.bench.norms import CASES
 from normsearch.cli import app
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
 
 
