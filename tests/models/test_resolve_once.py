@@ -46,7 +46,8 @@ def test_one_resolution_per_trained_candidate_with_inherited_weights(tmp_path, r
     resolutions.clear()
     result = train_candidate(arch, data, DATA, TrainConfig(epochs=1, batch_size=10), seed=0, threads=1)
     assert len(resolutions) == 1
-    assert result.extra["init"]["init"] == "weights" and result.extra["init"]["new"] == 4  # post + 3 SelfNorms
+    init = result.extra["init"]
+    assert init["init"] == "weights" and init["new"] == 4  # the post IN and 3 SelfNorms, added by the plan
 
 
 def test_build_model_resolves_once_and_build_network_never(tmp_path, resolutions) -> None:
