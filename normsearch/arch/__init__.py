@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from normsearch.arch.config import PRESETS, ArchConfig, Backbone, NormConfig, load_arch
+from normsearch.arch.config import PRESETS, ArchConfig, Backbone, NormConfig, load_arch, plan_of
 from normsearch.arch.plan import CrossNormSchedule, Insert, NormPlan, SwitchSchedule
 from normsearch.arch.structure import Released, SlotInfo, Structure, UnitInfo
 from normsearch.arch.topology import BlockShape, Topology, resnet_topology
@@ -24,5 +24,6 @@ __all__ = [
     "Topology",
     "UnitInfo",
     "load_arch",
+    "plan_of",
     "resnet_topology",
 ]

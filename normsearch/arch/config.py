@@ -294,17 +294,7 @@ class SelfNormRule(_Strict):
 
 
 def _spec_text(value: str) -> str:
-    from normsearch.norms.spec import NormSpec
-
-    spec = NormSpec.coerce(value)
-    if spec.kind == "ibn" and "order" in spec.kwargs:  # the IBN channel order is built in models/layers.py
-        order = spec.get("order")
-        if order not in ("in_bn", "bn_in"):
-            raise NormsearchError(f"{spec}: order must be in_bn or bn_in, got {order!r}")
-        rest = {k: v for k, v in spec.kwargs.items() if k != "order"}
-        validate_spec(NormSpec.of("ibn", **rest))
-        return str(spec)
-    return str(validate_spec(spec))
+    return str(validate_spec(value))
 
 
 class NormConfig(_Strict):
@@ -354,10 +344,7 @@ class ArchConfig(_Strict):
     @classmethod
     def load(cls, path: str | Path) -> ArchConfig:
         """Read an ArchConfig from YAML/JSON. An exported file's `arch` section is accepted as well."""
-        data = read_mapping(path)
-        if "arch" in data and isinstance(data["arch"], dict):
-            data = data["arch"]
-        return cls.from_dict(data, str(path))
+        return cls.from_dict(_arch_mapping(path), str(path))
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=True, exclude_defaults=False)
@@ -371,11 +358,29 @@ class ArchConfig(_Strict):
     # --- resolution -----------------------------------------------------------------------------------
     def resolve(self, source: str = "config") -> NormPlan:
         """The NormPlan of this architecture: every norm slot -> NormSpec, plus inserted modules."""
-        return resolve_plan(self.structure(), self.norm, source)
+        return resolve_plan(self.structure(), self.norm, source, self.backbone)
 
     def structure(self) -> Structure:
         """The backbone's Structure (slots with stage, unit and position; units; stages)."""
         return self.backbone.structure()
+
+
+def _arch_mapping(path: str | Path) -> dict[str, Any]:
+    data = read_mapping(path)
+    if "arch" in data and isinstance(data["arch"], dict):
+        data = data["arch"]
+    return data
+
+
+def plan_of(config: ArchConfig | dict[str, Any] | str | Path, source: str = "config") -> NormPlan:
+    """The NormPlan of an ArchConfig, a mapping or a YAML/JSON file (an exported file's `arch` section
+    too), resolved once: a mapping or file is validated without the trial resolution `from_dict` makes,
+    so every placement error still surfaces, from this one resolution."""
+    if isinstance(config, str | Path):
+        source, config = str(config), _arch_mapping(config)
+    if not isinstance(config, ArchConfig):
+        config = validate(ArchConfig, config, source)
+    return config.resolve(source)
 
 
 def load_arch(path: str | Path) -> ArchConfig:

@@ -363,12 +363,19 @@ class _Builder:
             infos[name] = SlotInfo(
                 name, slot_channels(self.slots[name]), type(self.slots[name]).__name__, stage, None, pos, dw
             )
+        posts = self._stage_posts(units, len(sizes))
+        structure = Structure(family, infos, tuple(units), len(sizes), posts, released)
+        return Analysis(structure, self.anchors, self.through)
+
+    def _stage_posts(self, units: list[UnitInfo], num_stages: int) -> dict[int, tuple[str, int]]:
+        """Where each stage's output norm (IBN-b) goes: after a dense block's scope, else after the stage's
+        last unit; records the scopes' anchors."""
         posts: dict[int, tuple[str, int]] = {}
         for scope in dict.fromkeys(self.stage_scopes.values()):  # a dense block's output, whatever its stage
             _, out = self.g.scope_io(scope)
             if out is not None:
                 self.anchors[f"{scope}.post"] = Anchor(out.name, "after")
-        for stage in range(1, len(sizes) + 1):
+        for stage in range(1, num_stages + 1):
             members = [u for u in units if u.stage == stage]
             if not members:
                 continue
@@ -379,8 +386,7 @@ class _Builder:
                 posts[stage] = (f"{scope}.post", self._ch(out))
             elif "post" in lastu.positions:
                 posts[stage] = (lastu.child("post"), lastu.positions["post"])
-        structure = Structure(family, infos, tuple(units), len(sizes), posts, released)
-        return Analysis(structure, self.anchors, self.through)
+        return posts
 
 
 def _child(unit: dict, position: str) -> str:

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from normsearch.errors import NormsearchError
 from normsearch.norms.spec import NormSpec
+
+if TYPE_CHECKING:
+    from normsearch.arch.config import Backbone
 
 Position = Literal["residual", "identity", "pre", "post"]
 POSITIONS: tuple[str, ...] = ("residual", "identity", "pre", "post")
@@ -47,7 +50,11 @@ class SwitchSchedule:
 
 @dataclass(frozen=True)
 class NormPlan:
-    """The resolved plan: slot -> NormSpec (forward order), slot channels, inserts, and training hooks."""
+    """The resolved plan: slot -> NormSpec (forward order), slot channels, inserts, and training hooks.
+
+    `ArchConfig.resolve()` makes it once per network, and everything downstream (models, weight
+    inheritance, training) reads only the plan: so it carries the `backbone` it was resolved for and
+    `extra_slots`, the norm slots the plain backbone lacks (after-addition norms)."""
 
     slots: dict[str, NormSpec]
     channels: dict[str, int]
@@ -55,6 +62,10 @@ class NormPlan:
     input_norm: str = "none"
     crossnorm: CrossNormSchedule | None = None
     switchable: SwitchSchedule | None = None
+    # What the plan was resolved for; two plans with the same slots are the same plan, whatever the source
+    # that spelled the backbone (a preset or the torchvision name of one network).
+    backbone: Backbone | None = field(default=None, compare=False, repr=False)
+    extra_slots: frozenset[str] = frozenset()
 
     def __getitem__(self, slot: str) -> NormSpec:
         try:
@@ -64,6 +75,18 @@ class NormPlan:
 
     def __contains__(self, slot: object) -> bool:
         return slot in self.slots
+
+    @property
+    def added(self) -> set[str]:
+        """Module names this plan adds to the plain backbone (every slot at its default): after-addition
+        norms and inserted modules. Weight inheritance treats them as new by design, never missing."""
+        return set(self.extra_slots) | set(self.inserts)
+
+    def need_backbone(self) -> Backbone:
+        """The backbone this plan was resolved for (a plan made by `ArchConfig.resolve()` has one)."""
+        if self.backbone is None:
+            raise NormsearchError("this NormPlan has no backbone: build it with ArchConfig.resolve()")
+        return self.backbone
 
     def kind_counts(self) -> dict[str, int]:
         """How many slots (and inserted modules) use each normalizer kind."""

@@ -78,6 +78,22 @@ def apply_plan(model: nn.Module, plan: NormPlan) -> nn.Module:
         n.endswith((".post", ".crossnorm", ".selfnorm")) for n in added
     )
     analysis = analyze(model, with_shapes=False) if added and not classic else None
+    _replace_slots(model, modules, plan, set(posts))
+    if added and classic:
+        _add_to_blocks(modules, plan, posts, owners)
+    elif added:
+        assert analysis is not None
+        model = _add_by_graph(model, plan, analysis)
+    if plan.input_norm == "instance":
+        conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+        model.input_norm = nn.InstanceNorm2d(conv.in_channels if conv is not None else 3, affine=False)
+        model.forward = types.MethodType(_input_norm_forward, model)
+    model.plan = plan
+    return model
+
+
+def _replace_slots(model: nn.Module, modules: dict[str, nn.Module], plan: NormPlan, posts: set[str]) -> None:
+    """Every slot the model has gets the plan's layer (its channel count checked first)."""
     for slot, spec in plan.slots.items():
         if slot in posts:
             continue
@@ -90,27 +106,27 @@ def apply_plan(model: nn.Module, plan: NormPlan) -> nn.Module:
         layer = slot_norm(spec, plan.channels[slot], modules[slot])
         if layer is not modules[slot]:
             model.set_submodule(slot, layer)
-    if added and classic:
-        for slot in posts:
-            modules[slot.rpartition(".")[0]].post = make_norm(plan.slots[slot], plan.channels[slot])
-        for name, insert in plan.inserts.items():
-            block_name, _, module_name = name.rpartition(".")
-            block = modules[block_name]
-            setattr(block, module_name, make_norm(insert.spec, insert.channels))
-            setattr(block, f"{module_name}_at", insert.position)
-        for block_name in owners:
-            modules[block_name].forward = types.MethodType(block_forward, modules[block_name])
-    elif added:
-        assert analysis is not None
-        extra = {}
-        for name, (source, key) in _extras(plan, analysis).items():
-            spec = plan.slots[source] if source in plan.slots else plan.inserts[source].spec
-            channels = plan.channels[source] if source in plan.channels else plan.inserts[source].channels
-            extra[name] = (make_norm(spec, channels), key)
-        model = insert_modules(model, analysis, extra)
-    if plan.input_norm == "instance":
-        conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-        model.input_norm = nn.InstanceNorm2d(conv.in_channels if conv is not None else 3, affine=False)
-        model.forward = types.MethodType(_input_norm_forward, model)
-    model.plan = plan
-    return model
+
+
+def _add_to_blocks(modules: dict[str, nn.Module], plan: NormPlan, posts: list[str], owners: set[str]) -> None:
+    """After-addition norms and inserted modules as attributes of torchvision-style ResNet blocks, which
+    then run `block_forward`."""
+    for slot in posts:
+        modules[slot.rpartition(".")[0]].post = make_norm(plan.slots[slot], plan.channels[slot])
+    for name, insert in plan.inserts.items():
+        block_name, _, module_name = name.rpartition(".")
+        block = modules[block_name]
+        setattr(block, module_name, make_norm(insert.spec, insert.channels))
+        setattr(block, f"{module_name}_at", insert.position)
+    for block_name in owners:
+        modules[block_name].forward = types.MethodType(block_forward, modules[block_name])
+
+
+def _add_by_graph(model: nn.Module, plan: NormPlan, analysis: Analysis) -> nn.Module:
+    """After-addition norms and inserted modules called at their points of the traced graph."""
+    extra = {}
+    for name, (source, key) in _extras(plan, analysis).items():
+        spec = plan.slots[source] if source in plan.slots else plan.inserts[source].spec
+        channels = plan.channels[source] if source in plan.channels else plan.inserts[source].channels
+        extra[name] = (make_norm(spec, channels), key)
+    return insert_modules(model, analysis, extra)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,6 +73,17 @@ def _eval(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return out if isinstance(out, torch.Tensor) else out[0]
 
 
+def _outcome(fn: Callable[[], None]) -> str:
+    """``ok``, or FAIL with what broke: a conformance report names it instead of stopping."""
+    try:
+        fn()
+    except NormsearchError as error:
+        return f"FAIL: {str(error)[:200]}"
+    except Exception as error:
+        return f"FAIL: {type(error).__name__}: {str(error).splitlines()[0][:200]}"
+    return "ok"
+
+
 def check_network(backbone: dict[str, Any], size: int = 64, name: str | None = None) -> Conformance:
     """Run the conformance checks on the network `backbone` describes (see the module docstring)."""
     from normsearch.models import build_model
@@ -89,14 +101,8 @@ def check_network(backbone: dict[str, Any], size: int = 64, name: str | None = N
     result.checks["slots"] = "ok" if structure.traced else f"ok (untraced: {structure.note})"
     x = torch.randn(2, base.backbone.in_channels, size, size, generator=torch.Generator().manual_seed(0))
 
-    def run(check: str, fn) -> None:
-        try:
-            fn()
-            result.checks[check] = "ok"
-        except NormsearchError as error:
-            result.checks[check] = f"FAIL: {str(error)[:200]}"
-        except Exception as error:  # a conformance report names what broke instead of stopping
-            result.checks[check] = f"FAIL: {type(error).__name__}: {str(error).splitlines()[0][:200]}"
+    def run(check: str, fn: Callable[[], None]) -> None:
+        result.checks[check] = _outcome(fn)
 
     reference: list[nn.Module] = []
 

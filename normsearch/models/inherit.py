@@ -31,7 +31,7 @@ A slot is *inherited* when every tensor group it has (affine, statistics, ratios
 checkpoint, *partly inherited* when some did, *new* when none did (or it has no tensors). Unused checkpoint
 tensors and missing ones (a non-plan-added slot or tensor the checkpoint lacks, or has in another shape) are
 an error unless `strict=False`, and are then listed. Layers the plan adds to the plain backbone (after-
-addition norms, inserted modules: `added_modules`) are new by design, never missing; layers the checkpoint's
+addition norms, inserted modules: `NormPlan.added`) are new by design, never missing; layers the checkpoint's
 own plan added (its `Checkpoint.added`) may be dropped by a plan without them.
 """
 
@@ -47,7 +47,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from normsearch.arch import ArchConfig
+from normsearch.arch.plan import NormPlan
 from normsearch.errors import NormsearchError
 from normsearch.models.weights import Checkpoint, load_weights
 from normsearch.norms import IBN, CrossNorm, SelfNorm, SwitchNorm2d
@@ -108,25 +108,18 @@ class InheritReport:
         return f"from {self.source}: slots {counts}; other tensors {self.copied}/{self.other} copied{head}"
 
 
-def added_modules(arch: ArchConfig) -> set[str]:
-    """Module names the plan adds to the plain backbone (the same backbone with every slot at its default):
-    norm slots the plain network lacks (after-addition norms) and inserted modules."""
-    plan = arch.resolve()
-    plain = ArchConfig(backbone=arch.backbone).resolve()
-    return (set(plan.slots) - set(plain.slots)) | set(plan.inserts)
-
-
 def apply_weights(
     model: nn.Module,
-    arch: ArchConfig,
+    plan: NormPlan,
     weights: str | Path | Checkpoint | Mapping[str, torch.Tensor],
     sn_init: str = "equal",
 ) -> InheritReport:
-    """Load `weights` (see `load_weights`) into `model`, built from `arch`, with weight inheritance and
-    `arch.backbone.strict`; the report is also kept as `model.inheritance`."""
-    checkpoint = load_weights(weights, arch.backbone)
-    added = added_modules(arch)
-    report = inherit(model, checkpoint, added=added, strict=arch.backbone.strict, sn_init=sn_init)
+    """Load `weights` (see `load_weights`) into `model`, built from `plan`, with weight inheritance and the
+    plan's `backbone.strict`; the modules the plan adds (`plan.added`) are new by design. The report is
+    also kept as `model.inheritance`."""
+    backbone = plan.need_backbone()
+    checkpoint = load_weights(weights, backbone)
+    report = inherit(model, checkpoint, added=plan.added, strict=backbone.strict, sn_init=sn_init)
     model.inheritance = report
     return report
 
@@ -165,33 +158,56 @@ def inherit(
         raise NormsearchError(f"sn_init: must be one of {'|'.join(SN_INIT)}, got {sn_init!r}")
     if not isinstance(checkpoint, Checkpoint):
         checkpoint = load_weights(checkpoint)
-    state = checkpoint.state_dict
     report = InheritReport(checkpoint.source)
-    consumed: set[str] = set()
-    added = set(added)
+    handled, consumed = _inherit_norms(model, checkpoint.state_dict, set(added), sn_init, report)
+    consumed |= _copy_others(model, checkpoint.state_dict, handled, report)
+    for key in sorted(set(checkpoint.state_dict) - consumed):
+        owner = key.rpartition(".")[0]
+        if any(owner == a or owner.startswith(a + ".") for a in checkpoint.added):
+            report.dropped.append(key)
+        else:
+            report.unused.append(key)
+    if strict and (report.unused or report.missing):
+        raise NormsearchError(_strict_message(report))
+    return report
 
+
+def _inherit_norms(
+    model: nn.Module, state: Mapping[str, torch.Tensor], added: set[str], sn_init: str, report: InheritReport
+) -> tuple[list[str], set[str]]:
+    """Every normalizer and inserted module (not those inside one): its slot rule. Returns the handled
+    module names and the checkpoint keys they consumed."""
     handled: list[str] = []
+    consumed: set[str] = set()
     for name, module in model.named_modules():
         kind = _kind(module)
         if kind is None or any(name.startswith(p + ".") for p in handled):
             continue
         handled.append(name)
         keys = {k for k in state if k.startswith(name + ".")}
-        if kind in ("selfnorm", "crossnorm"):
+        inserted = kind in ("selfnorm", "crossnorm")
+        if inserted:
             slot = _insert(name, module, kind, state, keys, report)
         else:
             slot = _norm(name, module, kind, state, keys, sn_init, report)
         if not keys and name in added:
-            if kind not in ("selfnorm", "crossnorm"):
+            if not inserted:
                 slot = dataclasses.replace(slot, detail="added by this plan: its own initialisation")
         elif not keys and slot.status == "new" and _has_tensors(module):
             report.missing.append(f"{name}.*")
         consumed |= keys
         report.slots[name] = slot
+    return handled, consumed
 
+
+def _copy_others(
+    model: nn.Module, state: Mapping[str, torch.Tensor], handled: list[str], report: InheritReport
+) -> set[str]:
+    """Every other tensor (convolutions, the classifier) by name and shape; returns the keys consumed. A
+    classifier whose output count differs is new (`report.head`)."""
     head = _head(model)
-    target = model.state_dict()
-    for key, tensor in target.items():
+    consumed: set[str] = set()
+    for key, tensor in model.state_dict().items():
         if any(key.startswith(p + ".") for p in handled):
             continue
         report.other += 1
@@ -207,15 +223,7 @@ def inherit(
             report.head = f"the checkpoint has {source.shape[0]} outputs, this model {head[1].out_features}"
         else:
             report.missing.append(f"{key} (checkpoint {tuple(source.shape)}, model {tuple(tensor.shape)})")
-    for key in sorted(set(state) - consumed):
-        owner = key.rpartition(".")[0]
-        if any(owner == a or owner.startswith(a + ".") for a in checkpoint.added):
-            report.dropped.append(key)
-        else:
-            report.unused.append(key)
-    if strict and (report.unused or report.missing):
-        raise NormsearchError(_strict_message(report))
-    return report
+    return consumed
 
 
 def _strict_message(report: InheritReport) -> str:

@@ -29,12 +29,14 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 import torch
 
+from normsearch.arch.config import plan_of
 from normsearch.errors import NormsearchError
 
 FORMAT = "normsearch-checkpoint"
@@ -50,14 +52,23 @@ _RELEASED_IBN = re.compile(r"^(?P<slot>.+)\.(?P<part>IN|BN)\.(?P<tensor>[A-Za-z_
 class Checkpoint:
     """A state_dict keyed by our module names, where it came from, and (for normsearch checkpoints) the
     ArchConfig that produced it. `added`: module names of layers the checkpoint's own plan added to the plain
-    backbone (after-addition norms, inserted modules), which a plan without them may drop without error."""
+    backbone (after-addition norms, inserted modules), which a plan without them may drop without error:
+    `declared_added`, or with None (a normsearch file) its `arch` resolved, only when first needed, so
+    that loading a checkpoint resolves no architecture but the one being trained."""
 
     state_dict: dict[str, torch.Tensor]
     source: str
     format: str  # torchvision | state_dict | normsearch | ibn-net | in-memory
     arch: dict[str, Any] | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
-    added: frozenset[str] = frozenset()
+    declared_added: frozenset[str] | None = frozenset()
+
+    @cached_property
+    def added(self) -> frozenset[str]:
+        """Module names the checkpoint's own plan added (see the class docstring)."""
+        if self.declared_added is not None:
+            return self.declared_added
+        return _arch_added(self.arch)
 
     def describe(self) -> dict[str, Any]:
         """What a record says this checkpoint is: its source, format and provenance."""
@@ -180,7 +191,7 @@ def _read_file(path: Path) -> Checkpoint:
         state = _state_of(raw.get("state_dict"), str(path))
         arch = raw.get("arch")
         return Checkpoint(
-            state, str(path), "normsearch", arch, dict(raw.get("provenance") or {}), _arch_added(arch)
+            state, str(path), "normsearch", arch, dict(raw.get("provenance") or {}), declared_added=None
         )
     if not isinstance(raw, Mapping):
         raise NormsearchError(f"{path}: expected a state_dict (tensors by name), not {type(raw).__name__}")
@@ -195,7 +206,7 @@ def _from_mapping(raw: dict[str, Any], source: str, fmt: str) -> Checkpoint:
     state = _state_of(raw, source)
     if any(_RELEASED_IBN.match(key) for key in state):
         state, added = _map_released_ibn(state)
-        return Checkpoint(state, source, "ibn-net", added=added)
+        return Checkpoint(state, source, "ibn-net", declared_added=added)
     return Checkpoint(state, source, fmt)
 
 
@@ -242,12 +253,10 @@ def _map_released_ibn(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.T
 
 
 def _arch_added(arch: Any) -> frozenset[str]:
+    """The modules a normsearch checkpoint's own plan added (its `arch` section resolved once)."""
     if not isinstance(arch, Mapping):
         return frozenset()
-    from normsearch.arch import ArchConfig
-    from normsearch.models.inherit import added_modules
-
     try:
-        return frozenset(added_modules(ArchConfig.from_dict(dict(arch), "checkpoint arch")))
+        return frozenset(plan_of(dict(arch), "checkpoint arch").added)
     except NormsearchError:
         return frozenset()  # an ArchConfig this version cannot read: nothing is known to be optional

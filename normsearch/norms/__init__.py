@@ -1,8 +1,9 @@
 """The normalizer library: every layer takes `num_channels` first; `make_norm(spec, C)` builds any of them.
 
-Kinds: bn, in, ln, gn (torch), ibn (IBN-Net), sn (Switchable Normalization), ssn (Sparse SN), crossnorm
-and selfnorm (CrossNorm/SelfNorm). `recalibrate_bn` computes batch-average statistics; `CrossNormPolicy`
-switches CrossNorm layers on per iteration; `set_sparse_progress` tells SSN layers how far training is.
+Kinds: bn, in, ln, gn (torch), ibn (IBN-Net, either release's channel order: `order`), sn (Switchable
+Normalization), ssn (Sparse SN), crossnorm and selfnorm (CrossNorm/SelfNorm). `recalibrate_bn` computes
+batch-average statistics; `CrossNormPolicy` switches CrossNorm layers on per iteration;
+`set_sparse_progress` tells SSN layers how far training is.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from torch import nn
 
 from normsearch.errors import NormsearchError
 from normsearch.norms.crossnorm import CrossNorm
-from normsearch.norms.ibn import IBN
+from normsearch.norms.ibn import ORDERS, ibn_norm
 from normsearch.norms.selfnorm import SelfNorm
 from normsearch.norms.sparse_switchable import SparseSwitchNorm2d
 from normsearch.norms.spec import NormSpec
@@ -52,6 +52,7 @@ class NormKind:
     factory: Callable[..., nn.Module]
     params: Mapping[str, type | tuple[type, ...]] = field(default_factory=dict)
     summary: str = ""
+    choices: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # str parameters' allowed values
 
 
 _NUM = (int, float)
@@ -64,9 +65,10 @@ REGISTRY: dict[str, NormKind] = {
         NormKind("gn", _group_norm, {"groups": int, "eps": _NUM, "affine": bool}, "GroupNorm"),
         NormKind(
             "ibn",
-            IBN,
-            {"ratio": _NUM, "eps": _NUM, "momentum": _NUM},
-            "IBN-Net: IN on the first C·ratio channels, BN on the rest",
+            ibn_norm,
+            {"ratio": _NUM, "order": str, "eps": _NUM, "momentum": _NUM},
+            "IBN-Net: IN on the first C·ratio channels, BN on the rest (order=bn_in: BN first)",
+            {"order": ORDERS},
         ),
         NormKind(
             "sn",
@@ -136,6 +138,9 @@ def validate_spec(spec: NormSpec | str | Mapping[str, Any]) -> NormSpec:
                 expected.__name__ if isinstance(expected, type) else "|".join(t.__name__ for t in expected)
             )
             raise NormsearchError(f"{spec}: parameter {key!r} must be {names}, got {value!r}")
+        allowed_values = kind.choices.get(key)
+        if allowed_values is not None and value not in allowed_values:
+            raise NormsearchError(f"{spec}: {key} must be {' or '.join(allowed_values)}, got {value!r}")
     return spec
 
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from normsearch.arch import ArchConfig
+from normsearch.arch import ArchConfig, Backbone, NormPlan
 from normsearch.errors import NormsearchError
 
 if TYPE_CHECKING:
@@ -34,11 +34,11 @@ if TYPE_CHECKING:
     from normsearch.train.state import TrainResult, TrainState
 
 
-def init_mode(arch: ArchConfig, config: TrainConfig, given: bool = False) -> str:
+def init_mode(arch: ArchConfig | Backbone, config: TrainConfig, given: bool = False) -> str:
     """Where training starts: `config.init`, or ``weights`` when `arch.backbone.weights` is set (or an
     init checkpoint is `given`), else ``scratch``. A contradiction (``scratch`` with weights, ``weights``
     without any, ``pretrain`` with neither a given checkpoint nor `init_from`) is one line."""
-    weights = arch.backbone.weights
+    weights = (arch.backbone if isinstance(arch, ArchConfig) else arch).weights
     mode = config.init or ("weights" if weights or given else "scratch")
     if mode == "scratch" and (weights or given):
         raise NormsearchError(
@@ -59,28 +59,29 @@ def init_mode(arch: ArchConfig, config: TrainConfig, given: bool = False) -> str
 
 
 def starting_model(
-    arch: ArchConfig,
+    plan: NormPlan,
     config: TrainConfig,
     init: Checkpoint | str | Path | dict[str, torch.Tensor] | None = None,
     resumed: dict[str, Any] | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """The network `arch` describes, with the weights training starts from, and a description of them.
-    `init` (a checkpoint, a file, a weights name, a state_dict) overrides `config.init`'s source. With
-    `resumed` (a TrainState's description) nothing is loaded: the resumed state replaces the weights."""
-    from normsearch.models import apply_weights, build_model, load_weights
+    """The network `plan` describes (resolved once by the caller), with the weights training starts from,
+    and a description of them. `init` (a checkpoint, a file, a weights name, a state_dict) overrides
+    `config.init`'s source. With `resumed` (a TrainState's description) nothing is loaded: the resumed
+    state replaces the weights."""
+    from normsearch.models import apply_weights, build_network, load_weights
 
-    plain = arch.model_copy(update={"backbone": arch.backbone.model_copy(update={"weights": None})})
-    model = build_model(plain)
+    backbone = plan.need_backbone()
+    model = build_network(plan)
     if resumed is not None:
         return model, resumed
-    mode = init_mode(arch, config, given=init is not None)
+    mode = init_mode(backbone, config, given=init is not None)
     if init is None:
-        init = arch.backbone.weights if mode == "weights" else config.init_from
+        init = backbone.weights if mode == "weights" else config.init_from
     started_from: dict[str, Any] = {"init": mode}
     if init is not None:
         where = "train.init_from" if mode == "pretrain" else "backbone.weights"
-        checkpoint = load_weights(init, arch.backbone, where)
-        inheritance = apply_weights(model, arch, checkpoint, config.sn_init)
+        checkpoint = load_weights(init, backbone, where)
+        inheritance = apply_weights(model, plan, checkpoint, config.sn_init)
         started_from.update(checkpoint.describe(), **inheritance.describe())
     return model, started_from
 

@@ -171,7 +171,7 @@ def train_candidate(
         )
     plan = arch.resolve()
     # On resume the state's weights already hold what inheritance gave: nothing is loaded again.
-    model, started_from = starting_model(arch, config, init, resume.init if resume else None)
+    model, started_from = starting_model(plan, config, init, resume.init if resume else None)
     model = model.to(dev, memory_format=torch.channels_last) if config.channels_last else model.to(dev)
     params = sum(p.numel() for p in model.parameters())
 

@@ -8,14 +8,16 @@ from torch import nn
 
 import normsearch
 from normsearch.arch import ArchConfig
-from normsearch.models.layers import BatchInstanceNorm
+from normsearch.norms import make_norm
+from normsearch.norms.ibn import BatchInstanceNorm
 
 
 def test_bn_first_ibn_is_the_densenet_release() -> None:
     """densenet_ibn.py IBN(planes, 0.4): half = int(planes * (1 - 0.4)); BN(half) on the first channels,
     InstanceNorm2d(planes - half, affine=True) on the rest; split, normalize, concatenate."""
     torch.manual_seed(0)
-    layer = BatchInstanceNorm(64, ratio=0.4)
+    layer = make_norm("ibn:order=bn_in,ratio=0.4", 64)  # the one door builds the released split
+    assert isinstance(layer, BatchInstanceNorm)
     assert (layer.BN.num_features, layer.IN.num_features) == (38, 26)
     with torch.no_grad():
         for p in layer.parameters():

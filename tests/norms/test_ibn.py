@@ -6,7 +6,10 @@ import pytest
 import torch
 from torch import nn
 
+from normsearch.arch import ArchConfig
+from normsearch.errors import NormsearchError
 from normsearch.norms import IBN, make_norm
+from normsearch.norms.ibn import BatchInstanceNorm
 from tests.norms.formulas import bn_stats, channel, in_stats, normalize
 
 
@@ -96,3 +99,20 @@ def test_gradcheck(training: bool) -> None:
     x = torch.randn(3, 5, 3, 2, dtype=torch.float64, requires_grad=True)
     params = (layer.weight, layer.bias)
     assert torch.autograd.gradcheck(lambda inp, *_: layer(inp), (x, *params))
+
+
+def test_channel_order_is_a_spec_key_built_by_make_norm() -> None:
+    """Both releases' IBN layers come out of the one door: ResNet's IN-first `IBN` (k = ⌊C·ratio⌋ IN
+    channels) and DenseNet's BN-first split (h = int(C·(1-ratio)) BN channels; its default ratio 0.4)."""
+    in_first = make_norm("ibn:ratio=0.3,order=in_bn", 10)
+    assert type(in_first) is IBN and in_first.num_in == 3
+    assert make_norm("ibn:ratio=0.3", 10).num_in == 3
+    bn_first = make_norm("ibn:order=bn_in", 60)
+    assert type(bn_first) is BatchInstanceNorm and bn_first.half == int(60 * (1 - 0.4))
+    assert make_norm("ibn:order=bn_in,ratio=0.25", 8).IN.num_features == 2
+    with pytest.raises(NormsearchError, match="order must be in_bn or bn_in, got 'in_in'"):
+        make_norm("ibn:order=in_in", 8)
+    with pytest.raises(NormsearchError, match=r"ratio must be in \[0, 1\]"):
+        make_norm("ibn:order=bn_in,ratio=1.5", 8)
+    with pytest.raises(NormsearchError, match="order must be in_bn or bn_in"):  # at load time, not at build
+        ArchConfig.from_dict({"backbone": {"preset": "resnet-mini"}, "norm": {"default": "ibn:order=x"}})
