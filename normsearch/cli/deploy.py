@@ -112,10 +112,10 @@ def finalize(
     selection), with the run's training recipe, through Ray; write a deployable model to -o: the ArchConfig
     with provenance, the weights (safetensors) and the preprocessing. `normsearch.load_model(DIR)` loads it.
     Slow: one full training per seed."""
-    from normsearch.search.finalize import run_finalize, summarize_choice
+    from normsearch.search.finalize import prepare_finalize, run_finalize
 
     rule = pick_rule.value if pick_rule is not None else None
-    chosen = summarize_choice(run_dir, trial, rule, max_source_drop)
+    chosen = prepare_finalize(run_dir, output, trial, rule, seeds, max_source_drop)[1].trial_id
     again = f"normsearch finalize {_quoted(run_dir, '--trial', chosen, '--seeds', seeds, '-o', output)}"
     feedback = Feedback("finalize", f"starting Ray and loading the data to train {chosen} on every source")
 
@@ -195,6 +195,9 @@ def evaluate(
     parts += (["--per-class"] if per_class else []) + ["--format", fmt.value]
     again = f"normsearch evaluate {_quoted(*parts, *(['-o', output] if output else []))}"
     measured: list[str] = []
+    from normsearch.run.finalized import FinalFolder
+
+    FinalFolder.open(model_dir)  # a wrong folder is one line, before anything else is shown
     machine = fmt is not CollectFormat.table and output is None  # stdout is the table: progress to stderr
     feedback = Feedback("evaluate", "loading the model and the images", err_console if machine else None)
 
@@ -242,7 +245,12 @@ def predict(
 ) -> None:
     """The predicted class and its probability for every image, one CSV row each (path, class,
     probability, model), written batch by batch; a rerun with the same -o predicts only what is missing."""
+    from normsearch.deploy.predict import list_images
     from normsearch.deploy.predict import predict as run_predict
+    from normsearch.run.finalized import FinalFolder
+
+    FinalFolder.open(model_dir)  # a wrong folder or input is one line, before anything else is shown
+    list_images(images)
 
     again = f"normsearch predict {_quoted(model_dir, *images, '-o', output, '--batch-size', batch_size)}"
     feedback = Feedback("predict", "loading the model and listing the images")

@@ -84,11 +84,22 @@ def choose_trial(
     return trial
 
 
-def summarize_choice(
-    run_dir: str | Path, trial_id: str | None, rule: str | None, max_source_drop: float | None = None
-) -> str:
-    """The id of the trial a finalize of `run_dir` would train (for the command that continues it)."""
-    return choose_trial(summarize(run_dir), trial_id, rule, max_source_drop).trial_id
+def prepare_finalize(
+    run_dir: str | Path,
+    out: str | Path,
+    trial_id: str | None,
+    rule: str | None,
+    seeds: int = 1,
+    max_source_drop: float | None = None,
+) -> tuple[RunSummary, TrialRecord, list[int], FinalFolder]:
+    """Every check before training: the run, the choice, the seeds and the output folder (a new one, or
+    one holding this same request); the output folder and its request are written."""
+    summary = summarize(run_dir)
+    trial = choose_trial(summary, trial_id, rule, max_source_drop)
+    seed_list = final_seeds(summary.recipe, seeds)
+    folder = FinalFolder(out)
+    folder.start({"run": str(summary.folder.path), "trial": trial.trial_id, "seeds": seed_list})
+    return summary, trial, seed_list, folder
 
 
 def final_data(data: DataConfig) -> DataConfig:
@@ -202,6 +213,8 @@ class FinalBook:
             "epoch": last.get("epoch"),
             **self.extra,
         }
+        if last.get("resumed_from") is not None:  # continued from an interrupted finalize's checkpoint
+            record["resumed_from"] = last["resumed_from"]
         if reason is None:
             record.update(status="complete", final=True, metrics=metrics_of(last))
             if isinstance(last.get("test"), dict):
@@ -288,12 +301,8 @@ def run_finalize(
     the same request continues it, and a finished one is found, not trained again."""
     from normsearch.search.final_model import preprocessing_for, write_model
 
-    summary = summarize(run_dir)
-    trial = choose_trial(summary, trial_id, rule, max_source_drop)
+    summary, trial, seed_list, folder = prepare_finalize(run_dir, out, trial_id, rule, seeds, max_source_drop)
     recipe = final_recipe(summary.recipe)
-    seed_list = final_seeds(summary.recipe, seeds)
-    folder = FinalFolder(out)
-    folder.start({"run": str(summary.folder.path), "trial": trial.trial_id, "seeds": seed_list})
     if FinalFolder.is_finished(folder.path):
         ids = [confirm_trial_id(FINAL, s) for s in seed_list]
         return FinalizeOutcome(folder, trial.trial_id, seed_list, found=ids)
