@@ -184,8 +184,8 @@ def evaluate(
 ) -> None:
     """Accuracy of a finalized model per domain (and per class), in `collect`'s table formats; each
     domain's result is saved in DIR/evaluations.jsonl before anything is shown."""
+    from normsearch.deploy.evaluate import check_inputs, evaluation_tables
     from normsearch.deploy.evaluate import evaluate as run_evaluate
-    from normsearch.deploy.evaluate import evaluation_tables
 
     parts: list[Any] = (
         [model_dir] + (["--root", root] if root else []) + (["--recipe", recipe] if recipe else [])
@@ -197,7 +197,8 @@ def evaluate(
     measured: list[str] = []
     from normsearch.run.finalized import FinalFolder
 
-    FinalFolder.open(model_dir)  # a wrong folder is one line, before anything else is shown
+    FinalFolder.open(model_dir)  # a wrong folder or domain is one line, before anything else is shown
+    check_inputs(root, recipe, domain)
     machine = fmt is not CollectFormat.table and output is None  # stdout is the table: progress to stderr
     feedback = Feedback("evaluate", "loading the model and the images", err_console if machine else None)
 

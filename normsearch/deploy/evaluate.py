@@ -63,19 +63,13 @@ def _load_root(root: Path, names: list[str] | None, size: int) -> DomainSet:
     return data
 
 
-def _load_recipe(recipe_path: Path, names: list[str] | None, size: int) -> tuple[DomainSet, Any]:
+def _load_recipe(recipe_path: Path, size: int) -> tuple[DomainSet, Any]:
     from normsearch.data.spec import DataConfig, load_data
     from normsearch.recipe import load_recipe
 
     recipe, _ = load_recipe(recipe_path)
     config = DataConfig.model_validate({**recipe.data.model_dump(mode="json"), "size": size})
-    data = load_data(config)
-    unknown = [n for n in names or [] if n not in data.domains]
-    if unknown:
-        raise NormsearchError(
-            f"--domain {unknown[0]}: not a domain of {recipe_path}; its domains: {', '.join(data.domains)}"
-        )
-    return data, config
+    return load_data(config), config
 
 
 def _images(domain: Domain, trained: bool, whole: bool) -> tuple[torch.Tensor, torch.Tensor, str]:
@@ -126,6 +120,27 @@ def _trained_split(folder: FinalFolder, data: DomainSet, where: Path | None) -> 
     return names
 
 
+def check_inputs(root: str | Path | None, recipe: str | Path | None, domains: list[str] | None) -> None:
+    """The checks that need no image decoded: one of --root/--recipe, and every --domain among its domains."""
+    if (root is None) == (recipe is None):
+        raise NormsearchError("evaluate: give exactly one of --root FOLDER or --recipe RECIPE")
+    if root is not None:
+        root = Path(root)
+        if not root.is_dir():
+            raise NormsearchError(f"--root {root}: no such folder")
+        found = sorted(p.name for p in root.iterdir() if p.is_dir())
+    else:
+        from normsearch.recipe import load_recipe
+
+        found = load_recipe(Path(recipe or "")).data.domains() if recipe else []
+    unknown = [d for d in domains or [] if d not in found]
+    if unknown:
+        raise NormsearchError(
+            f"--domain {unknown[0]}: no such domain in {root or recipe}; domains: "
+            f"{', '.join(found) or 'none'}"
+        )
+
+
 def evaluate(
     model_dir: str | Path,
     root: str | Path | None = None,
@@ -135,8 +150,7 @@ def evaluate(
 ) -> Evaluation:
     """Measure the model of `model_dir` on the domains of `root` or `recipe` (module docstring); each
     domain's result is saved in the model folder before it is returned."""
-    if (root is None) == (recipe is None):
-        raise NormsearchError("evaluate: give exactly one of --root FOLDER or --recipe RECIPE")
+    check_inputs(root, recipe, domains)
     folder = FinalFolder.open(model_dir)
     model, preprocess = load_model(model_dir)
     if root is not None:
@@ -144,7 +158,7 @@ def evaluate(
         source = str(where.resolve())
     else:
         where = None
-        data, _ = _load_recipe(Path(recipe or ""), domains, preprocess.size)
+        data, _ = _load_recipe(Path(recipe or ""), preprocess.size)
         source = str(Path(recipe or "").resolve())
     if data.classes != preprocess.classes:
         raise NormsearchError(
