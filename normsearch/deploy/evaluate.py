@@ -69,7 +69,9 @@ def _load_recipe(recipe_path: Path, size: int) -> tuple[DomainSet, Any]:
 
     recipe, _ = load_recipe(recipe_path)
     config = DataConfig.model_validate({**recipe.data.model_dump(mode="json"), "size": size})
-    return load_data(config), config
+    data = load_data(config)
+    order = [d for d in dict.fromkeys([*config.sources, *config.targets]) if d in data.domains]
+    return DomainSet(data.classes, {d: data[d] for d in order}), config  # the recipe's order
 
 
 def _images(domain: Domain, trained: bool, whole: bool) -> tuple[torch.Tensor, torch.Tensor, str]:
@@ -132,7 +134,7 @@ def check_inputs(root: str | Path | None, recipe: str | Path | None, domains: li
     else:
         from normsearch.recipe import load_recipe
 
-        found = load_recipe(Path(recipe or "")).data.domains() if recipe else []
+        found = load_recipe(Path(recipe or ""))[0].data.domains() if recipe else []
     unknown = [d for d in domains or [] if d not in found]
     if unknown:
         raise NormsearchError(
