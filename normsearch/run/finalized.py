@@ -9,11 +9,11 @@ A finalize folder (``-o DIR``) holds, once finished::
     preprocessing.json       input size, resize rule, channel mean/std used in training, class names in
                              index order, and the training-only augmentation that is NOT applied at test time
     request.json             what was asked (run, trial, seeds): a rerun continues only the same request
-    records.jsonl            one record per epoch and one terminal record per seed (as a run's trials.jsonl)
+    records.jsonl            one terminal record per seed (as a run's trials.jsonl)
     evaluations.jsonl        `normsearch evaluate`'s results, one record per domain, appended before shown
 
-and, while training, ``tune/attempt-<k>/`` (epoch checkpoints: a rerun continues from them; removed once the
-model is written, with ``driver.json``), ``pretrained/base.pt`` (``train.init: pretrain``). ``arch.yaml`` is
+and, while training, ``tune/attempt-<k>/`` (epoch checkpoints: a rerun continues from them), ``driver.json``
+and ``pretrained/base.pt`` (``train.init: pretrain``), all removed once the model is written. ``arch.yaml`` is
 written last: its presence marks a finished folder. The weights are safetensors: nothing here is unpickled.
 """
 
@@ -28,7 +28,7 @@ import yaml
 
 from normsearch.errors import NormsearchError
 from normsearch.run.files import atomic_write_bytes, atomic_write_text, os_errors
-from normsearch.run.folder import DRIVER, RECIPE, TUNE, RunFolder
+from normsearch.run.folder import DRIVER, PRETRAINED, RECIPE, TUNE, RunFolder
 
 ARCH = "arch.yaml"
 PREPROCESSING = "preprocessing.json"
@@ -172,9 +172,10 @@ class FinalFolder(RunFolder):
         return self.path / ARCH
 
     def drop_training_state(self) -> None:
-        """Remove the epoch checkpoints and the driver file once the model is written (they only serve to
-        continue an interrupted finalize)."""
+        """Remove the epoch checkpoints, the pretrained base and the driver file once the model is written
+        (they only serve to continue an interrupted finalize)."""
         shutil.rmtree(self.path / TUNE, ignore_errors=True)
+        shutil.rmtree(self.path / PRETRAINED, ignore_errors=True)
         (self.path / DRIVER).unlink(missing_ok=True)
 
     # --- evaluations ----------------------------------------------------------------------------------

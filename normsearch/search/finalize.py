@@ -307,7 +307,11 @@ def run_finalize(
         ids = [confirm_trial_id(FINAL, s) for s in seed_list]
         return FinalizeOutcome(folder, trial.trial_id, seed_list, found=ids)
     preprocessing = preprocessing_for(recipe, trial)  # loads the data: a moved folder fails before Ray
-    outcome = _train(folder, recipe, summary.space, trial, seed_list, on_change)
+    probe = FinalBook(folder, recipe, summary.space, trial, seed_list, {}, {})
+    if probe.queue:
+        outcome = _train(folder, recipe, summary.space, trial, seed_list, on_change)
+    else:  # every seed on record (interrupted while writing the model): nothing starts Ray
+        outcome = probe.outcome
     if not outcome.unfinished and not outcome.failed:
         write_model(folder, summary, recipe, trial, rule, seed_list, preprocessing)
         outcome.written = True

@@ -226,7 +226,7 @@ def test_a_piped_finalize_shows_progress_and_ctrl_c_says_how_to_continue(finaliz
     assert "interrupted" in rest and "Continue with: normsearch finalize" in rest
     again = shlex.split(rest.split("Continue with: ")[1].splitlines()[0])
     assert again[:2] == ["normsearch", "finalize"]
-    result = runner.invoke(app, again[2:])
+    result = runner.invoke(app, again[1:])
     assert result.exit_code == 0, result.output
     terminal = [r["trial_id"] for r in FinalFolder.open(out).records() if r["status"] == "complete"]
     assert sorted(terminal) == ["final/s0", "final/s1"]  # each seed trained to the end exactly once
