@@ -141,6 +141,10 @@ def finalize(
     _describe_model(output)
 
 
+def _rounded(values: list[float]) -> str:
+    return "[" + ", ".join(f"{v:.4f}" for v in values) + "]"
+
+
 def _describe_model(output: Path) -> None:
     from normsearch.run.finalized import FinalFolder
 
@@ -150,7 +154,8 @@ def _describe_model(output: Path) -> None:
     console.print(
         f"wrote {output}: trial {provenance['trial']} of {provenance['run']} trained on "
         f"{', '.join(provenance['trained_on'])}, {len(provenance['seeds'])} seed(s); input "
-        f"{pre['input_size'][0]}x{pre['input_size'][1]} RGB, mean {pre['mean']}, std {pre['std']}, "
+        f"{pre['input_size'][0]}x{pre['input_size'][1]} RGB, mean {_rounded(pre['mean'])}, std "
+        f"{_rounded(pre['std'])}, "
         f"{len(pre['classes'])} classes",
         highlight=False,
         soft_wrap=True,

@@ -69,7 +69,7 @@ def test_preprocess_is_the_hand_formula_and_the_training_loaders_pixels(tmp_path
     preprocess = Preprocess(16, mean, std, ["cat", "dog"])
     x = preprocess(path)
     assert x.shape == (3, 16, 16) and x.dtype == torch.float32
-    raw = torch.from_numpy(np.asarray(Image.open(path).convert("RGB"))).permute(2, 0, 1)[None].float()
+    raw = torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1)[None].float()
     resized = F.interpolate(raw, size=(16, 16), mode="bilinear", antialias=True).round().clamp(0, 255)
     expected = (resized[0] / 255 - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
     assert torch.allclose(x, expected, atol=1e-6)

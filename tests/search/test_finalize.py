@@ -18,12 +18,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 import normsearch
 from normsearch.cli import app
 from normsearch.data.folder import load_folder
 from normsearch.data.pipeline import Standardizer
+from normsearch.deploy import SeedEnsemble
 from normsearch.run.finalized import FinalFolder
 
 runner = CliRunner()
@@ -116,8 +118,6 @@ def test_finalize_trains_one_model_on_every_source_with_their_own_statistics(fin
     parts = [data[d].split_by_fractions(fractions, 0).split("train")[0] for d in ("a", "b")]
     fitted = Standardizer.fit(torch.cat(parts))
     assert pre["mean"] == fitted.mean.tolist() and pre["std"] == fitted.std.tolist()
-    from safetensors.torch import load_file
-
     assert load_file(str(out / "weights.safetensors"))  # tensors only, read without unpickling
     assert not (out / "tune").exists()  # epoch checkpoints dropped once the weights are written
 
@@ -230,3 +230,11 @@ def test_a_piped_finalize_shows_progress_and_ctrl_c_says_how_to_continue(finaliz
     assert result.exit_code == 0, result.output
     terminal = [r["trial_id"] for r in FinalFolder.open(out).records() if r["status"] == "complete"]
     assert sorted(terminal) == ["final/s0", "final/s1"]  # each seed trained to the end exactly once
+    model, _ = normsearch.load_model(out)
+    assert isinstance(model, SeedEnsemble) and len(model.members) == 2
+    # seed 0, interrupted and continued here, ends with the weights of the uninterrupted finalize
+    first, resumed = (
+        load_file(str(finalized[2] / "weights.safetensors")),
+        load_file(str(out / "weights-s0.safetensors")),
+    )
+    assert set(first) == set(resumed) and all(torch.equal(first[k], resumed[k]) for k in first)
