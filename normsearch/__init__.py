@@ -16,6 +16,7 @@ _PUBLIC = {
     "apply_plan": "normsearch.models",
     "build_model": "normsearch.models",
     "load_arch": "normsearch.arch",
+    "load_model": "normsearch.deploy",
     "NormsearchError": "normsearch.errors",
     "NormSpec": "normsearch.norms",
     "make_norm": "normsearch.norms",

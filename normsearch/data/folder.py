@@ -44,7 +44,13 @@ def _decode(path: Path, size: int) -> torch.Tensor:
     # Pillow is what torchvision's ImageFolder loads with (`default_loader`); torchvision.io's decoders
     # are deprecated since torchvision 0.29.
     with Image.open(path) as handle:
-        pixels = np.asarray(handle.convert("RGB"), dtype=np.uint8)
+        return image_tensor(handle, size)
+
+
+def image_tensor(picture: Image.Image, size: int) -> torch.Tensor:
+    """A Pillow image as the uint8 (3, size, size) tensor training sees: RGB, resized bilinearly with
+    antialiasing (aspect ratio not kept). `normsearch.load_model`'s preprocess goes through here too."""
+    pixels = np.asarray(picture.convert("RGB"), dtype=np.uint8)
     image = torch.from_numpy(pixels.copy()).permute(2, 0, 1)
     if image.shape[1:] != (size, size):
         resized = F.interpolate(image[None].float(), size=(size, size), mode="bilinear", antialias=True)

@@ -59,6 +59,7 @@ class CollectedTable:
     columns: list[str]  # column labels; `keys` are the test-dict keys behind them
     keys: list[str]
     rows: list[Row] = field(default_factory=list)
+    legend: str = ""  # how to read the cells (default: LEGEND, over confirmation seeds)
 
 
 def reported_columns(recipe: Recipe) -> tuple[list[str], list[str]]:
@@ -185,7 +186,7 @@ def rich_tables(tables: list[CollectedTable]) -> list[Any]:
         rendered = Table(
             title=f"{table.title}\n{table.selection}",
             title_justify="left",
-            caption=LEGEND,
+            caption=table.legend or LEGEND,
             caption_justify="left",
         )
         for i, column in enumerate(_header_cells(table)):
@@ -205,7 +206,7 @@ def render_markdown(tables: list[CollectedTable]) -> str:
         lines.append("|" + "|".join(["---"] * 3 + ["---:"] * (len(header) - 3)) + "|")
         for row in table.rows:
             lines.append("| " + " | ".join(c.replace("|", "\\|") for c in _cells(table, row)) + " |")
-        lines += ["", LEGEND + ".", *(f"- {note}" for note in _notes(table))]
+        lines += ["", (table.legend or LEGEND) + ".", *(f"- {note}" for note in _notes(table))]
         parts.append("\n".join(lines))
     return "\n\n".join(parts) + "\n"
 
@@ -233,7 +234,8 @@ def render_latex(tables: list[CollectedTable]) -> str:
         lines = [
             "\\begin{table}[t]",
             "\\centering",
-            f"\\caption{{{_latex(table.title)}. {_latex(table.selection)}. {_latex(LEGEND)}.}}",
+            f"\\caption{{{_latex(table.title)}. {_latex(table.selection)}. "
+            f"{_latex(table.legend or LEGEND)}.}}",
             "\\begin{tabular}{lll" + "r" * (len(header) - 3) + "}",
             "\\toprule",
             " & ".join(_latex(h) for h in header) + " \\\\",

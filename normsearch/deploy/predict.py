@@ -1,0 +1,119 @@
+"""`normsearch predict`: the finalized model's class and probability for each image, one CSV row per image.
+
+Images are given as files or folders (searched recursively for image files, in sorted order). Rows are
+written batch by batch (each batch flushed), so an interrupted predict keeps what it finished: run again with
+the same ``-o`` and the images already in the file are not predicted again, provided the file holds this
+model's predictions (its ``model`` column: the weights' fingerprint).
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from normsearch.data.folder import IMAGE_SUFFIXES
+from normsearch.deploy.model import load_model
+from normsearch.errors import NormsearchError
+from normsearch.run.files import os_errors
+from normsearch.run.finalized import FinalFolder
+
+COLUMNS = ["path", "class", "probability", "model"]
+
+
+@dataclass
+class PredictProgress:
+    total: int
+    done: int = 0  # images predicted by this call
+    kept: int = 0  # images already in the output file
+
+
+def list_images(inputs: Sequence[str | Path]) -> list[Path]:
+    """The image files named by `inputs` (files, or folders searched recursively), each once, in order. A
+    named file that is not an image, a missing path, or a folder without images is one line."""
+    found: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            images = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not images:
+                raise NormsearchError(f"{path}: no image files in this folder ({', '.join(IMAGE_SUFFIXES)})")
+            found += images
+        elif path.is_file():
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                raise NormsearchError(f"{path}: not an image file; allowed: {', '.join(IMAGE_SUFFIXES)}")
+            found.append(path)
+        else:
+            raise NormsearchError(f"{path}: no such file or folder")
+    return list(dict.fromkeys(found))
+
+
+def _kept(out: Path, model_id: str) -> set[str]:
+    """Paths already predicted in `out` by this model; another model's file is refused."""
+    if not out.exists():
+        return set()
+    with os_errors(out, "read"), out.open(newline="") as handle:
+        rows = list(csv.reader(handle))
+    if not rows:
+        return set()
+    if rows[0] != COLUMNS:
+        raise NormsearchError(f"-o {out}: exists and is not a predict output; give another file")
+    other = {r[3] for r in rows[1:] if len(r) == 4 and r[3] != model_id}
+    if other:
+        raise NormsearchError(
+            f"-o {out}: holds predictions of another model ({sorted(other)[0]}); give another file"
+        )
+    return {r[0] for r in rows[1:] if len(r) == 4}
+
+
+def _batches(paths: list[Path], size: int) -> Iterator[list[Path]]:
+    for start in range(0, len(paths), size):
+        yield paths[start : start + size]
+
+
+def predict(
+    model_dir: str | Path,
+    inputs: Sequence[str | Path],
+    out: str | Path,
+    batch_size: int = 64,
+    device: str = "cpu",
+    on_progress: Callable[[PredictProgress], None] | None = None,
+) -> PredictProgress:
+    """Predict every image of `inputs` with the model in `model_dir` and append a row per image to the CSV
+    `out` (module docstring). Returns how many were predicted now and how many were already there."""
+    if batch_size < 1:
+        raise NormsearchError(f"--batch-size {batch_size}: give at least 1")
+    out = Path(out)
+    model_id = FinalFolder.open(model_dir).weights_id()
+    paths = list_images(inputs)
+    kept = _kept(out, model_id)
+    todo = [p for p in paths if str(p) not in kept]
+    model, preprocess = load_model(model_dir, device)
+    progress = PredictProgress(total=len(paths), kept=len(paths) - len(todo))
+    if on_progress is not None:
+        on_progress(progress)
+    fresh = not out.exists() or out.stat().st_size == 0
+    with os_errors(out, "write predictions"), out.open("a", newline="") as handle:
+        writer = csv.writer(handle)
+        if fresh:
+            writer.writerow(COLUMNS)
+        for batch in _batches(todo, batch_size):
+            with torch.no_grad():
+                probs = model(preprocess.batch(batch).to(device)).softmax(1).cpu()
+            best, index = probs.max(1)
+            for path, p, i in zip(batch, best.tolist(), index.tolist(), strict=True):
+                writer.writerow([str(path), preprocess.classes[i], f"{p:.6f}", model_id])
+            handle.flush()
+            progress.done += len(batch)
+            if on_progress is not None:
+                on_progress(progress)
+    return progress
+
+
+def read_predictions(out: str | Path) -> list[dict[str, str]]:
+    """The rows of a predict output."""
+    with Path(out).open(newline="") as handle:
+        return list(csv.DictReader(handle))
