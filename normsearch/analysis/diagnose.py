@@ -154,22 +154,12 @@ def from_config(
     from normsearch.arch import load_arch
     from normsearch.data.spec import load_data
     from normsearch.models import build_model
-    from normsearch.train import hardened_arch, train_candidate
+    from normsearch.train import hardened_arch, train_from_recipe
 
     arch = load_arch(config)
     chosen = _unit(recipe, unit)
     data = data or load_data(recipe.data)
-    result = train_candidate(
-        arch,
-        data,
-        recipe.data,
-        recipe.train,
-        seed=recipe.seed,
-        report=report,
-        threads=recipe.resources.cpu,
-        keep_weights=True,
-        unit=chosen,
-    )
+    result = train_from_recipe(recipe, arch, chosen, data=data, report=report, keep_weights=True)
     assert result.checkpoint is not None
     weights = result.checkpoint.state_dict
     trained = hardened_arch(ArchConfig.from_dict(result.checkpoint.arch or arch.to_dict()), weights)

@@ -85,7 +85,7 @@ def tabulate(
 
     from normsearch.data.spec import load_data
     from normsearch.recipe import load_recipe
-    from normsearch.train import train_candidate, train_units
+    from normsearch.train import train_from_recipe
 
     recipe, space = load_recipe(recipe_path)
     assignments = space.assignments()
@@ -135,7 +135,7 @@ def tabulate(
         for values, seed in todo:
             arch = space.to_arch(recipe.model, values)
             tic = time.perf_counter()
-            result = train_units(arch, data, recipe.data, recipe.train, seed=seed, threads=1)
+            result = train_from_recipe(recipe, arch, seed=seed, data=data, threads=1)
             rows[_row_key(values, seed)] = {
                 "values": values,
                 "seed": seed,
@@ -157,9 +157,8 @@ def tabulate(
 
             arch = supernet_arch(recipe.model)
             tic = time.perf_counter()
-            result = train_candidate(
-                arch, data, recipe.data, recipe.train, seed=seed, threads=1, keep_weights=True
-            )
+            unit = recipe.data.units()[0]
+            result = train_from_recipe(recipe, arch, unit, seed=seed, data=data, threads=1, keep_weights=True)
             trained = ArchConfig.from_dict(result.checkpoint.arch)  # num_classes set to the data's
             ratios = slot_ratios(build_model(trained, result.checkpoint), trained)
             supernets[seed] = {

@@ -3,7 +3,7 @@ checkpoints) cost on top of training itself?
 
 The same N trials are run twice:
 
-1. **sequentially in this process** through `train.train_units`, with no Ray: the compute a trial needs,
+1. **sequentially in this process** through `train.train_from_recipe`, with no Ray: the compute a trial needs,
    timed per trial around the call (same seed and torch threads as the search's trials). The first half
    of the N configurations is trained before the search and the second half after it, so that a change
    in the machine's load from other jobs during the bench falls on both sides instead of on one (a first
@@ -206,7 +206,7 @@ def bench_search(
     from normsearch.data.spec import load_data
     from normsearch.run.folder import RunFolder, check_new_output
     from normsearch.search.tuner import run_search
-    from normsearch.train import train_units
+    from normsearch.train import train_from_recipe
 
     say = on_step or (lambda _: None)
     check_new_output(run_dir, "-o")
@@ -225,7 +225,7 @@ def bench_search(
                 say(f"sequential run, trial {len(seconds) + 1}/{trials} (ratio {values['ratio']})")
                 arch = space.to_arch(bench.model, values)
                 tic = time.perf_counter()
-                train_units(arch, data, bench.data, bench.train, seed=bench.seed, threads=threads)
+                train_from_recipe(bench, arch, data=data, threads=threads)
                 seconds.append(time.perf_counter() - tic)
         finally:
             torch.set_num_threads(previous)

@@ -123,7 +123,7 @@ def train(
     """Retrain an architecture over several seeds; mean ± standard error on source, select and test."""
     from normsearch.arch import load_arch
     from normsearch.data.spec import load_data
-    from normsearch.train import retrain_summary, train_units
+    from normsearch.train import retrain_summary, train_from_recipe
 
     recipe, _ = load_recipe_flags(recipe_path)
     arch = load_arch(config)
@@ -134,8 +134,8 @@ def train(
             label = f"seed {recipe.seed + k} ({k + 1}/{seeds})"
             status.update(f"training {label}")
 
-            def show(unit: str, m: dict[str, Any], label: str = label) -> None:
-                where = f" unit {unit}" if unit else ""
+            def show(m: dict[str, Any], label: str = label) -> None:
+                where = f" unit {m['unit']}" if m.get("unit") else ""
                 select = f", select {m['target_select_acc']:.1f}" if "target_select_acc" in m else ""
                 status.update(
                     f"training {label}{where}: epoch {m['epoch']}/{recipe.train.epochs}, source val "
@@ -143,15 +143,7 @@ def train(
                 )
 
             results.append(
-                train_units(
-                    arch,
-                    data,
-                    recipe.data,
-                    recipe.train,
-                    seed=recipe.seed + k,
-                    report=show,
-                    threads=threads or recipe.resources.cpu,
-                )
+                train_from_recipe(recipe, arch, seed=recipe.seed + k, data=data, report=show, threads=threads)
             )
     table = Table(
         title=f"{config} on {recipe.name}, {seeds} seed(s): {recipe.data.describe()}", title_justify="left"

@@ -62,7 +62,7 @@ def run_trial(config: dict[str, Any], recipe_json: str, space_json: str) -> None
     from ray import tune
 
     from normsearch.run.checkpoints import read_state, write_state
-    from normsearch.train import train_candidate
+    from normsearch.train import train_from_recipe
 
     recipe, space = _parsed(recipe_json, space_json)
     device = "cuda" if recipe.resources.gpu > 0 and torch.cuda.is_available() else "cpu"
@@ -110,18 +110,16 @@ def run_trial(config: dict[str, Any], recipe_json: str, space_json: str) -> None
 
                     shutil.rmtree(folder, ignore_errors=True)
 
-        train_candidate(
+        train_from_recipe(
+            recipe,
             arch,
-            data,
-            recipe.data,
-            recipe.train,
-            seed=int(config[SEED_KEY]) if config.get(SEED_KEY) is not None else recipe.seed,
+            unit,
+            seed=int(config[SEED_KEY]) if config.get(SEED_KEY) is not None else None,
+            data=data,
             report=report,
-            threads=recipe.resources.cpu,
             device=device,
             snapshot=snapshot,
             resume=state,
-            unit=unit,
             init=config.get(INIT_KEY),
         )
     except Exception as error:  # our code failed: say why, once, and end the trial (no Tune retry)

@@ -108,16 +108,7 @@ def pretrained_bases(
                         f"source val {metrics['source_val_acc']:.1f}"
                     )
 
-            result = pretrain(
-                recipe.model,
-                data,
-                recipe.data,
-                recipe.train,
-                seed=recipe.seed,
-                report=report,
-                threads=recipe.resources.cpu,
-                unit=unit,
-            )
+            result = pretrain(recipe, unit, data=data, report=report)
             assert result.checkpoint is not None
             save_checkpoint(result.checkpoint, path)
         by_sources[unit.sources] = paths[unit.name] = str(path)

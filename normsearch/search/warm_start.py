@@ -157,9 +157,8 @@ def train_supernet(
     the driver, as `train.init: pretrain` does), read its ratios, enqueue the nearest configurations as
     the study's first trials, and keep the supernet's record in the run folder. A run that already has
     the record (resume) is not trained again. Returns the record (None without a warm start)."""
-    from normsearch.data.spec import load_data
     from normsearch.models import build_model
-    from normsearch.train import train_candidate
+    from normsearch.train import train_from_recipe
 
     rule = recipe.search.warm_start
     if rule.kind != "sn":
@@ -177,17 +176,7 @@ def train_supernet(
                 f"{metrics['epoch']}/{recipe.train.epochs}, source val {metrics['source_val_acc']:.1f}"
             )
 
-    result = train_candidate(
-        arch,
-        load_data(recipe.data),
-        recipe.data,
-        recipe.train,
-        seed=recipe.seed,
-        report=report,
-        threads=recipe.resources.cpu,
-        keep_weights=True,
-        unit=unit,
-    )
+    result = train_from_recipe(recipe, arch, unit, report=report, keep_weights=True)
     assert result.checkpoint is not None
     ratios = slot_ratios(build_model(arch, weights=result.checkpoint), arch)
     ranked = rank_configs(space, recipe.model, ratios, rule.fix_above, recipe.search_seed)
