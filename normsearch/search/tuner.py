@@ -21,9 +21,9 @@ from normsearch.run.reconcile import Recovery, end_orphans, mark_interrupted, re
 from normsearch.run.records import UNIT_SEPARATOR
 from normsearch.run.study import open_study
 from normsearch.search.ledger import Ledger, Progress, make_callback
-from normsearch.search.moasha import make_scheduler
 from normsearch.search.preflight import Preflight, preflight, trial_budget
 from normsearch.search.ray import check_cluster_resources, local_ray_processes, start_ray
+from normsearch.search.schedulers import make_scheduler
 from normsearch.search.searcher import make_sampler, make_searcher
 from normsearch.search.trial import TRIAL_KEY, run_trial
 from normsearch.search.warm_start import train_supernet
