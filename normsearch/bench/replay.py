@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from normsearch.errors import NormsearchError
+from normsearch.metrics import TARGET_SELECT_ACC
 from normsearch.results.pareto import hypervolume_2d, non_dominated
 from normsearch.run.records import config_key
 
@@ -54,7 +55,7 @@ class Settings:
 
     grace_period: int = 1
     reduction_factor: float = 2.0
-    metric: str = "target_select_acc"
+    metric: str = TARGET_SELECT_ACC
     mode: str = "max"
     population: int | None = None
     neighbours: int = 4

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from normsearch.cli.common import app, console, load_recipe_flags, space_table, user_errors
 from normsearch.errors import NormsearchError
+from normsearch.metrics import SOURCE_VAL_ACC, TARGET_SELECT_ACC
 
 
 class Sort(str, enum.Enum):
@@ -153,7 +154,7 @@ def show(
     summary = summarize(run_dir)
     head, rows = trials_rows(summary)
     rows = [r for r, t in zip(rows, summary.candidates, strict=True) if show_all or t.status != "repeat"]
-    key = head.index("target_select_acc" if sort is Sort.target else "source_val_acc")
+    key = head.index(TARGET_SELECT_ACC if sort is Sort.target else SOURCE_VAL_ACC)
     rows.sort(key=lambda r: (r[2] == "complete", r[key] if r[key] is not None else -1.0), reverse=True)
     _rows_out(head, rows[:top] if top else rows, fmt, header(summary.recipe))
 
@@ -233,8 +234,8 @@ def export(
     metrics = chosen.metrics
     console.print(
         f"wrote {out}: trial {chosen.trial_id} ({chosen.status}), source val "
-        f"{metrics.get('source_val_acc', float('nan')):.1f}, select target "
-        f"{metrics.get('target_select_acc', float('nan')):.1f}"
+        f"{metrics.get(SOURCE_VAL_ACC, float('nan')):.1f}, select target "
+        f"{metrics.get(TARGET_SELECT_ACC, float('nan')):.1f}"
         + (f"; weights {weights}" if weights is not None else ""),
         highlight=False,
     )

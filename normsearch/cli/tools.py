@@ -11,6 +11,7 @@ from rich.table import Table
 
 from normsearch.cli.common import app, bench_app, console, load_recipe_flags, user_errors
 from normsearch.errors import NormsearchError
+from normsearch.metrics import SOURCE_VAL_ACC, TARGET_SELECT_ACC
 
 
 class Device(str, enum.Enum):
@@ -136,10 +137,10 @@ def train(
 
             def show(m: dict[str, Any], label: str = label) -> None:
                 where = f" unit {m['unit']}" if m.get("unit") else ""
-                select = f", select {m['target_select_acc']:.1f}" if "target_select_acc" in m else ""
+                select = f", select {m[TARGET_SELECT_ACC]:.1f}" if TARGET_SELECT_ACC in m else ""
                 status.update(
                     f"training {label}{where}: epoch {m['epoch']}/{recipe.train.epochs}, source val "
-                    f"{m['source_val_acc']:.1f}{select}"
+                    f"{m[SOURCE_VAL_ACC]:.1f}{select}"
                 )
 
             results.append(

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from normsearch.errors import NormsearchError
+from normsearch.metrics import SOURCE_VAL_ACC, TARGET_SELECT_ACC
 from normsearch.recipe import Recipe
 from normsearch.results.pareto import hypervolume_2d, non_dominated, pick, worst_reference
 from normsearch.run.files import atomic_write_text
@@ -86,12 +87,12 @@ def compute_front(trials: list[TrialRecord], objectives: dict[str, str]) -> Fron
 def choose(front: Front, rule: str, max_source_drop: float | None = None) -> TrialRecord:
     """The trial a pick rule selects (among front members for `knee`, among all complete for the rest)."""
     names = list(front.objectives)
-    if ("source_val_acc" not in names or "target_select_acc" not in names) and rule != "knee":
+    if (SOURCE_VAL_ACC not in names or TARGET_SELECT_ACC not in names) and rule != "knee":
         raise NormsearchError(
             f"--pick {rule}: needs source_val_acc and target_select_acc among the objectives ({names})"
         )
-    s = names.index("source_val_acc") if "source_val_acc" in names else 0
-    t = names.index("target_select_acc") if "target_select_acc" in names else min(1, len(names) - 1)
+    s = names.index(SOURCE_VAL_ACC) if SOURCE_VAL_ACC in names else 0
+    t = names.index(TARGET_SELECT_ACC) if TARGET_SELECT_ACC in names else min(1, len(names) - 1)
     index = pick(front.points, list(front.objectives.values()), rule, s, t, max_source_drop)
     return front.trials[index][0]
 

@@ -11,6 +11,7 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
+from normsearch.metrics import PARAMS, SOURCE_VAL_ACC, TARGET_SELECT_ACC, WORST_SOURCE_VAL_ACC
 from normsearch.recipe import Recipe
 from normsearch.results.front import Front, RunSummary
 
@@ -51,7 +52,7 @@ def trials_table(
     recipe, front = summary.recipe, summary.front
     members = front.member_ids()
     rows = [t for t in summary.candidates if show_all or t.status != "repeat"]
-    key = "target_select_acc" if sort == "target" else "source_val_acc"
+    key = TARGET_SELECT_ACC if sort == "target" else SOURCE_VAL_ACC
     rows.sort(key=lambda t: (t.complete, float(t.metrics.get(key, -1.0))), reverse=True)
     if top is not None:
         rows = rows[:top]
@@ -79,9 +80,9 @@ def trials_table(
         cells = [
             t.trial_id,
             arch_summary(t.arch, t.config),
-            _pct(m.get("source_val_acc")),
-            *([_pct(m.get("worst_source_val_acc"))] if several else []),
-            *([_pct(m.get("target_select_acc"))] if selects else []),
+            _pct(m.get(SOURCE_VAL_ACC)),
+            *([_pct(m.get(WORST_SOURCE_VAL_ACC))] if several else []),
+            *([_pct(m.get(TARGET_SELECT_ACC))] if selects else []),
             *[_pct(m.get(f"select/{d}")) for d in fixed],
             str(t.epoch or "-"),
             Text(
@@ -127,7 +128,7 @@ def warm_start_table(record: dict[str, Any]) -> Table:
     m = record.get("metrics", {})
     title = (
         f"SN warm start: supernet trained on {record.get('unit') or 'the sources'} for {record['epochs']} "
-        f"epochs ({record['seconds']:.0f} s), source val {m.get('source_val_acc', float('nan')):.1f}"
+        f"epochs ({record['seconds']:.0f} s), source val {m.get(SOURCE_VAL_ACC, float('nan')):.1f}"
     )
     queued = "; ".join(
         f"{i + 1}. {', '.join(f'{k}={v}' for k, v in q['values'].items())} (distance {q['distance']:.2f})"
@@ -170,12 +171,12 @@ def front_table(front: Front, recipe: Recipe) -> Table:
     for name, direction in front.objectives.items():
         table.add_column(f"{name} ({direction})", justify="right")
     table.add_column("seen", justify="right")
-    key = names.index("target_select_acc") if "target_select_acc" in names else len(names) - 1
+    key = names.index(TARGET_SELECT_ACC) if TARGET_SELECT_ACC in names else len(names) - 1
     sign = 1 if front.objectives[names[key]] == "max" else -1
     order = sorted(front.members, key=lambda i: sign * front.points[i][key], reverse=True)
     for i in order:
         trial = front.trials[i][0]
-        values = [f"{v:.1f}" if names[k] != "params" else f"{v:,.0f}" for k, v in enumerate(front.points[i])]
+        values = [f"{v:.1f}" if names[k] != PARAMS else f"{v:,.0f}" for k, v in enumerate(front.points[i])]
         table.add_row(
             trial.trial_id, arch_summary(trial.arch, trial.config), *values, str(len(front.trials[i]))
         )
@@ -338,7 +339,7 @@ def trials_rows(summary: RunSummary) -> tuple[list[str], list[list[Any]]]:
     """The trials table as plain rows (for --format csv|json|markdown)."""
     members = summary.front.member_ids()
     selects = [d for d in summary.recipe.data.select]
-    header = ["trial", "config", "status", "epochs", "source_val_acc", "target_select_acc"]
+    header = ["trial", "config", "status", "epochs", SOURCE_VAL_ACC, TARGET_SELECT_ACC]
     header += [f"select/{d}" for d in selects] + ["front", "reason"]
     rows = []
     for t in summary.candidates:
@@ -349,8 +350,8 @@ def trials_rows(summary: RunSummary) -> tuple[list[str], list[list[Any]]]:
                 arch_summary(t.arch, t.config),
                 t.status,
                 t.epoch,
-                m.get("source_val_acc"),
-                m.get("target_select_acc"),
+                m.get(SOURCE_VAL_ACC),
+                m.get(TARGET_SELECT_ACC),
             ]
             + [m.get(f"select/{d}") for d in selects]
             + [t.trial_id in members, t.reason or ""]

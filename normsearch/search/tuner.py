@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from normsearch.metrics import SOURCE_VAL_ACC
 from normsearch.recipe import Recipe
 from normsearch.run.folder import RunFolder
 from normsearch.run.reconcile import Recovery, end_orphans, mark_interrupted, reconcile
@@ -105,7 +106,7 @@ def pretrained_bases(
                 if show is not None:
                     show(
                         f"pretraining the base on {', '.join(unit.sources)}: epoch {metrics['epoch']}, "
-                        f"source val {metrics['source_val_acc']:.1f}"
+                        f"source val {metrics[SOURCE_VAL_ACC]:.1f}"
                     )
 
             result = pretrain(recipe, unit, data=data, report=report)

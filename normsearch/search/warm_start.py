@@ -25,6 +25,7 @@ from typing import Any
 from torch import nn
 
 from normsearch.arch import ArchConfig
+from normsearch.metrics import SOURCE_VAL_ACC
 from normsearch.norms.spec import NormSpec
 from normsearch.recipe import Recipe
 from normsearch.run.folder import RunFolder
@@ -173,7 +174,7 @@ def train_supernet(
         if on_change is not None:
             on_change(
                 f"warm start: training the SN supernet on {', '.join(unit.sources)}: epoch "
-                f"{metrics['epoch']}/{recipe.train.epochs}, source val {metrics['source_val_acc']:.1f}"
+                f"{metrics['epoch']}/{recipe.train.epochs}, source val {metrics[SOURCE_VAL_ACC]:.1f}"
             )
 
     result = train_from_recipe(recipe, arch, unit, report=report, keep_weights=True)

@@ -25,6 +25,7 @@ from normsearch.arch import ArchConfig
 from normsearch.data.domains import DomainSet
 from normsearch.data.protocol import Unit, combine_units
 from normsearch.data.spec import DataConfig, group_means, load_data
+from normsearch.metrics import SOURCE_VAL_ACC, TARGET_SELECT_ACC
 from normsearch.models.weights import Checkpoint
 from normsearch.train.config import TrainConfig
 from normsearch.train.loop import train_candidate
@@ -197,8 +198,8 @@ def pretrain(
         "lr": base.lr,
         "source_domains": list(unit.sources),
         "selection": recipe.data.selection,
-        "source_val_acc": result.final["source_val_acc"],
-        "target_select_acc": result.final.get("target_select_acc"),
+        SOURCE_VAL_ACC: result.final[SOURCE_VAL_ACC],
+        TARGET_SELECT_ACC: result.final.get(TARGET_SELECT_ACC),
         "started_from": result.extra["init"],
         "versions": versions,
     }

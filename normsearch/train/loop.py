@@ -46,6 +46,7 @@ from normsearch.data.pipeline import (
 )
 from normsearch.data.protocol import Unit
 from normsearch.data.spec import DataConfig, group_means
+from normsearch.metrics import LOSS, PARAMS, TRAIN_ACC
 from normsearch.norms.crossnorm import CrossNormPolicy
 from normsearch.norms.running import recalibrate_bn
 from normsearch.norms.sparse_switchable import set_sparse_progress
@@ -304,13 +305,13 @@ def _run_epoch(run: _Run, epoch: int, data: DomainSet, unit: Unit) -> dict[str, 
         measured = epoch_metrics(run.model, run.sets, run.standardize)
     metrics: dict[str, Any] = {
         "epoch": epoch + 1,
-        "loss": epoch_loss,
-        "train_acc": train_acc,
+        LOSS: epoch_loss,
+        TRAIN_ACC: train_acc,
         **measured,
         "lr": run.optimizer.param_groups[0]["lr"],
         "images_per_s": seen / train_seconds,
         "epoch_seconds": time.perf_counter() - tic,
-        "params": run.params,
+        PARAMS: run.params,
         "final": epoch + 1 == run.config.epochs,
     }
     metrics["converged"] = converged([*run.history, metrics])

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from normsearch.arch import ArchConfig
+from normsearch.metrics import SOURCE_VAL_ACC, TARGET_SELECT_ACC, TRAIN_ACC, WORST_SOURCE_VAL_ACC, label
 
 if TYPE_CHECKING:
     from normsearch.models.weights import Checkpoint
@@ -74,11 +75,11 @@ class TrainResult:
 def converged(history: list[dict[str, Any]]) -> bool:
     """False when source val accuracy is below 98% and training accuracy still rose by more than a point
     in the last epoch (see CONVERGED_SOURCE_ACC)."""
-    if not history or history[-1]["source_val_acc"] >= CONVERGED_SOURCE_ACC:
+    if not history or history[-1][SOURCE_VAL_ACC] >= CONVERGED_SOURCE_ACC:
         return True
     if len(history) < 2:
         return False
-    return history[-1]["train_acc"] - history[-2]["train_acc"] <= STILL_CLIMBING
+    return history[-1][TRAIN_ACC] - history[-2][TRAIN_ACC] <= STILL_CLIMBING
 
 
 def switch_to_hard(model: nn.Module) -> int:
@@ -132,13 +133,9 @@ def retrain_summary(results: list[TrainResult]) -> list[tuple[str, float, float,
     accuracy of several seeds' runs."""
     measures: dict[str, list[float]] = {}
     for result in results:
-        for key, label in (
-            ("source_val_acc", "source val"),
-            ("worst_source_val_acc", "worst source (val)"),
-            ("target_select_acc", "select target (val)"),
-        ):
+        for key in (SOURCE_VAL_ACC, WORST_SOURCE_VAL_ACC, TARGET_SELECT_ACC):
             if key in result.final:
-                measures.setdefault(label, []).append(result.final[key])
+                measures.setdefault(label(key), []).append(result.final[key])
         for name, value in result.test.items():
             measures.setdefault(f"test: {name}", []).append(value)
         for name, value in result.groups.items():
