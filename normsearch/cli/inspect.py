@@ -315,9 +315,9 @@ def data_show(
     import time
 
     from normsearch.data.spec import load_data
-    from normsearch.data.view import domain_rows, save_grid, view_config
+    from normsearch.data.view import domain_rows, is_recipe_file, save_grid, view_config
 
-    config = view_config(spec)
+    config = load_recipe_flags(Path(spec))[0].data if is_recipe_file(spec) else view_config(spec)
     tic = time.perf_counter()
     with console.status(f"loading {spec} (decoding images the first time, then from the cache)..."):
         data = load_data(config)
