@@ -6,7 +6,6 @@ the recipe beats the defaults below. Every error is one line naming the file and
 
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -293,11 +292,3 @@ def load_recipe(
             "without a step"
         )
     return recipe, space
-
-
-def default_output(recipe: Recipe, now: dt.datetime | None = None) -> Path:
-    """`runs/<name>-<timestamp>` unless the recipe says otherwise."""
-    if recipe.output:
-        return Path(recipe.output)
-    stamp = (now or dt.datetime.now()).strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{recipe.name}-{stamp}"

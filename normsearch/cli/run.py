@@ -31,7 +31,7 @@ def run(
     ] = None,
 ) -> None:
     """Search the recipe's space: train every candidate, report trials and the Pareto front."""
-    from normsearch.recipe import default_output
+    from normsearch.run.folder import default_output
 
     recipe, space = load_recipe_flags(
         recipe_path,

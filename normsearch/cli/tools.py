@@ -263,7 +263,7 @@ def bench_search(
     """Search overhead: the same N trials through `normsearch run` and sequentially in this process."""
     from normsearch.bench.search import TARGET_OVERHEAD, TARGET_TRIAL_SECONDS, TARGET_TRIALS
     from normsearch.bench.search import bench_search as run_bench
-    from normsearch.recipe import default_output
+    from normsearch.run.folder import default_output
 
     extra = [f"train.epochs={epochs}"] * (epochs is not None) + [f"data.n_train={n_train}"] * (
         n_train is not None
