@@ -39,9 +39,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from normsearch.config import validate
+from normsearch.data.spec import load_data
 from normsearch.errors import NormsearchError
 from normsearch.recipe import Recipe
-from normsearch.space import Space
+from normsearch.run.folder import RunFolder, check_new_output
+from normsearch.search.tuner import run_search
+from normsearch.space import Space, load_space
+from normsearch.train import train_from_recipe
 
 TARGET_OVERHEAD = 0.05  # issue 12: at most 5 % for 20 trials of >= 10 s each
 TARGET_TRIALS = 20
@@ -127,9 +132,6 @@ def bench_recipe(
 ) -> tuple[Recipe, Space]:
     """The recipe the bench searches: `recipe`'s budget over `bench_space(trials)`, a grid visiting each
     configuration once, no early stopping, no warm start, `concurrency` trials at a time."""
-    from normsearch.config import validate
-    from normsearch.space import load_space
-
     raw = recipe.model_dump(mode="json", exclude_none=True)
     raw["output"] = str(run_dir)
     raw["search"] = {
@@ -202,11 +204,6 @@ def bench_search(
     """Run the bench (see the module docstring) with its search's run folder at `run_dir` (must not exist);
     `threads` overrides `recipe.resources.cpu`. `on_step` receives a line of progress now and then."""
     import torch
-
-    from normsearch.data.spec import load_data
-    from normsearch.run.folder import RunFolder, check_new_output
-    from normsearch.search.tuner import run_search
-    from normsearch.train import train_from_recipe
 
     say = on_step or (lambda _: None)
     check_new_output(run_dir, "-o")

@@ -13,14 +13,17 @@ from typing import Any
 
 import yaml
 
+from normsearch.arch import ArchConfig
 from normsearch.errors import NormsearchError
 from normsearch.metrics import SOURCE_VAL_ACC, TARGET_SELECT_ACC
+from normsearch.models.weights import Checkpoint, save_checkpoint
 from normsearch.recipe import Recipe
 from normsearch.results.pareto import hypervolume_2d, non_dominated, pick, worst_reference
 from normsearch.run.files import atomic_write_text
 from normsearch.run.folder import RunFolder
 from normsearch.run.records import UNIT_SEPARATOR, TrialRecord
 from normsearch.space import Space
+from normsearch.train import hardened_arch
 
 
 @dataclass
@@ -143,10 +146,6 @@ def export_trial(
         chosen = choose(summary.front, rule or "knee", max_source_drop)
     document = export(summary.folder.path, summary.recipe, chosen, rule, str(weights) if weights else None)
     if weights is not None:
-        from normsearch.arch import ArchConfig
-        from normsearch.models.weights import Checkpoint, save_checkpoint
-        from normsearch.train import hardened_arch
-
         units = chosen.extra.get("units")
         if units:
             names = ", ".join(f"{chosen.trial_id}{UNIT_SEPARATOR}{u}" for u in units)

@@ -5,15 +5,21 @@ Rendering only; the numbers come from `normsearch.results.front`.
 
 from __future__ import annotations
 
+import csv
+import io
+import json
+import textwrap
 from pathlib import Path
 from typing import Any
 
+import plotly.graph_objects as go
 from rich.table import Table
 from rich.text import Text
 
 from normsearch.metrics import PARAMS, SOURCE_VAL_ACC, TARGET_SELECT_ACC, WORST_SOURCE_VAL_ACC
 from normsearch.recipe import Recipe
 from normsearch.results.front import Front, RunSummary
+from normsearch.run.files import atomic_write_bytes, atomic_write_text
 
 STATUS_STYLE = {
     "complete": "green",
@@ -209,17 +215,11 @@ def scatter(front: Front, width: int = 60, height: int = 16) -> str:
 
 def wrapped_title(title: str, width: int = 70) -> str:
     """A long selection statement wrapped into lines that fit inside a 6-inch figure."""
-    import textwrap
-
     return "\n".join(textwrap.wrap(title, width)) or title
 
 
 def _png(fig: Any, path: Path) -> None:
-    import io
-
     import matplotlib.pyplot as plt
-
-    from normsearch.run.files import atomic_write_bytes
 
     fig.tight_layout()
     buffer = io.BytesIO()
@@ -240,8 +240,6 @@ def _pyplot() -> Any:
 def front_figure(front: Front, title: str) -> Any:
     """The plotly figure of the front (first two objectives): dominated points grey, the front in red,
     each point labelled with its trial on hover."""
-    import plotly.graph_objects as go
-
     names = list(front.objectives)
     members = set(front.members)
     labels = [t[0].trial_id + " " + arch_summary(t[0].arch, t[0].config) for t in front.trials]
@@ -273,8 +271,6 @@ def plot_front(front: Front, path: Path, title: str, kind: str | None = None) ->
     """PNG (matplotlib) or HTML (plotly, self-contained: plotly.js embedded, no network request) scatter of
     the first two objectives, front highlighted; `kind` (".png" / ".html") overrides the file's suffix.
     Written atomically; a bad place is one line. The PNG's title wraps, so it stays inside the figure."""
-    from normsearch.run.files import atomic_write_text
-
     if (kind or path.suffix) == ".html":
         atomic_write_text(path, front_figure(front, title).to_html(include_plotlyjs=True, full_html=True))
         return
@@ -373,10 +369,6 @@ def front_rows(front: Front) -> tuple[list[str], list[list[Any]]]:
 
 def format_rows(header: list[str], rows: list[list[Any]], fmt: str, title: str = "") -> str:
     """Rows as csv, json (a list of objects, with the title as `selection`) or a markdown table."""
-    import csv
-    import io
-    import json
-
     if fmt == "csv":
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")

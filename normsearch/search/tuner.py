@@ -15,7 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from normsearch import __version__
+from normsearch.data.spec import load_data
 from normsearch.metrics import SOURCE_VAL_ACC
+from normsearch.models.weights import save_checkpoint
 from normsearch.recipe import Recipe
 from normsearch.run.folder import RunFolder
 from normsearch.run.reconcile import Recovery, end_orphans, mark_interrupted, reconcile
@@ -29,6 +32,8 @@ from normsearch.search.searcher import make_sampler, make_searcher
 from normsearch.search.trial import TRIAL_KEY, run_trial
 from normsearch.search.warm_start import train_supernet
 from normsearch.space import Space
+from normsearch.train import pretrain
+from normsearch.train.initialise import init_mode
 
 
 def versions() -> dict[str, str]:
@@ -36,8 +41,6 @@ def versions() -> dict[str, str]:
     import optuna
     import ray
     import torch
-
-    from normsearch import __version__
 
     return {
         "torch": torch.__version__,
@@ -83,11 +86,6 @@ def pretrained_bases(
     """`train.init: pretrain`: the base architecture pretrained once per set of sources (a fold's base never
     sees its held-out domain) and kept in the run folder; a base already there is used, never retrained
     (resume). Returns unit name -> checkpoint path; empty for any other `train.init`."""
-    from normsearch.data.spec import load_data
-    from normsearch.models.weights import save_checkpoint
-    from normsearch.train import pretrain
-    from normsearch.train.initialise import init_mode
-
     if recipe.train.init_from is not None or init_mode(recipe.model, recipe.train, given=True) != "pretrain":
         return {}
     paths: dict[str, str] = {}

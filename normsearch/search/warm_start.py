@@ -25,11 +25,15 @@ from typing import Any
 from torch import nn
 
 from normsearch.arch import ArchConfig
+from normsearch.arch.config import NormConfig
 from normsearch.metrics import SOURCE_VAL_ACC
+from normsearch.models import build_model
 from normsearch.norms.spec import NormSpec
+from normsearch.norms.switchable import SwitchNorm2d
 from normsearch.recipe import Recipe
 from normsearch.run.folder import RunFolder
 from normsearch.space import Space
+from normsearch.train import train_from_recipe
 
 Share = tuple[float, float, float]  # (IN, LN, BN)
 STATS = ("in", "ln", "bn")
@@ -39,15 +43,11 @@ POOL = 256  # configurations drawn from a space too large to enumerate
 def supernet_arch(model: ArchConfig) -> ArchConfig:
     """The base architecture with soft Switchable Normalization in every normalization slot (and none of
     the base's other rules): what phase 1 of the warm start trains."""
-    from normsearch.arch.config import NormConfig
-
     return model.model_copy(update={"norm": NormConfig(default="sn:mode=soft")})
 
 
 def slot_ratios(network: nn.Module, arch: ArchConfig) -> dict[str, Share]:
     """Every SN slot's learned (IN, LN, BN) ratios: the mean and variance ratios of SN Eq. 5 averaged."""
-    from normsearch.norms.switchable import SwitchNorm2d
-
     out: dict[str, Share] = {}
     for slot in arch.resolve().slots:
         module = network.get_submodule(slot)
@@ -158,9 +158,6 @@ def train_supernet(
     the driver, as `train.init: pretrain` does), read its ratios, enqueue the nearest configurations as
     the study's first trials, and keep the supernet's record in the run folder. A run that already has
     the record (resume) is not trained again. Returns the record (None without a warm start)."""
-    from normsearch.models import build_model
-    from normsearch.train import train_from_recipe
-
     rule = recipe.search.warm_start
     if rule.kind != "sn":
         return None

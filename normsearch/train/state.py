@@ -13,6 +13,7 @@ from torch import nn
 
 from normsearch.arch import ArchConfig
 from normsearch.metrics import SOURCE_VAL_ACC, TARGET_SELECT_ACC, TRAIN_ACC, WORST_SOURCE_VAL_ACC, label
+from normsearch.norms.switchable import STATS, SwitchNorm2d
 
 if TYPE_CHECKING:
     from normsearch.models.weights import Checkpoint
@@ -85,8 +86,6 @@ def converged(history: list[dict[str, Any]]) -> bool:
 def switch_to_hard(model: nn.Module) -> int:
     """Replace every soft SwitchNorm2d by its hard argmax layer (SN §4.1.4), keeping the affine parameters
     as the same Parameter objects so the optimizer's momentum carries over. Returns how many switched."""
-    from normsearch.norms.switchable import SwitchNorm2d
-
     switched = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
@@ -114,8 +113,6 @@ def hardened_arch(arch: ArchConfig, model_state: dict[str, Any]) -> ArchConfig:
     """The ArchConfig that a trained model's weights fit: when the plan switched Switchable Norm from soft
     to hard during training (`hard_at`), its hard choices (the one-hot ratio buffers in the state) become
     the rule's `choices`, so that a rebuilt network is hard where the trained one was."""
-    from normsearch.norms.switchable import STATS
-
     rule = arch.norm.switchable
     if rule is None or rule.mode != "soft" or rule.hard_at is None:
         return arch
