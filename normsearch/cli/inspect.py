@@ -43,6 +43,7 @@ def plan(
 ) -> None:
     """Print every normalization slot of the network CONFIG describes, and a summary; with --weights (or
     the config's backbone.weights), whether each slot is inherited, partly inherited or new."""
+    # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
     from normsearch.arch import load_arch
     from normsearch.models import build_model
 
@@ -107,6 +108,7 @@ app.add_typer(data_app, name="data")
 
 def show_run(run_dir: Path, sort: str, top: int | None, show_all: bool) -> None:
     """Print a run's trials table and front (also what `run` and `resume` end with)."""
+    # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
     from normsearch.results.front import summarize
     from normsearch.results.tables import domainbed_table, front_table, trials_table, warm_start_table
     from normsearch.run.folder import RunFolder
@@ -122,6 +124,7 @@ def show_run(run_dir: Path, sort: str, top: int | None, show_all: bool) -> None:
 
 
 def _rows_out(header: list[str], rows: list[list], fmt: RowFormat, title: str) -> None:
+    # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
     import sys
 
     from normsearch.results.tables import format_rows
@@ -148,6 +151,7 @@ def show(
     if fmt is RowFormat.table:
         show_run(run_dir, sort.value, top, show_all)
         return
+    # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
     from normsearch.results.front import summarize
     from normsearch.results.tables import header, trials_rows
 
@@ -177,6 +181,7 @@ def pareto(
     html: Annotated[Path | None, typer.Option(hidden=True, help="Same as -o FILE.html.")] = None,
 ) -> None:
     """The front, its hypervolume and a terminal scatter; plot files with -o (.png or .html)."""
+    # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
     from normsearch.results.front import summarize
     from normsearch.results.tables import front_rows, front_table, header, plot_front, scatter
 
@@ -224,6 +229,7 @@ def export(
 ) -> None:
     """Write one trial's ArchConfig with provenance (and its weights); `normsearch.build_model(FILE)`
     rebuilds it."""
+    # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
     from normsearch.results.front import export_trial, summarize
 
     if (trial is None) == (pick_rule is None):
@@ -257,6 +263,7 @@ def spaces(ctx: typer.Context) -> None:
     """List the shipped search spaces with their size and parameters."""
     if ctx.invoked_subcommand is not None:
         return
+    # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
     from normsearch.space import list_spaces, load_space
 
     table = Table(title="search spaces", title_justify="left")
@@ -283,6 +290,7 @@ def spaces_validate(
     ] = None,
 ) -> None:
     """Parse a space and build the NormPlan of every configuration (or probes of continuous ones)."""
+    # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
     from normsearch.arch import ArchConfig, Backbone
     from normsearch.space import load_space
 
@@ -312,6 +320,7 @@ def data_show(
     per_row: Annotated[int, typer.Option(min=1, max=64, help="Images per domain in the grid.")] = 12,
 ) -> None:
     """Print the domains, their split sizes and class counts; write a sample grid for a person to look at."""
+    # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
     import time
 
     from normsearch.data.spec import load_data

@@ -33,6 +33,7 @@ def bench_data(
     ] = None,
 ) -> None:
     """Images/s of the input pipeline and of the recipe's train step, same threads, one run."""
+    # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
     from normsearch.bench.data import bench_data as run_bench
 
     recipe, _ = load_recipe_flags(recipe_path, overrides=overrides)
@@ -72,6 +73,7 @@ def bench_norms(
     ] = None,
 ) -> None:
     """Time every normalizer's train step and eval forward against nn.BatchNorm2d, in one run."""
+    # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
     import torch
 
     from normsearch.bench.norms import SHAPES, parse_shapes
@@ -122,6 +124,7 @@ def train(
     ] = None,
 ) -> None:
     """Retrain an architecture over several seeds; mean ± standard error on source, select and test."""
+    # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
     from normsearch.arch import load_arch
     from normsearch.data.spec import load_data
     from normsearch.train import retrain_summary, train_from_recipe
@@ -190,6 +193,7 @@ def bench_efficiency(
     ] = Path("benchmarks/efficiency"),
 ) -> None:
     """Tabulate a space once, replay every search method on it; hypervolume against trial-epochs."""
+    # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
     from normsearch.bench.efficiency import run_bench, tabulate
 
     recipe, _ = load_recipe_flags(recipe_path)
@@ -261,6 +265,7 @@ def bench_search(
     ] = None,
 ) -> None:
     """Search overhead: the same N trials through `normsearch run` and sequentially in this process."""
+    # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
     from normsearch.bench.search import TARGET_OVERHEAD, TARGET_TRIAL_SECONDS, TARGET_TRIALS
     from normsearch.bench.search import bench_search as run_bench
     from normsearch.run.folder import default_output
