@@ -6,7 +6,6 @@ the recipe beats the defaults below. Every error is one line naming the file and
 
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -17,7 +16,16 @@ from normsearch.arch import ArchConfig
 from normsearch.config import assign_path, read_mapping, validate
 from normsearch.data.spec import DataConfig
 from normsearch.errors import NormsearchError
-from normsearch.run.records import METRICS, SELECT_PREFIX, SOURCE_PREFIX, is_metric
+from normsearch.metrics import (
+    DEFAULT_OBJECTIVES,
+    METRICS,
+    SELECT_PREFIX,
+    SOURCE_ONLY_OBJECTIVES,
+    SOURCE_PREFIX,
+    SOURCE_VAL_ACC,
+    TARGET_SELECT_ACC,
+    is_metric,
+)
 from normsearch.train import TrainConfig
 
 if TYPE_CHECKING:
@@ -32,7 +40,7 @@ class RejectBelow(_Strict):
     """A cheap rejection rule (EvoNorm, Liu et al. 2020, §4: 20 % after 100 steps): a trial whose `metric`
     is below `value` after `epoch` epochs is stopped (PRUNED, with the reason), whatever the scheduler."""
 
-    metric: str = "source_val_acc"
+    metric: str = SOURCE_VAL_ACC
     value: float
     epoch: int = Field(default=1, ge=1)
 
@@ -53,7 +61,7 @@ class SchedulerConfig(_Strict):
     the front of the second objective is not stopped for being weak on the first."""
 
     kind: Literal["none", "asha", "moasha"] = "none"
-    metric: str = "target_select_acc"
+    metric: str = TARGET_SELECT_ACC
     mode: Literal["max", "min"] = "max"
     grace_period: int = Field(default=2, ge=1)
     reduction_factor: float = Field(default=3.0, gt=1.0)
@@ -107,9 +115,7 @@ class SearchConfig(_Strict):
     seed: int | None = None
     population: int | None = Field(default=None, ge=2)  # NSGA-II population size (default: Optuna's 50)
     scheduler: SchedulerConfig = SchedulerConfig()
-    objectives: dict[str, Literal["max", "min"]] = Field(
-        default_factory=lambda: {"source_val_acc": "max", "target_select_acc": "max"}
-    )
+    objectives: dict[str, Literal["max", "min"]] = Field(default_factory=lambda: dict(DEFAULT_OBJECTIVES))
     failures: FailureConfig = FailureConfig()
     constraints: list[str] = Field(default_factory=list)
     warm_start: WarmStartConfig = WarmStartConfig()
@@ -182,7 +188,7 @@ class Recipe(_Strict):
         if selection == "training_domain" and "objectives" not in data["search"]:
             search = {
                 **data["search"],
-                "objectives": {"source_val_acc": "max", "worst_source_val_acc": "max"},
+                "objectives": dict(SOURCE_ONLY_OBJECTIVES),
             }
             data = {**data, "search": search}
         return data
@@ -213,7 +219,7 @@ class Recipe(_Strict):
                         f"{key}: {name!r}: per-source accuracies exist for a domain every unit "
                         f"trains on, with several sources; sources: {', '.join(self.data.sources)}"
                     )
-            if name == "target_select_acc" and not units[0].select and key == "search.objectives":
+            if name == TARGET_SELECT_ACC and not units[0].select and key == "search.objectives":
                 raise ValueError(
                     f"{key}: target_select_acc: under selection {rule} no target is selected on; "
                     "use source_val_acc and worst_source_val_acc"
@@ -286,11 +292,3 @@ def load_recipe(
             "without a step"
         )
     return recipe, space
-
-
-def default_output(recipe: Recipe, now: dt.datetime | None = None) -> Path:
-    """`runs/<name>-<timestamp>` unless the recipe says otherwise."""
-    if recipe.output:
-        return Path(recipe.output)
-    stamp = (now or dt.datetime.now()).strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{recipe.name}-{stamp}"

@@ -30,7 +30,7 @@ from typing import Any
 from normsearch.arch import ArchConfig
 from normsearch.data.spec import load_data
 from normsearch.recipe import load_recipe
-from normsearch.train import TrainConfig, TrainResult, pretrain, train_candidate
+from normsearch.train import TrainConfig, TrainResult, pretrain, train_from_recipe
 
 
 def ranks(values: list[float]) -> list[float]:
@@ -96,7 +96,7 @@ def main() -> None:
     if assignments is None:
         raise SystemExit(f"{args.recipe}: the space is not a finite grid")
     configs = {label(values): space.to_arch(recipe.model, values) for values in assignments}
-    scratch_config = recipe.train
+    scratch_recipe = recipe
     tune_config: TrainConfig = recipe.train.model_copy(
         update={
             "init": "pretrain",
@@ -106,6 +106,7 @@ def main() -> None:
             "pretrain_lr": recipe.train.lr,
         }
     )
+    tune = recipe.model_copy(update={"train": tune_config})
     out: dict[str, Any] = {
         "recipe": args.recipe,
         "ft_epochs": args.ft_epochs,
@@ -114,22 +115,21 @@ def main() -> None:
     }
     for k in range(args.seeds):
         seed = recipe.seed + k
-        base, base_seconds = timed(
-            pretrain, recipe.model, data, recipe.data, tune_config, seed=seed, threads=args.threads
-        )
+        base, base_seconds = timed(pretrain, tune, seed=seed, data=data, threads=args.threads)
         print(f"seed {seed}: pretrained in {base_seconds:.0f} s, source {base.final['source_val_acc']:.1f}")
         runs: dict[str, Any] = {"pretrain": summary(base, base_seconds), "configs": {}}
         for name, arch in configs.items():
+            unit = recipe.data.units()[0]
             scratch, scratch_s = timed(
-                train_candidate, arch, data, recipe.data, scratch_config, seed=seed, threads=args.threads
+                train_from_recipe, scratch_recipe, arch, unit, seed=seed, data=data, threads=args.threads
             )
             tuned, tuned_s = timed(
-                train_candidate,
+                train_from_recipe,
+                tune,
                 arch,
-                data,
-                recipe.data,
-                tune_config,
+                unit,
                 seed=seed,
+                data=data,
                 threads=args.threads,
                 init=base.checkpoint,
             )
@@ -148,12 +148,12 @@ def main() -> None:
             for sn_init in ("equal", "bn"):
                 config = tune_config.model_copy(update={"sn_init": sn_init})
                 result, seconds = timed(
-                    train_candidate,
+                    train_from_recipe,
+                    recipe.model_copy(update={"train": config}),
                     sn_arch,
-                    data,
-                    recipe.data,
-                    config,
+                    recipe.data.units()[0],
                     seed=seed,
+                    data=data,
                     threads=args.threads,
                     init=base.checkpoint,
                 )

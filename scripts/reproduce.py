@@ -31,14 +31,13 @@ def _job(args: tuple[str, dict[str, Any], int]) -> dict[str, Any]:
     recipe_path, values, seed = args
     import torch
 
-    from normsearch.data.spec import load_data
     from normsearch.recipe import load_recipe
-    from normsearch.train import train_units
+    from normsearch.train import train_from_recipe
 
     torch.set_num_threads(1)
     recipe, space = load_recipe(recipe_path)
     arch = space.to_arch(recipe.model, values)
-    result = train_units(arch, load_data(recipe.data), recipe.data, recipe.train, seed=seed, threads=1)
+    result = train_from_recipe(recipe, arch, seed=seed, threads=1)
     return {
         "values": values,
         "arch": arch.to_dict(),

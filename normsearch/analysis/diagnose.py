@@ -11,6 +11,8 @@ imports Ray.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,13 +24,22 @@ from torch import nn
 
 from normsearch.analysis.divergence import EPS, channel_means, feature_divergence
 from normsearch.analysis.estimation_shift import InputMoments, estimation_shift, running_statistics
+from normsearch.analysis.plots import plot_divergence, plot_estimation_shift, plot_sn_ratios
 from normsearch.analysis.sn_ratios import SNRatios, sn_ratios
-from normsearch.arch import ArchConfig
+from normsearch.arch import ArchConfig, load_arch
 from normsearch.data.domains import DomainSet
 from normsearch.data.pipeline import Standardizer
 from normsearch.data.protocol import Unit
+from normsearch.data.spec import load_data
 from normsearch.errors import NormsearchError
+from normsearch.models import build_model
 from normsearch.recipe import Recipe
+from normsearch.run.files import atomic_write_text, os_errors
+from normsearch.run.folder import RunFolder
+from normsearch.run.records import UNIT_SEPARATOR
+from normsearch.train import _standardizer as training_standardizer
+from normsearch.train import hardened_arch, train_from_recipe
+from normsearch.train.evaluation import evaluation_split, unit_sets
 
 SOURCE = "source"
 IMAGES = 256  # per domain; the Gaussian of Eq. 1 is fit over this many images
@@ -108,12 +119,6 @@ def from_run(
     """The network of trial `trial_id` of a run (a search trial, a unit of one, or a confirmation run),
     rebuilt from its final checkpoint: `RunFolder.final_state(trial).model` with the ArchConfig those
     weights fit (`hardened_arch`: a soft Switchable Norm switched to hard during training is hard here)."""
-    from normsearch.data.spec import load_data
-    from normsearch.models import build_model
-    from normsearch.run.folder import RunFolder
-    from normsearch.run.records import UNIT_SEPARATOR
-    from normsearch.train import hardened_arch
-
     folder = RunFolder.open(run_dir)
     recipe, _ = folder.load()
     records = {t.trial_id: t for t in [*folder.trials(), *folder.confirmations()]}
@@ -151,25 +156,10 @@ def from_config(
 ) -> tuple[TrainedNetwork, DomainSet]:
     """Train the ArchConfig in `config` under `recipe` (its seed, training and first protocol unit, or
     `unit`) and return the trained network."""
-    from normsearch.arch import load_arch
-    from normsearch.data.spec import load_data
-    from normsearch.models import build_model
-    from normsearch.train import hardened_arch, train_candidate
-
     arch = load_arch(config)
     chosen = _unit(recipe, unit)
     data = data or load_data(recipe.data)
-    result = train_candidate(
-        arch,
-        data,
-        recipe.data,
-        recipe.train,
-        seed=recipe.seed,
-        report=report,
-        threads=recipe.resources.cpu,
-        keep_weights=True,
-        unit=chosen,
-    )
+    result = train_from_recipe(recipe, arch, chosen, data=data, report=report, keep_weights=True)
     assert result.checkpoint is not None
     weights = result.checkpoint.state_dict
     trained = hardened_arch(ArchConfig.from_dict(result.checkpoint.arch or arch.to_dict()), weights)
@@ -192,8 +182,6 @@ def _subset(images: torch.Tensor, labels: torch.Tensor, n: int) -> torch.Tensor:
 def domain_images(network: TrainedNetwork, data: DomainSet, n: int = IMAGES) -> dict[str, torch.Tensor]:
     """The images each domain is diagnosed on: the sources' test splits (together), then every target's
     reported images (the split `evaluation` measures it on)."""
-    from normsearch.train.evaluation import evaluation_split
-
     parts = [data[name].split("test") for name in network.unit.sources]
     source = (torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts]))
     out = {SOURCE: _subset(*source, n)}
@@ -204,9 +192,6 @@ def domain_images(network: TrainedNetwork, data: DomainSet, n: int = IMAGES) -> 
 
 def _standardizer(network: TrainedNetwork, data: DomainSet) -> Standardizer:
     """The input standardisation the network was trained with (the same rule as training's)."""
-    from normsearch.train import _standardizer as training_standardizer
-    from normsearch.train.evaluation import unit_sets
-
     return training_standardizer(
         network.arch, network.recipe.data, unit_sets(data, network.unit, lambda t: t)
     )
@@ -279,12 +264,6 @@ def diagnose(network: TrainedNetwork, data: DomainSet, images: int = IMAGES) -> 
 def write_diagnosis(diagnosis: Diagnosis, out_dir: str | Path) -> list[Path]:
     """diagnosis.json, divergence.csv/png, estimation_shift.csv/png and, for SN models, sn_ratios.csv/png
     in `out_dir` (created); written atomically. Returns the paths."""
-    import csv
-    import io
-
-    from normsearch.analysis.plots import plot_divergence, plot_estimation_shift, plot_sn_ratios
-    from normsearch.run.files import atomic_write_text, os_errors
-
     out = Path(out_dir)
     with os_errors(out, "create the output folder"):
         out.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,8 @@ import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from normsearch.run.files import atomic_write_bytes
+
 if TYPE_CHECKING:
     from normsearch.analysis.diagnose import Diagnosis
 
@@ -25,8 +27,6 @@ def _figure(width: float, height: float, rows: int = 1) -> tuple[Any, Any]:
 
 def _save(fig: Any, path: Path, title: str) -> Path:
     import matplotlib.pyplot as plt
-
-    from normsearch.run.files import atomic_write_bytes
 
     fig.suptitle("\n".join(textwrap.wrap(title, 90)), fontsize=9)
     fig.tight_layout()

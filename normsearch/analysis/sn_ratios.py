@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from normsearch.norms.switchable import SwitchNorm2d
+
 STATS = ("in", "ln", "bn")
 
 
@@ -35,8 +37,6 @@ class SNRatios:
 @torch.no_grad()
 def sn_ratios(model: nn.Module, slots: list[str]) -> list[SNRatios]:
     """The ratios of every Switchable Norm layer among `slots` (module names), in their order."""
-    from normsearch.norms.switchable import SwitchNorm2d
-
     out = []
     for slot in slots:
         module = model.get_submodule(slot)

@@ -15,7 +15,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from normsearch.data.pipeline import Standardizer, balanced_batches, make_augment
+from normsearch.data.spec import load_data
+from normsearch.models import build_model
 from normsearch.recipe import Recipe
+from normsearch.train.evaluation import unit_sets
 
 
 @dataclass(frozen=True)
@@ -38,11 +42,6 @@ class DataBench:
 
 def bench_data(recipe: Recipe, batches: int = 5, threads: int | None = None, warmup: int = 1) -> DataBench:
     """Time the recipe's input pipeline against its train step (see the module docstring)."""
-    from normsearch.data.pipeline import Standardizer, balanced_batches, make_augment
-    from normsearch.data.spec import load_data
-    from normsearch.models import build_model
-    from normsearch.train.evaluation import unit_sets
-
     threads = threads or recipe.resources.cpu
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)

@@ -22,9 +22,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from normsearch.arch import ArchConfig
+from normsearch.bench.efficiency_report import markdown, summarise, write_csv, write_png
+from normsearch.bench.replay import METHODS, WARM, distinct_architectures, replay
+from normsearch.data.spec import load_data
 from normsearch.errors import NormsearchError
+from normsearch.models import build_model
+from normsearch.recipe import load_recipe
 from normsearch.run.files import atomic_write_text
 from normsearch.run.records import config_key
+from normsearch.search.warm_start import slot_ratios, supernet_arch
+from normsearch.train import train_from_recipe
 
 if TYPE_CHECKING:
     from normsearch.bench.efficiency_report import Summary
@@ -83,10 +91,6 @@ def tabulate(
     row, so an interrupted tabulation continues. `progress` receives one line per trained row."""
     import torch
 
-    from normsearch.data.spec import load_data
-    from normsearch.recipe import load_recipe
-    from normsearch.train import train_candidate, train_units
-
     recipe, space = load_recipe(recipe_path)
     assignments = space.assignments()
     if assignments is None:
@@ -135,7 +139,7 @@ def tabulate(
         for values, seed in todo:
             arch = space.to_arch(recipe.model, values)
             tic = time.perf_counter()
-            result = train_units(arch, data, recipe.data, recipe.train, seed=seed, threads=1)
+            result = train_from_recipe(recipe, arch, seed=seed, data=data, threads=1)
             rows[_row_key(values, seed)] = {
                 "values": values,
                 "seed": seed,
@@ -151,15 +155,10 @@ def tabulate(
                     f"[{done}/{total}] {values} seed {seed}: {shown} ({time.perf_counter() - tic:.1f} s)"
                 )
         for seed in sn_todo:
-            from normsearch.arch import ArchConfig
-            from normsearch.models import build_model
-            from normsearch.search.warm_start import slot_ratios, supernet_arch
-
             arch = supernet_arch(recipe.model)
             tic = time.perf_counter()
-            result = train_candidate(
-                arch, data, recipe.data, recipe.train, seed=seed, threads=1, keep_weights=True
-            )
+            unit = recipe.data.units()[0]
+            result = train_from_recipe(recipe, arch, unit, seed=seed, data=data, threads=1, keep_weights=True)
             trained = ArchConfig.from_dict(result.checkpoint.arch)  # num_classes set to the data's
             ratios = slot_ratios(build_model(trained, result.checkpoint), trained)
             supernets[seed] = {
@@ -262,10 +261,6 @@ def run_bench(
     has supernet runs) over `search_seeds` search seeds on the table at `table_path` and write
     `<name>.csv`, `<name>.png` and `<name>.md` into `out_dir`. `max_trials` defaults to the recipe's
     `search.num_samples`."""
-    from normsearch.bench.efficiency_report import markdown, summarise, write_csv, write_png
-    from normsearch.bench.replay import METHODS, WARM, distinct_architectures, replay
-    from normsearch.recipe import load_recipe
-
     recipe, space = load_recipe(recipe_path)
     table = load_table(table_path)
     if methods is None:

@@ -4,10 +4,12 @@ tabulates and replays; this module only reads trajectories)."""
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from normsearch.bench.replay import WARM, grid_hypervolume, grid_hypervolumes
 from normsearch.run.files import atomic_write_bytes, atomic_write_text
 
 if TYPE_CHECKING:
@@ -75,8 +77,6 @@ def summarise(
     grid's compute is `distinct` networks (default: every configuration) x the table's epochs."""
     import numpy as np
 
-    from normsearch.bench.replay import WARM, grid_hypervolume, grid_hypervolumes
-
     grid_hv = grid_hypervolume(table)
     per_seed = grid_hypervolumes(table)
     horizon = max(t.epochs for t in trajectories)
@@ -135,8 +135,6 @@ def write_png(summary: Summary, path: str | Path) -> Path:
     """Hypervolume against cumulative trial-epochs, median line and interquartile band per method
     (colour: algorithm, line style: scheduler), in % of the full grid's hypervolume, with 100 % and 99 %
     marked and 1/3 of the grid's compute."""
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")

@@ -31,8 +31,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from normsearch.errors import NormsearchError
+from normsearch.metrics import TARGET_SELECT_ACC
 from normsearch.results.pareto import hypervolume_2d, non_dominated
 from normsearch.run.records import config_key
+from normsearch.search.moasha import asha_continues, moasha_continues, rung_milestones
+from normsearch.search.searcher import make_sampler
+from normsearch.search.warm_start import queue, rank_configs
 
 if TYPE_CHECKING:
     from normsearch.arch import ArchConfig
@@ -54,7 +58,7 @@ class Settings:
 
     grace_period: int = 1
     reduction_factor: float = 2.0
-    metric: str = "target_select_acc"
+    metric: str = TARGET_SELECT_ACC
     mode: str = "max"
     population: int | None = None
     neighbours: int = 4
@@ -156,8 +160,6 @@ def table_seed(table: Table, search_seed: int) -> int:
 
 
 def _sampler(recipe: Recipe, algorithm: str, search_seed: int, population: int | None) -> Any:
-    from normsearch.search.searcher import make_sampler
-
     search = recipe.search.model_copy(
         update={"algorithm": algorithm, "seed": search_seed, "population": population}
     )
@@ -168,8 +170,6 @@ class _Rungs:
     """The values recorded at each rung milestone so far (the schedulers' state at concurrency 1)."""
 
     def __init__(self, scheduler: str, settings: Settings, table: Table) -> None:
-        from normsearch.search.moasha import rung_milestones
-
         self.scheduler = scheduler
         self.settings = settings
         self.n = len(table.objectives)
@@ -193,8 +193,6 @@ class _Rungs:
 
     def run(self, curve: list[tuple[float, ...]]) -> int | None:
         """Train along `curve`; the epoch at which the scheduler stops it, or None if it finishes."""
-        from normsearch.search.moasha import asha_continues, moasha_continues
-
         for milestone in self.milestones:
             values = curve[milestone - 1]
             recorded = self.recorded[milestone]
@@ -299,8 +297,6 @@ def _queue_warm_start(
 ) -> int:
     """Queue the configurations nearest to the supernet's learned ratios (the supernet of the table seed
     this search seed draws) as the study's first trials; returns the supernet's cost in epochs."""
-    from normsearch.search.warm_start import queue, rank_configs
-
     if not table.supernet:
         raise NormsearchError(
             f"bench efficiency: the table {table.name} has no SN supernet runs; tabulate it again with the "

@@ -3,7 +3,7 @@ checkpoints) cost on top of training itself?
 
 The same N trials are run twice:
 
-1. **sequentially in this process** through `train.train_units`, with no Ray: the compute a trial needs,
+1. **sequentially in this process** through `train.train_from_recipe`, with no Ray: the compute a trial needs,
    timed per trial around the call (same seed and torch threads as the search's trials). The first half
    of the N configurations is trained before the search and the second half after it, so that a change
    in the machine's load from other jobs during the bench falls on both sides instead of on one (a first
@@ -39,9 +39,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from normsearch.config import validate
+from normsearch.data.spec import load_data
 from normsearch.errors import NormsearchError
 from normsearch.recipe import Recipe
-from normsearch.space import Space
+from normsearch.run.folder import RunFolder, check_new_output
+from normsearch.search.tuner import run_search
+from normsearch.space import Space, load_space
+from normsearch.train import train_from_recipe
 
 TARGET_OVERHEAD = 0.05  # issue 12: at most 5 % for 20 trials of >= 10 s each
 TARGET_TRIALS = 20
@@ -127,9 +132,6 @@ def bench_recipe(
 ) -> tuple[Recipe, Space]:
     """The recipe the bench searches: `recipe`'s budget over `bench_space(trials)`, a grid visiting each
     configuration once, no early stopping, no warm start, `concurrency` trials at a time."""
-    from normsearch.config import validate
-    from normsearch.space import load_space
-
     raw = recipe.model_dump(mode="json", exclude_none=True)
     raw["output"] = str(run_dir)
     raw["search"] = {
@@ -203,11 +205,6 @@ def bench_search(
     `threads` overrides `recipe.resources.cpu`. `on_step` receives a line of progress now and then."""
     import torch
 
-    from normsearch.data.spec import load_data
-    from normsearch.run.folder import RunFolder, check_new_output
-    from normsearch.search.tuner import run_search
-    from normsearch.train import train_units
-
     say = on_step or (lambda _: None)
     check_new_output(run_dir, "-o")
     bench, space = bench_recipe(recipe, trials, concurrency, run_dir, threads)
@@ -225,7 +222,7 @@ def bench_search(
                 say(f"sequential run, trial {len(seconds) + 1}/{trials} (ratio {values['ratio']})")
                 arch = space.to_arch(bench.model, values)
                 tic = time.perf_counter()
-                train_units(arch, data, bench.data, bench.train, seed=bench.seed, threads=threads)
+                train_from_recipe(bench, arch, data=data, threads=threads)
                 seconds.append(time.perf_counter() - tic)
         finally:
             torch.set_num_threads(previous)

@@ -117,6 +117,7 @@ def _root(
 
 
 def load_recipe_flags(recipe_path: Path, **flags: Any):
+    # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
     from normsearch.recipe import load_recipe
 
     return load_recipe(recipe_path, **flags)

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from normsearch.cli.common import app, console, load_recipe_flags, space_table, user_errors
 from normsearch.errors import NormsearchError
+from normsearch.metrics import SOURCE_VAL_ACC, TARGET_SELECT_ACC
 
 
 class Sort(str, enum.Enum):
@@ -42,6 +43,7 @@ def plan(
 ) -> None:
     """Print every normalization slot of the network CONFIG describes, and a summary; with --weights (or
     the config's backbone.weights), whether each slot is inherited, partly inherited or new."""
+    # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
     from normsearch.arch import load_arch
     from normsearch.models import build_model
 
@@ -106,6 +108,7 @@ app.add_typer(data_app, name="data")
 
 def show_run(run_dir: Path, sort: str, top: int | None, show_all: bool) -> None:
     """Print a run's trials table and front (also what `run` and `resume` end with)."""
+    # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
     from normsearch.results.front import summarize
     from normsearch.results.tables import domainbed_table, front_table, trials_table, warm_start_table
     from normsearch.run.folder import RunFolder
@@ -121,6 +124,7 @@ def show_run(run_dir: Path, sort: str, top: int | None, show_all: bool) -> None:
 
 
 def _rows_out(header: list[str], rows: list[list], fmt: RowFormat, title: str) -> None:
+    # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
     import sys
 
     from normsearch.results.tables import format_rows
@@ -147,13 +151,14 @@ def show(
     if fmt is RowFormat.table:
         show_run(run_dir, sort.value, top, show_all)
         return
+    # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
     from normsearch.results.front import summarize
     from normsearch.results.tables import header, trials_rows
 
     summary = summarize(run_dir)
     head, rows = trials_rows(summary)
     rows = [r for r, t in zip(rows, summary.candidates, strict=True) if show_all or t.status != "repeat"]
-    key = head.index("target_select_acc" if sort is Sort.target else "source_val_acc")
+    key = head.index(TARGET_SELECT_ACC if sort is Sort.target else SOURCE_VAL_ACC)
     rows.sort(key=lambda r: (r[2] == "complete", r[key] if r[key] is not None else -1.0), reverse=True)
     _rows_out(head, rows[:top] if top else rows, fmt, header(summary.recipe))
 
@@ -176,6 +181,7 @@ def pareto(
     html: Annotated[Path | None, typer.Option(hidden=True, help="Same as -o FILE.html.")] = None,
 ) -> None:
     """The front, its hypervolume and a terminal scatter; plot files with -o (.png or .html)."""
+    # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
     from normsearch.results.front import summarize
     from normsearch.results.tables import front_rows, front_table, header, plot_front, scatter
 
@@ -223,6 +229,7 @@ def export(
 ) -> None:
     """Write one trial's ArchConfig with provenance (and its weights); `normsearch.build_model(FILE)`
     rebuilds it."""
+    # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
     from normsearch.results.front import export_trial, summarize
 
     if (trial is None) == (pick_rule is None):
@@ -233,8 +240,8 @@ def export(
     metrics = chosen.metrics
     console.print(
         f"wrote {out}: trial {chosen.trial_id} ({chosen.status}), source val "
-        f"{metrics.get('source_val_acc', float('nan')):.1f}, select target "
-        f"{metrics.get('target_select_acc', float('nan')):.1f}"
+        f"{metrics.get(SOURCE_VAL_ACC, float('nan')):.1f}, select target "
+        f"{metrics.get(TARGET_SELECT_ACC, float('nan')):.1f}"
         + (f"; weights {weights}" if weights is not None else ""),
         highlight=False,
     )
@@ -256,6 +263,7 @@ def spaces(ctx: typer.Context) -> None:
     """List the shipped search spaces with their size and parameters."""
     if ctx.invoked_subcommand is not None:
         return
+    # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
     from normsearch.space import list_spaces, load_space
 
     table = Table(title="search spaces", title_justify="left")
@@ -282,6 +290,7 @@ def spaces_validate(
     ] = None,
 ) -> None:
     """Parse a space and build the NormPlan of every configuration (or probes of continuous ones)."""
+    # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
     from normsearch.arch import ArchConfig, Backbone
     from normsearch.space import load_space
 
@@ -311,12 +320,13 @@ def data_show(
     per_row: Annotated[int, typer.Option(min=1, max=64, help="Images per domain in the grid.")] = 12,
 ) -> None:
     """Print the domains, their split sizes and class counts; write a sample grid for a person to look at."""
+    # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
     import time
 
     from normsearch.data.spec import load_data
-    from normsearch.data.view import domain_rows, save_grid, view_config
+    from normsearch.data.view import domain_rows, is_recipe_file, save_grid, view_config
 
-    config = view_config(spec)
+    config = load_recipe_flags(Path(spec))[0].data if is_recipe_file(spec) else view_config(spec)
     tic = time.perf_counter()
     with console.status(f"loading {spec} (decoding images the first time, then from the cache)..."):
         data = load_data(config)

@@ -23,6 +23,7 @@ class CollectFormat(str, enum.Enum):
 
 
 def _progress() -> Any:
+    # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -65,6 +66,7 @@ def confirm(
     """Re-train the chosen configurations with new model seeds through Ray (same data, training and
     resources as the run), append the results to the run's records, and show mean ± standard error with the
     front re-drawn from the confirmed means."""
+    # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
     from normsearch.search.confirm import run_confirm
 
     ids = [t.strip() for t in trials.split(",") if t.strip()] if trials else None
@@ -91,6 +93,7 @@ def confirm(
 
 def show_confirmations(run_dir: Path, output: Path | None = None, only: list[str] | None = None) -> None:
     """Print the confirmation table and the confirmed front; write the PNG when asked."""
+    # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
     from normsearch.results.confirmed import confirmation_rows, confirmations, confirmed_front
     from normsearch.results.front import summarize
     from normsearch.results.tables import arch_summary, header, plot_confirmed
@@ -149,6 +152,7 @@ def collect(
 ) -> None:
     """DomainBed-style tables over the runs' records: one row per configuration, one column per reported
     domain, mean ± s.e. where confirmed, the selection rule in the header, X with a reason."""
+    # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
     from normsearch.results.collect import collect as collect_runs
     from normsearch.results.collect import render, rich_tables
     from normsearch.run.files import atomic_write_text
@@ -181,6 +185,7 @@ def report(
 ) -> None:
     """One self-contained report: recipe and space, trials, Pareto plot, hypervolume over trials, parameter
     importance per objective, the chosen architecture's slots, confirmations, the selection statement."""
+    # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
     from normsearch.results.report import write_report
 
     with console.status("writing the report..."):
@@ -213,6 +218,7 @@ def diagnose(
     """Why a configuration generalizes: feature divergence per normalization layer between the source and
     each target (IBN-Net §4.3), estimation shift per BN-like layer (XBNBlock §4.2), and for Switchable Norm
     the learned ratios and hard choices (SN Fig. 5)."""
+    # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
     from normsearch.analysis.diagnose import diagnose as run_diagnosis
     from normsearch.analysis.diagnose import from_config, from_run, write_diagnosis
     from normsearch.run.folder import RunFolder
@@ -288,6 +294,7 @@ def dashboard(
 ) -> None:
     """Open the run's study in optuna-dashboard (`pip install 'normsearch[dashboard]'`); without it,
     print the exact command."""
+    # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
     from normsearch.run.folder import RunFolder
 
     folder = RunFolder.open(run_dir)

@@ -31,7 +31,8 @@ def run(
     ] = None,
 ) -> None:
     """Search the recipe's space: train every candidate, report trials and the Pareto front."""
-    from normsearch.recipe import default_output
+    # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
+    from normsearch.run.folder import default_output
 
     recipe, space = load_recipe_flags(
         recipe_path,
@@ -77,6 +78,7 @@ def run(
 def resume(run_dir: Annotated[Path, typer.Argument(help="A run folder.")]) -> None:
     """Continue a run that was interrupted or killed: finished trials stay, unfinished ones continue from
     their last epoch checkpoint, and the study is reconciled with the records."""
+    # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
     from normsearch.run.folder import RunFolder
 
     recipe, space = RunFolder.open(run_dir).load()
@@ -84,6 +86,7 @@ def resume(run_dir: Annotated[Path, typer.Argument(help="A run folder.")]) -> No
 
 
 def _search(recipe: Any, space: Any, run_dir: Path, resume: bool, checked: Any = None) -> None:
+    # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
     from rich.live import Live
 
     from normsearch.search.tuner import run_search

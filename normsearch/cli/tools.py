@@ -11,6 +11,7 @@ from rich.table import Table
 
 from normsearch.cli.common import app, bench_app, console, load_recipe_flags, user_errors
 from normsearch.errors import NormsearchError
+from normsearch.metrics import SOURCE_VAL_ACC, TARGET_SELECT_ACC
 
 
 class Device(str, enum.Enum):
@@ -32,6 +33,7 @@ def bench_data(
     ] = None,
 ) -> None:
     """Images/s of the input pipeline and of the recipe's train step, same threads, one run."""
+    # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
     from normsearch.bench.data import bench_data as run_bench
 
     recipe, _ = load_recipe_flags(recipe_path, overrides=overrides)
@@ -71,6 +73,7 @@ def bench_norms(
     ] = None,
 ) -> None:
     """Time every normalizer's train step and eval forward against nn.BatchNorm2d, in one run."""
+    # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
     import torch
 
     from normsearch.bench.norms import SHAPES, parse_shapes
@@ -121,9 +124,10 @@ def train(
     ] = None,
 ) -> None:
     """Retrain an architecture over several seeds; mean ± standard error on source, select and test."""
+    # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
     from normsearch.arch import load_arch
     from normsearch.data.spec import load_data
-    from normsearch.train import retrain_summary, train_units
+    from normsearch.train import retrain_summary, train_from_recipe
 
     recipe, _ = load_recipe_flags(recipe_path)
     arch = load_arch(config)
@@ -134,24 +138,16 @@ def train(
             label = f"seed {recipe.seed + k} ({k + 1}/{seeds})"
             status.update(f"training {label}")
 
-            def show(unit: str, m: dict[str, Any], label: str = label) -> None:
-                where = f" unit {unit}" if unit else ""
-                select = f", select {m['target_select_acc']:.1f}" if "target_select_acc" in m else ""
+            def show(m: dict[str, Any], label: str = label) -> None:
+                where = f" unit {m['unit']}" if m.get("unit") else ""
+                select = f", select {m[TARGET_SELECT_ACC]:.1f}" if TARGET_SELECT_ACC in m else ""
                 status.update(
                     f"training {label}{where}: epoch {m['epoch']}/{recipe.train.epochs}, source val "
-                    f"{m['source_val_acc']:.1f}{select}"
+                    f"{m[SOURCE_VAL_ACC]:.1f}{select}"
                 )
 
             results.append(
-                train_units(
-                    arch,
-                    data,
-                    recipe.data,
-                    recipe.train,
-                    seed=recipe.seed + k,
-                    report=show,
-                    threads=threads or recipe.resources.cpu,
-                )
+                train_from_recipe(recipe, arch, seed=recipe.seed + k, data=data, report=show, threads=threads)
             )
     table = Table(
         title=f"{config} on {recipe.name}, {seeds} seed(s): {recipe.data.describe()}", title_justify="left"
@@ -197,6 +193,7 @@ def bench_efficiency(
     ] = Path("benchmarks/efficiency"),
 ) -> None:
     """Tabulate a space once, replay every search method on it; hypervolume against trial-epochs."""
+    # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
     from normsearch.bench.efficiency import run_bench, tabulate
 
     recipe, _ = load_recipe_flags(recipe_path)
@@ -268,9 +265,10 @@ def bench_search(
     ] = None,
 ) -> None:
     """Search overhead: the same N trials through `normsearch run` and sequentially in this process."""
+    # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
     from normsearch.bench.search import TARGET_OVERHEAD, TARGET_TRIAL_SECONDS, TARGET_TRIALS
     from normsearch.bench.search import bench_search as run_bench
-    from normsearch.recipe import default_output
+    from normsearch.run.folder import default_output
 
     extra = [f"train.epochs={epochs}"] * (epochs is not None) + [f"data.n_train={n_train}"] * (
         n_train is not None

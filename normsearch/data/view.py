@@ -8,18 +8,20 @@ import torch
 
 from normsearch.data.domains import DomainSet
 from normsearch.data.spec import DataConfig
+from normsearch.errors import NormsearchError
+
+
+def is_recipe_file(spec: str) -> bool:
+    """Whether `spec` names a recipe file (whose `data` section the caller loads: data/ sits below recipe)."""
+    path = Path(spec)
+    return path.suffix in (".yaml", ".yml", ".json") and path.is_file()
 
 
 def view_config(spec: str) -> DataConfig:
-    """The data a person asked to look at: a recipe's `data` section, the built-in benchmark with its
-    default targets ("synthetic"), or an image-folder root (its first domain as the source)."""
-    from normsearch.errors import NormsearchError
-
+    """The data a person asked to look at, other than a recipe (see `is_recipe_file`): the built-in
+    benchmark with its default targets ("synthetic"), or an image-folder root (its first domain as the
+    source)."""
     path = Path(spec)
-    if path.suffix in (".yaml", ".yml", ".json") and path.is_file():
-        from normsearch.recipe import load_recipe
-
-        return load_recipe(path)[0].data
     if spec == "synthetic":
         return DataConfig()
     if path.is_dir():

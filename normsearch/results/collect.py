@@ -23,6 +23,7 @@ from normsearch.errors import NormsearchError
 from normsearch.recipe import Recipe
 from normsearch.results.confirmed import Stat, confirmations, stat
 from normsearch.results.front import RunSummary, summarize
+from normsearch.results.tables import arch_summary
 from normsearch.run.records import TrialRecord
 
 FORMATS = ("table", "csv", "jsonl", "markdown", "latex")
@@ -85,7 +86,6 @@ def run_rows(summary: RunSummary, keys: list[str]) -> list[Row]:
     search's number otherwise; best average first, configurations without numbers last."""
     confirmed = confirmations(summary)
     rows = []
-    from normsearch.results.tables import arch_summary
 
     for trial in summary.candidates:
         if trial.status == "repeat":

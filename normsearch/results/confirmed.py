@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from normsearch.metrics import SOURCE_VAL_ACC, TARGET_SELECT_ACC, WORST_SOURCE_VAL_ACC
 from normsearch.results.front import RunSummary
 from normsearch.results.pareto import dominates, non_dominated
 from normsearch.run.records import UNIT_SEPARATOR, TrialRecord
@@ -145,7 +146,7 @@ def confirmation_rows(
     for key, entry in confirmed.items():
         if not entry.runs:
             continue
-        names = ["source_val_acc", "worst_source_val_acc", "target_select_acc"]
+        names = [SOURCE_VAL_ACC, WORST_SOURCE_VAL_ACC, TARGET_SELECT_ACC]
         names += sorted(k for k in entry.runs[0].metrics if k.startswith(("select/", "source/")))
         for name in names:
             value = entry.metric(name)

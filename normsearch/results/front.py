@@ -13,13 +13,17 @@ from typing import Any
 
 import yaml
 
+from normsearch.arch import ArchConfig
 from normsearch.errors import NormsearchError
+from normsearch.metrics import SOURCE_VAL_ACC, TARGET_SELECT_ACC
+from normsearch.models.weights import Checkpoint, save_checkpoint
 from normsearch.recipe import Recipe
 from normsearch.results.pareto import hypervolume_2d, non_dominated, pick, worst_reference
 from normsearch.run.files import atomic_write_text
 from normsearch.run.folder import RunFolder
 from normsearch.run.records import UNIT_SEPARATOR, TrialRecord
 from normsearch.space import Space
+from normsearch.train import hardened_arch
 
 
 @dataclass
@@ -86,12 +90,12 @@ def compute_front(trials: list[TrialRecord], objectives: dict[str, str]) -> Fron
 def choose(front: Front, rule: str, max_source_drop: float | None = None) -> TrialRecord:
     """The trial a pick rule selects (among front members for `knee`, among all complete for the rest)."""
     names = list(front.objectives)
-    if ("source_val_acc" not in names or "target_select_acc" not in names) and rule != "knee":
+    if (SOURCE_VAL_ACC not in names or TARGET_SELECT_ACC not in names) and rule != "knee":
         raise NormsearchError(
             f"--pick {rule}: needs source_val_acc and target_select_acc among the objectives ({names})"
         )
-    s = names.index("source_val_acc") if "source_val_acc" in names else 0
-    t = names.index("target_select_acc") if "target_select_acc" in names else min(1, len(names) - 1)
+    s = names.index(SOURCE_VAL_ACC) if SOURCE_VAL_ACC in names else 0
+    t = names.index(TARGET_SELECT_ACC) if TARGET_SELECT_ACC in names else min(1, len(names) - 1)
     index = pick(front.points, list(front.objectives.values()), rule, s, t, max_source_drop)
     return front.trials[index][0]
 
@@ -142,10 +146,6 @@ def export_trial(
         chosen = choose(summary.front, rule or "knee", max_source_drop)
     document = export(summary.folder.path, summary.recipe, chosen, rule, str(weights) if weights else None)
     if weights is not None:
-        from normsearch.arch import ArchConfig
-        from normsearch.models.weights import Checkpoint, save_checkpoint
-        from normsearch.train import hardened_arch
-
         units = chosen.extra.get("units")
         if units:
             names = ", ".join(f"{chosen.trial_id}{UNIT_SEPARATOR}{u}" for u in units)

@@ -13,14 +13,17 @@ file on disk (`param_importances`, the one function that does).
 from __future__ import annotations
 
 import html
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import plotly.offline
 import yaml
 
+from normsearch.arch import ArchConfig
 from normsearch.errors import NormsearchError
-from normsearch.results.collect import collect, render_markdown
+from normsearch.results.collect import _cells, _header_cells, _notes, collect, render_markdown
 from normsearch.results.confirmed import (
     Confirmed,
     ConfirmedFront,
@@ -30,8 +33,12 @@ from normsearch.results.confirmed import (
 )
 from normsearch.results.front import RunSummary, choose, summarize
 from normsearch.results.pareto import hypervolume_2d, non_dominated
+from normsearch.results.report_figures import plotly_figures
+from normsearch.results.report_figures import pngs as write_pngs
 from normsearch.results.tables import arch_summary, front_rows, header, trials_rows, wrapped_title
+from normsearch.run.files import atomic_write_text
 from normsearch.run.records import UNIT_SEPARATOR
+from normsearch.run.study import load_study
 
 KINDS = (".html", ".md")
 
@@ -79,15 +86,11 @@ def param_importances(summary: RunSummary) -> tuple[dict[str, dict[str, float]],
     explicit `target` for that objective (negated for a maximised one: PED-ANOVA takes lower as better).
     Reads the study file on disk, never a live study. Returns the importances and a note (why some are
     missing, or how they were computed)."""
-    import warnings
-
     folder, recipe = summary.folder, summary.recipe
     if not folder.has_study():
         return {}, f"no study in {folder.path.name} (study.db is missing)"
     import optuna
     from optuna.importance import PedAnovaImportanceEvaluator, get_param_importances
-
-    from normsearch.run.study import load_study
 
     try:
         study = load_study(folder, recipe.name)
@@ -127,8 +130,6 @@ def gather(run_dir: str | Path) -> ReportData:
         except NormsearchError:
             chosen = None
     if chosen is not None and chosen.arch is not None:
-        from normsearch.arch import ArchConfig
-
         slots = ArchConfig.from_dict(chosen.arch).resolve().rows()
     confirmed = confirmations(summary)
     data = ReportData(
@@ -220,10 +221,7 @@ def _fmt(value: Any) -> str:
 
 def render_markdown_report(data: ReportData, path: Path) -> list[Path]:
     """The Markdown report at `path`, its PNGs in `<stem>_files/` beside it. Returns every file written."""
-    from normsearch.run.files import atomic_write_text
-
     assets = path.parent / f"{path.stem}_files"
-    from normsearch.results.report_figures import pngs as write_pngs
 
     pngs = write_pngs(data, assets)
     s = data.summary
@@ -287,11 +285,6 @@ def _html_table(head: list[str], rows: list[list[Any]]) -> str:
 
 def render_html_report(data: ReportData, path: Path) -> list[Path]:
     """The self-contained HTML report at `path` (plotly.js embedded once; no network request)."""
-    import plotly.offline
-
-    from normsearch.results.report_figures import plotly_figures
-    from normsearch.run.files import atomic_write_text
-
     figures = plotly_figures(data)
     s = data.summary
 
@@ -326,7 +319,6 @@ def render_html_report(data: ReportData, path: Path) -> list[Path]:
             body.append(_html_table(head, rows))
         body += [figure(k) for k in placed.get(heading, [])]
     tables = collect([s.folder.path])
-    from normsearch.results.collect import _cells, _header_cells, _notes
 
     body.append("<h2>DomainBed table</h2>")
     for t in tables:

@@ -5,15 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import plotly.graph_objects as go
+
+from normsearch.results.tables import _png, _pyplot, front_figure, plot_confirmed, plot_front
+
 if TYPE_CHECKING:
     from normsearch.results.report import ReportData
 
 
 def plotly_figures(data: ReportData) -> dict[str, Any]:
-    import plotly.graph_objects as go
-
-    from normsearch.results.tables import front_figure
-
     figures: dict[str, Any] = {}
     if len(data.summary.front.objectives) >= 2 and data.summary.front.points:
         figures["front"] = front_figure(data.summary.front, data.title)
@@ -53,8 +53,6 @@ def plotly_figures(data: ReportData) -> dict[str, Any]:
 
 def pngs(data: ReportData, folder: Path) -> dict[str, Path]:
     """The report's figures as PNGs in `folder` (for Markdown)."""
-    from normsearch.results.tables import _png, _pyplot, plot_confirmed, plot_front
-
     folder.mkdir(parents=True, exist_ok=True)
     out: dict[str, Path] = {}
     if len(data.summary.front.objectives) >= 2 and data.summary.front.points:

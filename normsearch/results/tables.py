@@ -5,14 +5,21 @@ Rendering only; the numbers come from `normsearch.results.front`.
 
 from __future__ import annotations
 
+import csv
+import io
+import json
+import textwrap
 from pathlib import Path
 from typing import Any
 
+import plotly.graph_objects as go
 from rich.table import Table
 from rich.text import Text
 
+from normsearch.metrics import PARAMS, SOURCE_VAL_ACC, TARGET_SELECT_ACC, WORST_SOURCE_VAL_ACC
 from normsearch.recipe import Recipe
 from normsearch.results.front import Front, RunSummary
+from normsearch.run.files import atomic_write_bytes, atomic_write_text
 
 STATUS_STYLE = {
     "complete": "green",
@@ -51,7 +58,7 @@ def trials_table(
     recipe, front = summary.recipe, summary.front
     members = front.member_ids()
     rows = [t for t in summary.candidates if show_all or t.status != "repeat"]
-    key = "target_select_acc" if sort == "target" else "source_val_acc"
+    key = TARGET_SELECT_ACC if sort == "target" else SOURCE_VAL_ACC
     rows.sort(key=lambda t: (t.complete, float(t.metrics.get(key, -1.0))), reverse=True)
     if top is not None:
         rows = rows[:top]
@@ -79,9 +86,9 @@ def trials_table(
         cells = [
             t.trial_id,
             arch_summary(t.arch, t.config),
-            _pct(m.get("source_val_acc")),
-            *([_pct(m.get("worst_source_val_acc"))] if several else []),
-            *([_pct(m.get("target_select_acc"))] if selects else []),
+            _pct(m.get(SOURCE_VAL_ACC)),
+            *([_pct(m.get(WORST_SOURCE_VAL_ACC))] if several else []),
+            *([_pct(m.get(TARGET_SELECT_ACC))] if selects else []),
             *[_pct(m.get(f"select/{d}")) for d in fixed],
             str(t.epoch or "-"),
             Text(
@@ -127,7 +134,7 @@ def warm_start_table(record: dict[str, Any]) -> Table:
     m = record.get("metrics", {})
     title = (
         f"SN warm start: supernet trained on {record.get('unit') or 'the sources'} for {record['epochs']} "
-        f"epochs ({record['seconds']:.0f} s), source val {m.get('source_val_acc', float('nan')):.1f}"
+        f"epochs ({record['seconds']:.0f} s), source val {m.get(SOURCE_VAL_ACC, float('nan')):.1f}"
     )
     queued = "; ".join(
         f"{i + 1}. {', '.join(f'{k}={v}' for k, v in q['values'].items())} (distance {q['distance']:.2f})"
@@ -170,12 +177,12 @@ def front_table(front: Front, recipe: Recipe) -> Table:
     for name, direction in front.objectives.items():
         table.add_column(f"{name} ({direction})", justify="right")
     table.add_column("seen", justify="right")
-    key = names.index("target_select_acc") if "target_select_acc" in names else len(names) - 1
+    key = names.index(TARGET_SELECT_ACC) if TARGET_SELECT_ACC in names else len(names) - 1
     sign = 1 if front.objectives[names[key]] == "max" else -1
     order = sorted(front.members, key=lambda i: sign * front.points[i][key], reverse=True)
     for i in order:
         trial = front.trials[i][0]
-        values = [f"{v:.1f}" if names[k] != "params" else f"{v:,.0f}" for k, v in enumerate(front.points[i])]
+        values = [f"{v:.1f}" if names[k] != PARAMS else f"{v:,.0f}" for k, v in enumerate(front.points[i])]
         table.add_row(
             trial.trial_id, arch_summary(trial.arch, trial.config), *values, str(len(front.trials[i]))
         )
@@ -208,17 +215,11 @@ def scatter(front: Front, width: int = 60, height: int = 16) -> str:
 
 def wrapped_title(title: str, width: int = 70) -> str:
     """A long selection statement wrapped into lines that fit inside a 6-inch figure."""
-    import textwrap
-
     return "\n".join(textwrap.wrap(title, width)) or title
 
 
 def _png(fig: Any, path: Path) -> None:
-    import io
-
     import matplotlib.pyplot as plt
-
-    from normsearch.run.files import atomic_write_bytes
 
     fig.tight_layout()
     buffer = io.BytesIO()
@@ -239,8 +240,6 @@ def _pyplot() -> Any:
 def front_figure(front: Front, title: str) -> Any:
     """The plotly figure of the front (first two objectives): dominated points grey, the front in red,
     each point labelled with its trial on hover."""
-    import plotly.graph_objects as go
-
     names = list(front.objectives)
     members = set(front.members)
     labels = [t[0].trial_id + " " + arch_summary(t[0].arch, t[0].config) for t in front.trials]
@@ -272,8 +271,6 @@ def plot_front(front: Front, path: Path, title: str, kind: str | None = None) ->
     """PNG (matplotlib) or HTML (plotly, self-contained: plotly.js embedded, no network request) scatter of
     the first two objectives, front highlighted; `kind` (".png" / ".html") overrides the file's suffix.
     Written atomically; a bad place is one line. The PNG's title wraps, so it stays inside the figure."""
-    from normsearch.run.files import atomic_write_text
-
     if (kind or path.suffix) == ".html":
         atomic_write_text(path, front_figure(front, title).to_html(include_plotlyjs=True, full_html=True))
         return
@@ -338,7 +335,7 @@ def trials_rows(summary: RunSummary) -> tuple[list[str], list[list[Any]]]:
     """The trials table as plain rows (for --format csv|json|markdown)."""
     members = summary.front.member_ids()
     selects = [d for d in summary.recipe.data.select]
-    header = ["trial", "config", "status", "epochs", "source_val_acc", "target_select_acc"]
+    header = ["trial", "config", "status", "epochs", SOURCE_VAL_ACC, TARGET_SELECT_ACC]
     header += [f"select/{d}" for d in selects] + ["front", "reason"]
     rows = []
     for t in summary.candidates:
@@ -349,8 +346,8 @@ def trials_rows(summary: RunSummary) -> tuple[list[str], list[list[Any]]]:
                 arch_summary(t.arch, t.config),
                 t.status,
                 t.epoch,
-                m.get("source_val_acc"),
-                m.get("target_select_acc"),
+                m.get(SOURCE_VAL_ACC),
+                m.get(TARGET_SELECT_ACC),
             ]
             + [m.get(f"select/{d}") for d in selects]
             + [t.trial_id in members, t.reason or ""]
@@ -372,10 +369,6 @@ def front_rows(front: Front) -> tuple[list[str], list[list[Any]]]:
 
 def format_rows(header: list[str], rows: list[list[Any]], fmt: str, title: str = "") -> str:
     """Rows as csv, json (a list of objects, with the title as `selection`) or a markdown table."""
-    import csv
-    import io
-    import json
-
     if fmt == "csv":
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")

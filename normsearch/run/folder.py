@@ -20,6 +20,7 @@ temporary name. Appends to trials.jsonl are single `write` calls of whole lines,
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import socket
@@ -49,6 +50,15 @@ PRETRAINED = "pretrained"
 WARM_START = "warm_start.json"
 ATTEMPT_PREFIX = "attempt-"
 CONFIRM_PREFIX = "confirm-"
+
+
+def default_output(recipe: Recipe, now: dt.datetime | None = None) -> Path:
+    """The run folder of a search: the recipe's `output`, else `runs/<name>-<timestamp>` (run/ is the one
+    place that knows where run folders go and what is in them)."""
+    if recipe.output:
+        return Path(recipe.output)
+    stamp = (now or dt.datetime.now()).strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{recipe.name}-{stamp}"
 
 
 def check_new_output(path: Path, flag: str = "output") -> None:

@@ -29,29 +29,12 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from normsearch.metrics import RESULT_KEYS, SELECT_PREFIX, SOURCE_PREFIX
+
 # Metrics a trial reports every epoch, with the direction in which each is better. Objectives, tables,
 # the study's metric names and the Ray result are all built from this list (plus `select/<domain>`).
-METRICS: dict[str, str] = {
-    "source_val_acc": "max",
-    "worst_source_val_acc": "max",
-    "target_select_acc": "max",
-    "params": "min",
-    "loss": "min",
-    "train_acc": "max",
-}
-SELECT_PREFIX = "select/"
-SOURCE_PREFIX = "source/"
-# Reported alongside the metrics, never objectives.
-INFO_KEYS = ("epoch", "lr", "images_per_s", "epoch_seconds", "final", "converged", "worker", "device")
-RESULT_KEYS = frozenset({*METRICS, *INFO_KEYS})
-
 STATUSES = ("running", "complete", "pruned", "failed", "interrupted", "repeat")
 FINISHED = frozenset({"complete", "pruned", "failed", "repeat"})
-
-
-def is_metric(name: str) -> bool:
-    """Whether `name` is something a trial reports that can be an objective."""
-    return name in METRICS or name.startswith((SELECT_PREFIX, SOURCE_PREFIX))
 
 
 def trial_key(number: int) -> str:

@@ -2,7 +2,7 @@
 ``source_val_acc >= best - 1.0`` or ``params <= 200000``.
 
 `best` is the best value of that metric among the trials finished so far (its direction from the name:
-run/records.py's METRICS). Optuna's multi-objective samplers take
+normsearch.metrics). Optuna's multi-objective samplers take
 constraints as ``constraints_func(trial) -> [c_1, ...]`` with ``c_i <= 0`` feasible (NSGA-II: Deb et al.'s
 constrained domination; TPE: c-TPE), so each constraint is stored here in that form.
 """
@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from normsearch.run.records import METRICS, SELECT_PREFIX, SOURCE_PREFIX, is_metric
+from normsearch.metrics import METRICS, SELECT_PREFIX, SOURCE_PREFIX, direction, is_metric
 
 _FORM = re.compile(
     r"^\s*(?P<metric>[A-Za-z_][\w/+@.\-]*)\s*(?P<op><=|>=)\s*"
@@ -73,8 +73,8 @@ def parse_constraint(text: str) -> Constraint:
 
 def maximised(metric: str) -> bool:
     """Whether `best` of this metric is its largest value (accuracies) or its smallest (size, loss), as
-    run/records.py's METRICS says."""
-    return METRICS.get(metric, "max") == "max"
+    normsearch.metrics says."""
+    return direction(metric) == "max"
 
 
 def best_values(

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from normsearch.errors import NormsearchError
+from normsearch.metrics import SOURCE_VAL_ACC, TARGET_SELECT_ACC
 from normsearch.recipe import Recipe
 from normsearch.results.pareto import non_dominated
 from normsearch.run.folder import RunFolder
@@ -316,7 +317,7 @@ class Ledger:
 
     @staticmethod
     def _last_epoch_result(last: dict[str, Any]) -> dict[str, Any] | None:
-        return last if last and FAILED not in last and "epoch" in last and "source_val_acc" in last else None
+        return last if last and FAILED not in last and "epoch" in last and SOURCE_VAL_ACC in last else None
 
     # --- progress --------------------------------------------------------------------------------------
     def _count(self, trial: TrialRecord) -> None:
@@ -326,7 +327,7 @@ class Ledger:
             if all(m in trial.metrics for m in self.objectives):
                 p.points[trial.trial_id] = tuple(float(trial.metrics[m]) for m in self.objectives)
                 p.front_size = len(non_dominated(list(p.points.values()), list(self.objectives.values())))
-            src, tgt = trial.metrics.get("source_val_acc"), trial.metrics.get("target_select_acc")
+            src, tgt = trial.metrics.get(SOURCE_VAL_ACC), trial.metrics.get(TARGET_SELECT_ACC)
             if src is not None:
                 p.best_source = max(p.best_source or src, src)
             if tgt is not None:

@@ -14,8 +14,8 @@ the time axis, not Tune's iteration count: a continued trial's first report is i
 - reject_below (EvoNorm, Liu et al. 2020, §4: candidates under 20 % after 100 steps are dropped): a trial
   whose metric is under a bar once it has trained a given number of epochs is stopped (`rejected`).
 
-Everything here is plain Python (numpy for Ray's percentile); Ray is imported only by `make_scheduler`,
-whose scheduler classes live in search/schedulers.py.
+Everything here is plain Python (numpy for Ray's percentile); the Ray schedulers that apply these rules,
+and `make_scheduler` that picks one for a recipe, live in search/schedulers.py (which imports Ray).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from normsearch.errors import NormsearchError
 from normsearch.results.pareto import crowding_distances, front_ranks
 
 if TYPE_CHECKING:
-    from normsearch.recipe import Recipe, RejectBelow, SchedulerConfig
+    from normsearch.recipe import RejectBelow, SchedulerConfig
 
 TIME_ATTR = "epoch"
 MODES = ("max", "min")
@@ -177,35 +177,3 @@ def stop_reason(
     else:
         rule_text = f"{scheduler_config.metric} below the top 1/{rf:g}"
     return f"stopped by {kind} at epoch {epoch} ({where}: {rule_text})"
-
-
-def make_scheduler(recipe: Recipe):
-    """The Ray Tune scheduler of `recipe.search.scheduler`: FIFO (`none`), Ray's ASHA (`asha`, on
-    `scheduler.metric`) or MO-ASHA (`moasha`, on every objective), each behind the reject_below rule when one
-    is set. The time axis is the epoch and the last rung is below `train.epochs`."""
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-
-    from normsearch.search.schedulers import MOASHAScheduler, RejectBelowScheduler
-
-    sched = recipe.search.scheduler
-    if sched.kind == "asha":
-        inner = ASHAScheduler(
-            metric=sched.metric,
-            mode=sched.mode,
-            time_attr=TIME_ATTR,
-            max_t=recipe.train.epochs,
-            grace_period=sched.grace_period,
-            reduction_factor=sched.reduction_factor,
-        )
-    elif sched.kind == "moasha":
-        inner = MOASHAScheduler(
-            objectives=dict(recipe.search.objectives),
-            max_t=recipe.train.epochs,
-            grace_period=sched.grace_period,
-            reduction_factor=sched.reduction_factor,
-        )
-    else:
-        inner = FIFOScheduler()
-    if sched.reject_below is None:
-        return inner
-    return RejectBelowScheduler(inner, sched.reject_below)

@@ -1,25 +1,25 @@
 """The Ray Tune scheduler classes of search/moasha.py's rules: MO-ASHA and the reject_below wrapper.
 
-Kept apart from the rules because defining them imports Ray; `make_scheduler` imports this module. Tune's
-lifecycle, for both: `set_search_properties` once when the experiment starts, `on_trial_add` when a trial
-is created, `on_trial_result` for every result (returning CONTINUE or STOP; Tune then tells the callbacks,
-and so the ledger, the same result), then exactly one of `on_trial_complete` (it ended or was stopped),
-`on_trial_error` or `on_trial_remove`. Tune pickles the scheduler with the experiment, so the state is
-plain dicts, lists and numbers.
+Kept apart from the rules because defining them imports Ray; `make_scheduler` (at the end) builds the one a
+recipe asks for. Tune's lifecycle, for both: `set_search_properties` once when the experiment starts,
+`on_trial_add` when a trial is created, `on_trial_result` for every result (returning CONTINUE or STOP;
+Tune then tells the callbacks, and so the ledger, the same result), then exactly one of
+`on_trial_complete` (it ended or was stopped), `on_trial_error` or `on_trial_remove`. Tune pickles the
+scheduler with the experiment, so the state is plain dicts, lists and numbers.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
 from normsearch.search.moasha import TIME_ATTR, moasha_continues, rejected, rung_milestones, rung_of
 
 if TYPE_CHECKING:
     from ray.tune.experiment import Trial
 
-    from normsearch.recipe import RejectBelow
+    from normsearch.recipe import Recipe, RejectBelow
 
 
 class MOASHAScheduler(FIFOScheduler):
@@ -152,3 +152,31 @@ class RejectBelowScheduler(TrialScheduler):
             f"{self._inner.debug_string()}\nreject_below: {rule.metric} < {rule.value:g} from epoch "
             f"{rule.epoch} (rejected {self._num_rejected})"
         )
+
+
+def make_scheduler(recipe: Recipe):
+    """The Ray Tune scheduler of `recipe.search.scheduler`: FIFO (`none`), Ray's ASHA (`asha`, on
+    `scheduler.metric`) or MO-ASHA (`moasha`, on every objective), each behind the reject_below rule when one
+    is set. The time axis is the epoch and the last rung is below `train.epochs`."""
+    sched = recipe.search.scheduler
+    if sched.kind == "asha":
+        inner = ASHAScheduler(
+            metric=sched.metric,
+            mode=sched.mode,
+            time_attr=TIME_ATTR,
+            max_t=recipe.train.epochs,
+            grace_period=sched.grace_period,
+            reduction_factor=sched.reduction_factor,
+        )
+    elif sched.kind == "moasha":
+        inner = MOASHAScheduler(
+            objectives=dict(recipe.search.objectives),
+            max_t=recipe.train.epochs,
+            grace_period=sched.grace_period,
+            reduction_factor=sched.reduction_factor,
+        )
+    else:
+        inner = FIFOScheduler()
+    if sched.reject_below is None:
+        return inner
+    return RejectBelowScheduler(inner, sched.reject_below)

@@ -12,15 +12,19 @@ raise into Tune, which would retry it to the same end: it reports the reason as 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import tempfile
 import traceback
 from functools import lru_cache
 from typing import Any
 
+from normsearch.data.spec import DataConfig, load_data
 from normsearch.errors import NormsearchError
 from normsearch.recipe import Recipe
+from normsearch.run.checkpoints import read_state, write_state
 from normsearch.space import Space
+from normsearch.train import Diverged, train_from_recipe
 
 TRIAL_KEY = "__trial__"
 UNIT_KEY = "__unit__"  # which unit of the data protocol (data/protocol.py) this trial trains
@@ -35,8 +39,6 @@ TRACE = "traceback"
 @lru_cache(maxsize=2)
 def _cached_data(data_json: str):
     """Domains are built once per worker process (actors are reused across trials)."""
-    from normsearch.data.spec import DataConfig, load_data
-
     return load_data(DataConfig.model_validate_json(data_json))
 
 
@@ -47,8 +49,6 @@ def _parsed(recipe_json: str, space_json: str) -> tuple[Recipe, Space]:
 
 def failure_reason(error: BaseException) -> str:
     """One line for a failed trial: our own errors as they are, others as ``Type: first line``."""
-    from normsearch.train import Diverged
-
     text = (str(error).strip() or type(error).__name__).splitlines()[0]
     if isinstance(error, NormsearchError | Diverged):
         return text[:400]
@@ -60,9 +60,6 @@ def run_trial(config: dict[str, Any], recipe_json: str, space_json: str) -> None
     import ray
     import torch
     from ray import tune
-
-    from normsearch.run.checkpoints import read_state, write_state
-    from normsearch.train import train_candidate
 
     recipe, space = _parsed(recipe_json, space_json)
     device = "cuda" if recipe.resources.gpu > 0 and torch.cuda.is_available() else "cpu"
@@ -106,22 +103,18 @@ def run_trial(config: dict[str, Any], recipe_json: str, space_json: str) -> None
                 tune.report({**metrics, **where, **resumed, **started}, checkpoint=checkpoint)
             finally:
                 if folder:
-                    import shutil
-
                     shutil.rmtree(folder, ignore_errors=True)
 
-        train_candidate(
+        train_from_recipe(
+            recipe,
             arch,
-            data,
-            recipe.data,
-            recipe.train,
-            seed=int(config[SEED_KEY]) if config.get(SEED_KEY) is not None else recipe.seed,
+            unit,
+            seed=int(config[SEED_KEY]) if config.get(SEED_KEY) is not None else None,
+            data=data,
             report=report,
-            threads=recipe.resources.cpu,
             device=device,
             snapshot=snapshot,
             resume=state,
-            unit=unit,
             init=config.get(INIT_KEY),
         )
     except Exception as error:  # our code failed: say why, once, and end the trial (no Tune retry)

@@ -15,19 +15,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from normsearch import __version__
+from normsearch.data.spec import load_data
+from normsearch.metrics import SOURCE_VAL_ACC
+from normsearch.models.weights import save_checkpoint
 from normsearch.recipe import Recipe
 from normsearch.run.folder import RunFolder
 from normsearch.run.reconcile import Recovery, end_orphans, mark_interrupted, reconcile
 from normsearch.run.records import UNIT_SEPARATOR
 from normsearch.run.study import open_study
 from normsearch.search.ledger import Ledger, Progress, make_callback
-from normsearch.search.moasha import make_scheduler
 from normsearch.search.preflight import Preflight, preflight, trial_budget
 from normsearch.search.ray import check_cluster_resources, local_ray_processes, start_ray
+from normsearch.search.schedulers import make_scheduler
 from normsearch.search.searcher import make_sampler, make_searcher
 from normsearch.search.trial import TRIAL_KEY, run_trial
 from normsearch.search.warm_start import train_supernet
 from normsearch.space import Space
+from normsearch.train import pretrain
+from normsearch.train.initialise import init_mode
 
 
 def versions() -> dict[str, str]:
@@ -35,8 +41,6 @@ def versions() -> dict[str, str]:
     import optuna
     import ray
     import torch
-
-    from normsearch import __version__
 
     return {
         "torch": torch.__version__,
@@ -82,11 +86,6 @@ def pretrained_bases(
     """`train.init: pretrain`: the base architecture pretrained once per set of sources (a fold's base never
     sees its held-out domain) and kept in the run folder; a base already there is used, never retrained
     (resume). Returns unit name -> checkpoint path; empty for any other `train.init`."""
-    from normsearch.data.spec import load_data
-    from normsearch.models.weights import save_checkpoint
-    from normsearch.train import pretrain
-    from normsearch.train.initialise import init_mode
-
     if recipe.train.init_from is not None or init_mode(recipe.model, recipe.train, given=True) != "pretrain":
         return {}
     paths: dict[str, str] = {}
@@ -105,19 +104,10 @@ def pretrained_bases(
                 if show is not None:
                     show(
                         f"pretraining the base on {', '.join(unit.sources)}: epoch {metrics['epoch']}, "
-                        f"source val {metrics['source_val_acc']:.1f}"
+                        f"source val {metrics[SOURCE_VAL_ACC]:.1f}"
                     )
 
-            result = pretrain(
-                recipe.model,
-                data,
-                recipe.data,
-                recipe.train,
-                seed=recipe.seed,
-                report=report,
-                threads=recipe.resources.cpu,
-                unit=unit,
-            )
+            result = pretrain(recipe, unit, data=data, report=report)
             assert result.checkpoint is not None
             save_checkpoint(result.checkpoint, path)
         by_sources[unit.sources] = paths[unit.name] = str(path)

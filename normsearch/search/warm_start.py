@@ -25,10 +25,15 @@ from typing import Any
 from torch import nn
 
 from normsearch.arch import ArchConfig
+from normsearch.arch.config import NormConfig
+from normsearch.metrics import SOURCE_VAL_ACC
+from normsearch.models import build_model
 from normsearch.norms.spec import NormSpec
+from normsearch.norms.switchable import SwitchNorm2d
 from normsearch.recipe import Recipe
 from normsearch.run.folder import RunFolder
 from normsearch.space import Space
+from normsearch.train import train_from_recipe
 
 Share = tuple[float, float, float]  # (IN, LN, BN)
 STATS = ("in", "ln", "bn")
@@ -38,15 +43,11 @@ POOL = 256  # configurations drawn from a space too large to enumerate
 def supernet_arch(model: ArchConfig) -> ArchConfig:
     """The base architecture with soft Switchable Normalization in every normalization slot (and none of
     the base's other rules): what phase 1 of the warm start trains."""
-    from normsearch.arch.config import NormConfig
-
     return model.model_copy(update={"norm": NormConfig(default="sn:mode=soft")})
 
 
 def slot_ratios(network: nn.Module, arch: ArchConfig) -> dict[str, Share]:
     """Every SN slot's learned (IN, LN, BN) ratios: the mean and variance ratios of SN Eq. 5 averaged."""
-    from normsearch.norms.switchable import SwitchNorm2d
-
     out: dict[str, Share] = {}
     for slot in arch.resolve().slots:
         module = network.get_submodule(slot)
@@ -157,10 +158,6 @@ def train_supernet(
     the driver, as `train.init: pretrain` does), read its ratios, enqueue the nearest configurations as
     the study's first trials, and keep the supernet's record in the run folder. A run that already has
     the record (resume) is not trained again. Returns the record (None without a warm start)."""
-    from normsearch.data.spec import load_data
-    from normsearch.models import build_model
-    from normsearch.train import train_candidate
-
     rule = recipe.search.warm_start
     if rule.kind != "sn":
         return None
@@ -174,20 +171,10 @@ def train_supernet(
         if on_change is not None:
             on_change(
                 f"warm start: training the SN supernet on {', '.join(unit.sources)}: epoch "
-                f"{metrics['epoch']}/{recipe.train.epochs}, source val {metrics['source_val_acc']:.1f}"
+                f"{metrics['epoch']}/{recipe.train.epochs}, source val {metrics[SOURCE_VAL_ACC]:.1f}"
             )
 
-    result = train_candidate(
-        arch,
-        load_data(recipe.data),
-        recipe.data,
-        recipe.train,
-        seed=recipe.seed,
-        report=report,
-        threads=recipe.resources.cpu,
-        keep_weights=True,
-        unit=unit,
-    )
+    result = train_from_recipe(recipe, arch, unit, report=report, keep_weights=True)
     assert result.checkpoint is not None
     ratios = slot_ratios(build_model(arch, weights=result.checkpoint), arch)
     ranked = rank_configs(space, recipe.model, ratios, rule.fix_above, recipe.search_seed)

@@ -1,15 +1,14 @@
 """One candidate's training, no Ray: the loop, its resumable state, initialisation (scratch, weights,
-pretrain), evaluation and precision. Callers import from here; the modules behind it are implementation."""
+pretrain), evaluation and precision. Callers import from here; the modules behind it are implementation.
+From a recipe, train through `train_from_recipe` (and `pretrain`): the one door that reads the recipe's
+data, training section, seed and threads."""
 
-from normsearch.train.initialise import init_mode, pretrain
-from normsearch.train.loop import (
-    Diverged,
-    TrainConfig,
-    _standardizer,
-    train_candidate,
-    train_units,
-)
+from normsearch.train.config import TrainConfig
+from normsearch.train.from_recipe import TrainingRecipe, pretrain, train_from_recipe, train_units
+from normsearch.train.initialise import init_mode
+from normsearch.train.loop import _standardizer, train_candidate
 from normsearch.train.state import (
+    Diverged,
     TrainResult,
     TrainState,
     converged,
@@ -23,6 +22,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "TrainState",
+    "TrainingRecipe",
     "_standardizer",
     "converged",
     "hardened_arch",
@@ -31,5 +31,6 @@ __all__ = [
     "retrain_summary",
     "switch_to_hard",
     "train_candidate",
+    "train_from_recipe",
     "train_units",
 ]

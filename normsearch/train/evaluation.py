@@ -19,6 +19,13 @@ import torch
 from normsearch.data.domains import Domain, DomainSet
 from normsearch.data.pipeline import Standardizer
 from normsearch.data.protocol import Unit
+from normsearch.metrics import (
+    SELECT_PREFIX,
+    SOURCE_PREFIX,
+    SOURCE_VAL_ACC,
+    TARGET_SELECT_ACC,
+    WORST_SOURCE_VAL_ACC,
+)
 
 Pair = tuple[torch.Tensor, torch.Tensor]
 
@@ -90,18 +97,18 @@ def epoch_metrics(model: torch.nn.Module, sets: UnitSets, standardize: Standardi
     counts = {name: (correct_count(model, x, y, standardize), len(y)) for name, (x, y) in sets.val.items()}
     per_source = {name: percent(c, n) for name, (c, n) in counts.items()}
     out: dict[str, float] = {
-        "source_val_acc": percent(sum(c for c, _ in counts.values()), sum(n for _, n in counts.values())),
+        SOURCE_VAL_ACC: percent(sum(c for c, _ in counts.values()), sum(n for _, n in counts.values())),
     }
     if len(per_source) > 1:
-        out.update({f"source/{name}": acc for name, acc in per_source.items()})
-    out["worst_source_val_acc"] = min(per_source.values())
+        out.update({f"{SOURCE_PREFIX}{name}": acc for name, acc in per_source.items()})
+    out[WORST_SOURCE_VAL_ACC] = min(per_source.values())
     if sets.select:
         accs = {
             name: percent(correct_count(model, x, y, standardize), len(y))
             for name, (x, y) in sets.select.items()
         }
-        out["target_select_acc"] = sum(accs.values()) / len(accs)
-        out.update({f"select/{name}": acc for name, acc in accs.items()})
+        out[TARGET_SELECT_ACC] = sum(accs.values()) / len(accs)
+        out.update({f"{SELECT_PREFIX}{name}": acc for name, acc in accs.items()})
     return out
 
 
@@ -120,7 +127,7 @@ def final_accuracies(
         c = correct_count(model, place(x), y, standardize)
         correct, total = correct + c, total + len(y)
         if len(unit.sources) > 1:
-            test[f"source/{name}"] = percent(c, len(y))
+            test[f"{SOURCE_PREFIX}{name}"] = percent(c, len(y))
     test = {"source": percent(correct, total), **test}
     for name in unit.targets:
         x, y = evaluation_split(data[name])

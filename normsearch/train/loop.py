@@ -30,69 +30,37 @@ import copy
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from normsearch.arch import ArchConfig
 from normsearch.data.domains import DomainSet
 from normsearch.data.pipeline import (
-    AugmentConfig,
     Standardizer,
     balanced_batches,
     make_augment,
 )
 from normsearch.data.protocol import Unit
 from normsearch.data.spec import DataConfig, group_means
+from normsearch.metrics import LOSS, PARAMS, TRAIN_ACC
+from normsearch.norms.crossnorm import CrossNormPolicy
+from normsearch.norms.running import recalibrate_bn
 from normsearch.norms.sparse_switchable import set_sparse_progress
+from normsearch.train.config import TrainConfig
 from normsearch.train.evaluation import UnitSets, epoch_metrics, final_accuracies, unit_sets
 from normsearch.train.initialise import starting_model, trained_checkpoint
 from normsearch.train.precision import autocast, grad_scaler, layout, place, resolve_device
 from normsearch.train.state import Diverged, TrainResult, TrainState, _generators, converged, switch_to_hard
 
 if TYPE_CHECKING:
+    from normsearch.arch.plan import NormPlan
     from normsearch.models.weights import Checkpoint
 
 RECALIBRATION_BATCHES = 20
-
-
-class TrainConfig(BaseModel):
-    """How one candidate is trained (defaults: benchmark-design §8)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    epochs: int = Field(default=10, ge=1)
-    batch_size: int = Field(default=128, ge=2)
-    optimizer: Literal["sgd", "adamw"] = "sgd"
-    lr: float = Field(default=0.1, gt=0)
-    momentum: float = Field(default=0.9, ge=0, lt=1)
-    nesterov: bool = True
-    weight_decay: float = Field(default=1e-4, ge=0)
-    schedule: Literal["cosine", "step", "constant"] = "cosine"
-    warmup_epochs: float = Field(default=0.5, ge=0)
-    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
-    augment: AugmentConfig = AugmentConfig()
-    # Where training starts; None: `weights` when backbone.weights is set, else `scratch`.
-    init: Literal["scratch", "weights", "pretrain"] | None = None
-    init_from: str | None = None  # init: pretrain: a checkpoint from `pretrain` instead of pretraining
-    pretrain_epochs: int | None = Field(default=None, ge=1)  # the base's pretraining budget (None: epochs)
-    pretrain_lr: float | None = Field(default=None, gt=0)  # (None: lr)
-    sn_init: Literal["equal", "bn"] = "equal"  # inherited SwitchNorm ratios: equal, or toward BN
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    channels_last: bool = False
-    cudnn_benchmark: bool = True
-
-    @model_validator(mode="after")
-    def _init_from_is_for_pretrain(self) -> TrainConfig:
-        if self.init_from is not None and self.init != "pretrain":
-            raise ValueError(
-                "init_from is the pretrained checkpoint of init: pretrain; to start from a file with "
-                "init: weights, give it as model.backbone.weights"
-            )
-        return self
 
 
 def _lr_factor(config: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
@@ -133,6 +101,231 @@ def _standardizer(arch: ArchConfig, data_config: DataConfig, sets: UnitSets) -> 
     return Standardizer.fit(sets.train_images())
 
 
+@dataclass
+class _Run:
+    """What one training run sets up before its first epoch (see `_set_up`), shared by the epoch steps."""
+
+    dev: torch.device
+    config: TrainConfig
+    seed: int
+    model: nn.Module
+    started_from: dict[str, Any]
+    params: int
+    sets: UnitSets
+    standardize: Standardizer
+    train_parts: list[tuple[torch.Tensor, torch.Tensor]]
+    augment: Any
+    generator: torch.Generator
+    scaler: Any
+    steps_per_epoch: int
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LambdaLR
+    loss_fn: nn.Module
+    policy: CrossNormPolicy | None
+    hard_epoch: int | None
+    batch_average: bool
+    sparse: bool
+    history: list[dict[str, Any]] = field(default_factory=list)
+    switched: int = 0
+
+
+def _with_classes(arch: ArchConfig, num_classes: int) -> ArchConfig:
+    """`arch` with the data's number of classes as its head (a recipe need not repeat it)."""
+    if arch.backbone.num_classes == num_classes:
+        return arch
+    return arch.model_copy(update={"backbone": arch.backbone.model_copy(update={"num_classes": num_classes})})
+
+
+def _hard_epoch(plan: NormPlan, config: TrainConfig) -> int | None:
+    """The epoch at which SwitchNorm slots switch to their argmax (SN §4.1.4), None when they never do."""
+    if plan.switchable and plan.switchable.hard_at is not None:
+        return min(config.epochs - 1, math.ceil(plan.switchable.hard_at * config.epochs))
+    return None
+
+
+def _set_up(
+    arch: ArchConfig,
+    data: DomainSet,
+    data_config: DataConfig,
+    config: TrainConfig,
+    seed: int,
+    dev: torch.device,
+    init: Checkpoint | str | Path | dict[str, torch.Tensor] | None,
+    resume: TrainState | None,
+    unit: Unit,
+) -> _Run:
+    """The model with its starting weights, the unit's data on the device, optimizer, schedule and the
+    plan's hooks. The order of the random draws here is part of the determinism contract: do not reorder."""
+    torch.manual_seed(seed)
+    plan = arch.resolve()
+    # On resume the state's weights already hold what inheritance gave: nothing is loaded again.
+    model, started_from = starting_model(plan, config, init, resume.init if resume else None)
+    model = model.to(dev, memory_format=torch.channels_last) if config.channels_last else model.to(dev)
+    params = sum(p.numel() for p in model.parameters())
+    sets = unit_sets(data, unit, lambda t: place(t, dev))
+    standardize = _standardizer(arch, data_config, sets)
+    if dev.type != "cpu":  # batches are sliced, augmented and standardised on the device
+        standardize = Standardizer(place(standardize.mean, dev), place(standardize.std, dev))
+    train_parts = list(sets.train.values())
+    n_train = sum(len(y) for _, y in train_parts)
+    steps_per_epoch = math.ceil(n_train / config.batch_size)
+    optimizer = _optimizer(model, config)
+    return _Run(
+        dev=dev,
+        config=config,
+        seed=seed,
+        model=model,
+        started_from=started_from,
+        params=params,
+        sets=sets,
+        standardize=standardize,
+        train_parts=train_parts,
+        augment=make_augment(config.augment, train_parts[0][0].shape[-1]),
+        generator=torch.Generator().manual_seed(seed),
+        scaler=grad_scaler(dev, config.precision),
+        steps_per_epoch=steps_per_epoch,
+        optimizer=optimizer,
+        schedule=torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(config, steps_per_epoch)),
+        loss_fn=nn.CrossEntropyLoss(label_smoothing=config.label_smoothing),
+        policy=(
+            CrossNormPolicy(model, plan.crossnorm.p, plan.crossnorm.active_num, seed)
+            if plan.crossnorm
+            else None
+        ),
+        hard_epoch=_hard_epoch(plan, config),
+        batch_average=bool(plan.switchable and plan.switchable.batch_average),
+        sparse=set_sparse_progress(model, 0.0) > 0,
+    )
+
+
+def _restore(run: _Run, resume: TrainState) -> None:
+    """Continue from `resume`: weights, optimizer, schedule, scaler, every random generator, the history."""
+    if resume.switched:
+        run.switched = switch_to_hard(run.model)
+    run.model.load_state_dict(resume.model)
+    run.optimizer.load_state_dict(resume.optimizer)
+    run.schedule.load_state_dict(resume.schedule)
+    if run.scaler is not None and resume.scaler is not None:
+        run.scaler.load_state_dict(resume.scaler)
+    generators = _generators(run.model, run.generator, run.policy)
+    for name, state in resume.generators.items():
+        if name == "global":
+            torch.set_rng_state(state)
+        else:
+            generators[name].set_state(state)
+    run.history = [dict(h) for h in resume.history]
+
+
+def _step(run: _Run, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimisation step on a batch; returns its loss and logits (still on the device)."""
+    config = run.config
+    x, y = run.standardize(x).to(run.dev, memory_format=layout(config.channels_last)), y.to(run.dev)
+    with autocast(run.dev, config.precision):
+        logits = run.model(x)
+        loss = run.loss_fn(logits, y)
+    run.optimizer.zero_grad(set_to_none=True)
+    if run.scaler is None:
+        loss.backward()
+        run.optimizer.step()
+    else:  # fp16: scaled loss, unscaled gradients checked for inf before the step
+        run.scaler.scale(loss).backward()
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+    run.schedule.step()
+    return loss, logits
+
+
+def _train_epoch(run: _Run, epoch: int) -> tuple[float, float, int]:
+    """Train one epoch; returns its mean loss, training accuracy and number of images. Raises `Diverged`
+    on a non-finite loss."""
+    config, dev = run.config, run.dev
+    if run.hard_epoch is not None and epoch == run.hard_epoch:
+        run.switched = switch_to_hard(run.model)
+    run.model.train()
+    seen = 0
+    # Accumulated on the device and read once per epoch: a `.item()` per step would stall a GPU.
+    loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
+    correct = torch.zeros((), dtype=torch.long, device=dev)
+    total_steps = config.epochs * run.steps_per_epoch
+    batches = balanced_batches(run.train_parts, config.batch_size, run.generator, run.augment)
+    for step, (x, y) in enumerate(batches):
+        if run.policy:
+            run.policy.step()
+        if run.sparse:  # Sparse SN anneals its radius over training (SSN §3.3)
+            set_sparse_progress(run.model, (epoch * run.steps_per_epoch + step) / total_steps)
+        loss, logits = _step(run, x, y)
+        seen += len(y)
+        loss_sum += loss.detach().double() * len(y)
+        correct += (logits.argmax(1) == y).sum()
+    epoch_loss = float(loss_sum) / seen
+    if not math.isfinite(epoch_loss):
+        raise Diverged(f"{'NaN' if math.isnan(epoch_loss) else 'infinite'} loss at epoch {epoch + 1}")
+    return epoch_loss, 100.0 * int(correct) / seen, seen
+
+
+def _prepare_evaluation(run: _Run) -> None:
+    """Before evaluating: CrossNorm off, BN statistics re-estimated by batch average when the plan asks
+    (SN §3 "Inference"), eval mode."""
+    if run.policy:
+        run.policy.off()
+    if run.batch_average:
+        order = torch.Generator().manual_seed(run.seed)
+        batches = balanced_batches(run.train_parts, run.config.batch_size, order)
+        with autocast(run.dev, run.config.precision):
+            recalibrate_bn(
+                run.model, ((run.standardize(x).to(run.dev),) for x, _ in batches), RECALIBRATION_BATCHES
+            )
+    run.model.eval()
+
+
+def _snapshot(run: _Run, epoch: int) -> TrainState:
+    """The state after `epoch` finished epochs. Copies, not views: the caller may keep the state while
+    training goes on."""
+    states = {n: g.get_state() for n, g in _generators(run.model, run.generator, run.policy).items()}
+    return TrainState(
+        epoch,
+        copy.deepcopy(run.model.state_dict()),
+        copy.deepcopy(run.optimizer.state_dict()),
+        run.schedule.state_dict(),
+        {**states, "global": torch.get_rng_state()},
+        run.switched,
+        copy.deepcopy(run.history),
+        run.scaler.state_dict() if run.scaler is not None else None,
+        copy.deepcopy(run.started_from),
+    )
+
+
+def _run_epoch(run: _Run, epoch: int, data: DomainSet, unit: Unit) -> dict[str, Any]:
+    """Train and evaluate one epoch; returns its metrics dict (appended to the history)."""
+    tic = time.perf_counter()
+    epoch_loss, train_acc, seen = _train_epoch(run, epoch)
+    train_seconds = time.perf_counter() - tic
+    _prepare_evaluation(run)
+    with autocast(run.dev, run.config.precision):
+        measured = epoch_metrics(run.model, run.sets, run.standardize)
+    metrics: dict[str, Any] = {
+        "epoch": epoch + 1,
+        LOSS: epoch_loss,
+        TRAIN_ACC: train_acc,
+        **measured,
+        "lr": run.optimizer.param_groups[0]["lr"],
+        "images_per_s": seen / train_seconds,
+        "epoch_seconds": time.perf_counter() - tic,
+        PARAMS: run.params,
+        "final": epoch + 1 == run.config.epochs,
+    }
+    metrics["converged"] = converged([*run.history, metrics])
+    if metrics["final"]:
+        # Once, after training: the source's and every target's test split, kept apart from what
+        # selection saw (the search's objectives never read these).
+        with autocast(run.dev, run.config.precision):
+            metrics["test"] = final_accuracies(
+                run.model, data, unit, run.standardize, lambda t: place(t, run.dev)
+            )
+    run.history.append(metrics)
+    return metrics
+
+
 def train_candidate(
     arch: ArchConfig,
     data: DomainSet,
@@ -155,207 +348,37 @@ def train_candidate(
     again (a state whose last epoch is the final one only reports it again). `init` (a checkpoint, a file,
     a weights name or a state_dict) is where training starts, with weight inheritance; without it,
     `config.init` decides (see `init_mode`). `keep_weights` returns the trained weights as
-    `result.checkpoint`. Raises `Diverged` on a NaN or infinite training loss."""
-    from normsearch.norms.crossnorm import CrossNormPolicy
-    from normsearch.norms.running import recalibrate_bn
-
+    `result.checkpoint`. Raises `Diverged` on a NaN or infinite training loss. From a recipe, call
+    `normsearch.train.train_from_recipe` instead (it fills seed, threads and data from the recipe)."""
     started = time.perf_counter()
     dev = resolve_device(device, config.cudnn_benchmark)
     if threads is not None:
         torch.set_num_threads(threads)
-    torch.manual_seed(seed)
-    num_classes = data.num_classes
-    if arch.backbone.num_classes != num_classes:
-        arch = arch.model_copy(
-            update={"backbone": arch.backbone.model_copy(update={"num_classes": num_classes})}
-        )
-    plan = arch.resolve()
-    # On resume the state's weights already hold what inheritance gave: nothing is loaded again.
-    model, started_from = starting_model(plan, config, init, resume.init if resume else None)
-    model = model.to(dev, memory_format=torch.channels_last) if config.channels_last else model.to(dev)
-    params = sum(p.numel() for p in model.parameters())
-
+    arch = _with_classes(arch, data.num_classes)
     unit = unit or data_config.units()[0]
-    sets = unit_sets(data, unit, lambda t: place(t, dev))
-    standardize = _standardizer(arch, data_config, sets)
-    if dev.type != "cpu":  # batches are sliced, augmented and standardised on the device
-        standardize = Standardizer(place(standardize.mean, dev), place(standardize.std, dev))
-    train_parts = list(sets.train.values())
-    augment = make_augment(config.augment, train_parts[0][0].shape[-1])
-    n_train = sum(len(y) for _, y in train_parts)
-    generator = torch.Generator().manual_seed(seed)
-    scaler = grad_scaler(dev, config.precision)
-
-    steps_per_epoch = math.ceil(n_train / config.batch_size)
-    optimizer = _optimizer(model, config)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(config, steps_per_epoch))
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    policy = (
-        CrossNormPolicy(model, plan.crossnorm.p, plan.crossnorm.active_num, seed) if plan.crossnorm else None
-    )
-    hard_epoch = None
-    if plan.switchable and plan.switchable.hard_at is not None:
-        hard_epoch = min(config.epochs - 1, math.ceil(plan.switchable.hard_at * config.epochs))
-    batch_average = bool(plan.switchable and plan.switchable.batch_average)
-    sparse = set_sparse_progress(model, 0.0) > 0
-
-    def evaluate() -> None:
-        if policy:
-            policy.off()
-        if batch_average:
-            batches = balanced_batches(train_parts, config.batch_size, torch.Generator().manual_seed(seed))
-            with autocast(dev, config.precision):
-                recalibrate_bn(model, ((standardize(x).to(dev),) for x, _ in batches), RECALIBRATION_BATCHES)
-        model.eval()
-
-    history: list[dict[str, Any]] = []
-    switched = 0
+    run = _set_up(arch, data, data_config, config, seed, dev, init, resume, unit)
     start = 0
     if resume is not None:
-        if resume.switched:
-            switched = switch_to_hard(model)
-        model.load_state_dict(resume.model)
-        optimizer.load_state_dict(resume.optimizer)
-        schedule.load_state_dict(resume.schedule)
-        if scaler is not None and resume.scaler is not None:
-            scaler.load_state_dict(resume.scaler)
-        generators = _generators(model, generator, policy)
-        for name, state in resume.generators.items():
-            if name == "global":
-                torch.set_rng_state(state)
-            else:
-                generators[name].set_state(state)
-        history = [dict(h) for h in resume.history]
+        _restore(run, resume)
         start = resume.epoch
         if start >= config.epochs and report is not None:
-            report(history[-1])
+            report(run.history[-1])
     for epoch in range(start, config.epochs):
-        if hard_epoch is not None and epoch == hard_epoch:
-            switched = switch_to_hard(model)
-        model.train()
-        tic = time.perf_counter()
-        seen = 0
-        # Accumulated on the device and read once per epoch: a `.item()` per step would stall a GPU.
-        loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
-        correct = torch.zeros((), dtype=torch.long, device=dev)
-        for step, (x, y) in enumerate(balanced_batches(train_parts, config.batch_size, generator, augment)):
-            if policy:
-                policy.step()
-            if sparse:  # Sparse SN anneals its radius over training (SSN §3.3)
-                set_sparse_progress(
-                    model, (epoch * steps_per_epoch + step) / (config.epochs * steps_per_epoch)
-                )
-            x, y = standardize(x).to(dev, memory_format=layout(config.channels_last)), y.to(dev)
-            with autocast(dev, config.precision):
-                logits = model(x)
-                loss = loss_fn(logits, y)
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is None:
-                loss.backward()
-                optimizer.step()
-            else:  # fp16: scaled loss, unscaled gradients checked for inf before the step
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            schedule.step()
-            seen += len(y)
-            loss_sum += loss.detach().double() * len(y)
-            correct += (logits.argmax(1) == y).sum()
-        train_seconds = time.perf_counter() - tic
-        epoch_loss = float(loss_sum) / seen
-        if not math.isfinite(epoch_loss):
-            raise Diverged(f"{'NaN' if math.isnan(epoch_loss) else 'infinite'} loss at epoch {epoch + 1}")
-        evaluate()
-        with autocast(dev, config.precision):
-            measured = epoch_metrics(model, sets, standardize)
-        metrics: dict[str, Any] = {
-            "epoch": epoch + 1,
-            "loss": epoch_loss,
-            "train_acc": 100.0 * int(correct) / seen,
-            **measured,
-            "lr": optimizer.param_groups[0]["lr"],
-            "images_per_s": seen / train_seconds,
-            "epoch_seconds": time.perf_counter() - tic,
-            "params": params,
-            "final": epoch + 1 == config.epochs,
-        }
-        metrics["converged"] = converged([*history, metrics])
-        test: dict[str, float] = {}
-        if metrics["final"]:
-            # Once, after training: the source's and every target's test split, kept apart from what
-            # selection saw (the search's objectives never read these).
-            with autocast(dev, config.precision):
-                test = final_accuracies(model, data, unit, standardize, lambda t: place(t, dev))
-            metrics["test"] = test
-        history.append(metrics)
+        metrics = _run_epoch(run, epoch, data, unit)
         if snapshot is not None:
-            states = {n: g.get_state() for n, g in _generators(model, generator, policy).items()}
-            # Copies, not views: the caller may keep the state while training goes on.
-            snapshot(
-                TrainState(
-                    epoch + 1,
-                    copy.deepcopy(model.state_dict()),
-                    copy.deepcopy(optimizer.state_dict()),
-                    schedule.state_dict(),
-                    {**states, "global": torch.get_rng_state()},
-                    switched,
-                    copy.deepcopy(history),
-                    scaler.state_dict() if scaler is not None else None,
-                    copy.deepcopy(started_from),
-                )
-            )
+            snapshot(_snapshot(run, epoch + 1))
         if report is not None:
             report(metrics)
 
-    test = history[-1]["test"]
+    test = run.history[-1]["test"]
     groups = group_means({n: test[n] for n in unit.targets}, data_config.dataset)
     return TrainResult(
-        history,
+        run.history,
         test,
         groups,
-        params,
+        run.params,
         time.perf_counter() - started,
         torch.get_num_threads(),
-        {"switched_to_hard": switched, "init": started_from},
-        trained_checkpoint(model, arch, started_from) if keep_weights else None,
-    )
-
-
-def train_units(
-    arch: ArchConfig,
-    data: DomainSet,
-    data_config: DataConfig,
-    config: TrainConfig,
-    seed: int = 0,
-    report: Callable[[str, dict[str, Any]], None] | None = None,
-    threads: int | None = None,
-    device: str = "cpu",
-) -> TrainResult:
-    """Train `arch` once per unit of the data protocol (data/protocol.py) and combine the units as the
-    search does: mean metrics, and under rotation each held-out domain's accuracy with their average.
-    `report(unit, metrics)` receives each unit's epochs. One unit: exactly `train_candidate`."""
-    from normsearch.data.protocol import combine_units
-
-    units = data_config.units()
-    results = {}
-    for unit in units:
-        unit_report = (lambda m, u=unit.name: report(u, m)) if report is not None else None
-        results[unit.name] = train_candidate(
-            arch, data, data_config, config, seed, unit_report, threads, device, unit=unit
-        )
-    if len(units) == 1:
-        return results[units[0].name]
-    metrics, test = combine_units(
-        units, {n: r.final for n, r in results.items()}, {n: r.test for n, r in results.items()}
-    )
-    first = results[units[0].name]
-    groups = group_means({k: v for k, v in test.items() if k in data_config.targets}, data_config.dataset)
-    return TrainResult(
-        [{**metrics, "final": True, "converged": all(r.converged for r in results.values())}],
-        test,
-        groups,
-        first.params,
-        sum(r.seconds for r in results.values()),
-        first.threads,
-        {"units": {n: {"final": r.final, "test": r.test} for n, r in results.items()}},
+        {"switched_to_hard": run.switched, "init": run.started_from},
+        trained_checkpoint(run.model, arch, run.started_from) if keep_weights else None,
     )

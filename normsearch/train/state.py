@@ -12,6 +12,8 @@ import torch
 from torch import nn
 
 from normsearch.arch import ArchConfig
+from normsearch.metrics import SOURCE_VAL_ACC, TARGET_SELECT_ACC, TRAIN_ACC, WORST_SOURCE_VAL_ACC, label
+from normsearch.norms.switchable import STATS, SwitchNorm2d
 
 if TYPE_CHECKING:
     from normsearch.models.weights import Checkpoint
@@ -74,18 +76,16 @@ class TrainResult:
 def converged(history: list[dict[str, Any]]) -> bool:
     """False when source val accuracy is below 98% and training accuracy still rose by more than a point
     in the last epoch (see CONVERGED_SOURCE_ACC)."""
-    if not history or history[-1]["source_val_acc"] >= CONVERGED_SOURCE_ACC:
+    if not history or history[-1][SOURCE_VAL_ACC] >= CONVERGED_SOURCE_ACC:
         return True
     if len(history) < 2:
         return False
-    return history[-1]["train_acc"] - history[-2]["train_acc"] <= STILL_CLIMBING
+    return history[-1][TRAIN_ACC] - history[-2][TRAIN_ACC] <= STILL_CLIMBING
 
 
 def switch_to_hard(model: nn.Module) -> int:
     """Replace every soft SwitchNorm2d by its hard argmax layer (SN §4.1.4), keeping the affine parameters
     as the same Parameter objects so the optimizer's momentum carries over. Returns how many switched."""
-    from normsearch.norms.switchable import SwitchNorm2d
-
     switched = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
@@ -113,8 +113,6 @@ def hardened_arch(arch: ArchConfig, model_state: dict[str, Any]) -> ArchConfig:
     """The ArchConfig that a trained model's weights fit: when the plan switched Switchable Norm from soft
     to hard during training (`hard_at`), its hard choices (the one-hot ratio buffers in the state) become
     the rule's `choices`, so that a rebuilt network is hard where the trained one was."""
-    from normsearch.norms.switchable import STATS
-
     rule = arch.norm.switchable
     if rule is None or rule.mode != "soft" or rule.hard_at is None:
         return arch
@@ -132,13 +130,9 @@ def retrain_summary(results: list[TrainResult]) -> list[tuple[str, float, float,
     accuracy of several seeds' runs."""
     measures: dict[str, list[float]] = {}
     for result in results:
-        for key, label in (
-            ("source_val_acc", "source val"),
-            ("worst_source_val_acc", "worst source (val)"),
-            ("target_select_acc", "select target (val)"),
-        ):
+        for key in (SOURCE_VAL_ACC, WORST_SOURCE_VAL_ACC, TARGET_SELECT_ACC):
             if key in result.final:
-                measures.setdefault(label, []).append(result.final[key])
+                measures.setdefault(label(key), []).append(result.final[key])
         for name, value in result.test.items():
             measures.setdefault(f"test: {name}", []).append(value)
         for name, value in result.groups.items():

@@ -21,12 +21,12 @@ from normsearch.run.study import open_study
 from normsearch.search.ledger import Ledger
 from normsearch.search.moasha import (
     asha_continues,
-    make_scheduler,
     moasha_continues,
     rejected,
     rung_milestones,
     stop_reason,
 )
+from normsearch.search.schedulers import make_scheduler
 from normsearch.search.searcher import make_sampler
 from normsearch.search.trial import TRIAL_KEY
 from normsearch.space import Space

@@ -127,6 +127,30 @@ def _arch_with(norm: dict, **backbone) -> ArchConfig:
     return ArchConfig.from_dict({"backbone": {"preset": "resnet-mini", **backbone}, "norm": norm})
 
 
+def _recipe(train: TrainConfig, seed: int = 0):
+    from normsearch.recipe import Recipe
+
+    return Recipe(
+        name="t", seed=seed, data=DATA, model=ArchConfig.from_dict(MINI), train=train, search={"space": {}}
+    )
+
+
+@pytest.mark.slow  # trains three candidates
+def test_train_from_recipe_is_train_candidate_with_the_recipes_seed_threads_and_data(data) -> None:
+    """The one door fills seed, threads and data from the recipe and changes nothing else."""
+    from normsearch.train import train_from_recipe
+
+    recipe = _recipe(TRAIN, seed=3)
+    arch = ArchConfig.from_dict(MINI)
+    reports: list[dict] = []
+    door = train_from_recipe(recipe, arch, report=reports.append, threads=1)
+    direct = train_candidate(arch, data, DATA, TRAIN, seed=3, threads=1)
+    assert _without_timing(door.history) == _without_timing(direct.history)
+    assert door.test == direct.test and [r["epoch"] for r in reports] == [1, 2]
+    other = train_from_recipe(recipe, arch, DATA.units()[0], seed=4, data=data, threads=1)
+    assert _without_timing(other.history) != _without_timing(door.history)
+
+
 @pytest.mark.slow  # over 3 s on a 2-core machine (--durations)
 def test_pretrain_once_then_every_candidate_fine_tunes_from_it(data, tmp_path) -> None:
     from normsearch.models import load_weights, save_checkpoint
@@ -135,7 +159,7 @@ def test_pretrain_once_then_every_candidate_fine_tunes_from_it(data, tmp_path) -
     config = TrainConfig(
         epochs=1, batch_size=50, init="pretrain", pretrain_epochs=3, pretrain_lr=0.1, lr=0.05
     )
-    base = pretrain(ArchConfig.from_dict(MINI), data, DATA, config, seed=1, threads=1)
+    base = pretrain(_recipe(config), seed=1, data=data, threads=1)
     assert len(base.history) == 3 and base.extra["init"] == {"init": "scratch"}
     provenance = base.checkpoint.provenance
     assert provenance["kind"] == "pretrain" and provenance["epochs"] == 3 and provenance["lr"] == 0.1
