@@ -23,6 +23,7 @@ RANK = {
     "results": 6,
     "analysis": 6,
     "bench": 6,
+    "deploy": 6,  # a finalized model: load, evaluate, predict (reads run/finalized)
     "run": 5,
     "recipe": 4,
     "space": 4,
