@@ -64,7 +64,7 @@ def reconcile(
 ) -> Recovery:
     """Close or continue every study trial left RUNNING by an earlier driver (see the module docstring).
     `units` are the names of the protocol's training units ([""] for one)."""
-    from normsearch.run.checkpoints import checkpoint_epoch
+    from normsearch.run.checkpoints import check_state, checkpoint_epoch
 
     units = units or [""]
     records = {t.trial_id: t for t in folder.trials()} if folder.records_path.is_file() else {}
@@ -88,7 +88,7 @@ def reconcile(
             if done is not None and done.finished and uid != key:
                 finished[unit] = done
                 continue
-            checkpoint = folder.last_checkpoint(uid)
+            checkpoint = check_state(folder.last_checkpoint(uid))
             jobs.append((unit, checkpoint, checkpoint_epoch(checkpoint) if checkpoint else 0))
         recovery.continued.append(Continued(frozen.number, key, dict(frozen.params), jobs, finished))
     for number, twin in waiting:

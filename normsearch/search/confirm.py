@@ -26,6 +26,7 @@ from typing import Any
 from normsearch.errors import NormsearchError
 from normsearch.recipe import Recipe
 from normsearch.results.front import RunSummary, find_trial, summarize
+from normsearch.run.checkpoints import check_state
 from normsearch.run.folder import CONFIRM_PREFIX, RunFolder
 from normsearch.run.records import (
     TrialRecord,
@@ -140,7 +141,8 @@ class ConfirmBook:
             if uid != cid and uid in done and done[uid].finished:
                 outcomes[unit.name] = done[uid]
                 continue
-            checkpoint = self.folder.last_checkpoint(uid)  # an interrupted confirmation continues
+            # An interrupted confirmation continues; its checkpoint is checked here, in the driver.
+            checkpoint = check_state(self.folder.last_checkpoint(uid))
             left.add(unit.name)
             self.live[uid] = {"cid": cid, "unit": unit.name, "last": None}
             self.queue.append(
