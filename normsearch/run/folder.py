@@ -15,7 +15,8 @@ A run folder holds everything a later command needs::
 
 Everything a later command reads is written atomically: to a temporary file with a unique name in the same
 folder, then renamed over the target, so a reader never sees half a file and two writers never share a
-temporary name. Appends to trials.jsonl are single `write` calls of whole lines, flushed and fsynced.
+temporary name. Appends to trials.jsonl are single `write` calls of whole lines, flushed and fsynced, and
+a line a crash cut short is moved aside to trials.jsonl.torn and recovered (run/journal.py).
 """
 
 from __future__ import annotations
@@ -176,23 +177,50 @@ class RunFolder:
         return self.path / TRIALS
 
     def append(self, record: dict[str, Any]) -> None:
-        """Append one record to trials.jsonl as a single whole line, flushed to disk."""
-        line = json.dumps(record, sort_keys=False) + "\n"
-        with os_errors(self.records_path, "append a record"), self.records_path.open("a") as handle:
-            handle.write(line)
-            handle.flush()
-            os.fsync(handle.fileno())
+        """Append one record to trials.jsonl as a single whole line, flushed to disk (run/journal.py)."""
+        from normsearch.run.journal import append_record
+
+        append_record(self.records_path, record)
 
     def records(self) -> list[dict[str, Any]]:
-        """Every record in the order written; a torn last line (a killed driver) is skipped."""
+        """Every record in the order written; a torn last line (a crash during an append) is skipped, a
+        damaged line before it is one NormsearchError naming the line (run/journal.py)."""
+        from normsearch.run.journal import scan
+
         if not self.records_path.is_file():
             return []
+        return scan(self.records_path).records
+
+    def repair_records(self) -> str | None:
+        """Move a torn last line of trials.jsonl aside (to trials.jsonl.torn); what was done, or None."""
+        from normsearch.run.journal import repair_tail
+
+        return repair_tail(self.records_path)
+
+    def record_warnings(self) -> list[str]:
+        """One line for each repair the records need or had: a torn last line not yet moved aside, torn
+        lines kept in trials.jsonl.torn, records recovered from the study."""
+        from normsearch.run.journal import TORN_SUFFIX, scan
+
+        if not self.records_path.is_file():
+            return []
+        found = scan(self.records_path)
         out = []
-        for line in self.records_path.read_text().splitlines():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
+        if found.torn:
+            out.append(
+                f"{self.records_path}: its last line is torn ({len(found.torn)} bytes, a crash during an "
+                f"append) and is ignored; `normsearch resume {self.path}` moves it aside and recovers it"
+            )
+        aside = self.records_path.with_name(TRIALS + TORN_SUFFIX)
+        if aside.is_file():
+            count = len([line for line in aside.read_bytes().split(b"\n") if line.strip()])
+            out.append(f"{aside}: {count} torn line(s) a crash cut from {TRIALS}, kept aside")
+        recovered = [r["trial_id"] for r in found.records if r.get("recovered_from") and "trial_id" in r]
+        if recovered:
+            out.append(
+                f"{TRIALS}: the terminal record of {', '.join(recovered)} was lost in a crash and recovered "
+                "from the study (recovered_from: study)"
+            )
         return out
 
     def trials(self) -> list[TrialRecord]:

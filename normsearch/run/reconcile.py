@@ -39,12 +39,21 @@ class Recovery:
     """What `reconcile` found and did, for `resume` to print."""
 
     closed: list[str] = field(default_factory=list)  # finished before the kill, now told to the study
+    repaired: list[str] = field(default_factory=list)  # what was done to the records file (a torn line)
+    recovered: list[str] = field(default_factory=list)  # terminal records given back from the study
     continued: list[Continued] = field(default_factory=list)
     waiting: dict[str, list[int]] = field(default_factory=dict)  # twin trial -> waiting repeat numbers
     ended_processes: int = 0
 
     def summary(self) -> str:
-        parts = [f"{len(self.closed)} finished trial(s) told to the study"] if self.closed else []
+        parts = list(self.repaired)
+        if self.recovered:
+            parts.append(
+                f"the terminal record of {', '.join(self.recovered)} recovered from the study "
+                "(recovered_from: study)"
+            )
+        if self.closed:
+            parts.append(f"{len(self.closed)} finished trial(s) told to the study")
         if self.continued:
             resumed = ", ".join(
                 f"{unit_trial_id(c.key, unit)} from epoch {epoch}"
@@ -67,8 +76,11 @@ def reconcile(
     from normsearch.run.checkpoints import check_state, checkpoint_epoch
 
     units = units or [""]
-    records = {t.trial_id: t for t in folder.trials()} if folder.records_path.is_file() else {}
     recovery = Recovery()
+    repaired = folder.repair_records()
+    recovery.repaired = [repaired] if repaired else []
+    recovery.recovered = recover_from_study(folder, study, objectives)
+    records = {t.trial_id: t for t in folder.trials()} if folder.records_path.is_file() else {}
     waiting: list[tuple[int, str]] = []
     for frozen in running_trials(study):
         key = trial_key(frozen.number)
@@ -101,6 +113,59 @@ def reconcile(
         else:
             recovery.waiting.setdefault(twin, []).append(number)
     return recovery
+
+
+def recover_from_study(folder: RunFolder, study: Any, objectives: dict[str, str]) -> list[str]:
+    """Give back the terminal record of every trial the study holds finished (COMPLETE, PRUNED, FAIL) while
+    the records do not: the driver appends a record before it tells the study, so this is a record a crash
+    tore (moved aside by `RunFolder.repair_records`). It is rebuilt from what the study was told (values,
+    the attributes `close_trial` writes) and the trial's earlier records, and marked
+    ``recovered_from: study``. Returns the trial ids."""
+    import optuna
+
+    state = optuna.trial.TrialState
+    outcomes = {state.COMPLETE: "complete", state.PRUNED: "pruned", state.FAIL: "failed"}
+    known = {t.trial_id: t for t in folder.trials()} if folder.records_path.is_file() else {}
+    names = list(study.metric_names or objectives)
+    recovered = []
+    for frozen in study.get_trials(deepcopy=False, states=tuple(outcomes)):
+        key = str(frozen.user_attrs.get("trial") or trial_key(frozen.number))
+        earlier = known.get(key)
+        if earlier is not None and earlier.finished:
+            continue
+        folder.append(_study_record(key, frozen, outcomes[frozen.state], earlier, names))
+        recovered.append(key)
+    return recovered
+
+
+def _study_record(
+    key: str, frozen: Any, status: str, earlier: TrialRecord | None, names: list[str]
+) -> dict[str, Any]:
+    import json
+    import time
+
+    attrs = frozen.user_attrs
+    arch = json.loads(attrs["arch"]) if isinstance(attrs.get("arch"), str) else None
+    metrics = dict(earlier.metrics) if earlier else {}
+    metrics.update(zip(names, frozen.values or [], strict=False))
+    record: dict[str, Any] = {
+        "trial_id": key,
+        "status": status,
+        "time": time.time(),
+        "config": earlier.config if earlier and earlier.config else dict(frozen.params),
+        "arch": arch if arch is not None else (earlier.arch if earlier else None),
+        "seed": earlier.seed if earlier else None,
+        "epoch": attrs.get("epoch", earlier.epoch if earlier else None),
+        "final": status == "complete",
+        "metrics": metrics,
+        "test": {k.removeprefix("test/"): v for k, v in attrs.items() if k.startswith("test/")},
+        "recovered_from": "study",
+    }
+    if attrs.get("reason"):
+        record["reason"] = attrs["reason"]
+    if attrs.get("repeat_of"):
+        record.update(status="repeat", repeat_of=attrs["repeat_of"], extra={"outcome": status})
+    return record
 
 
 def repeat_record(key: str, twin: TrialRecord, **fields: Any) -> dict[str, Any]:
