@@ -10,6 +10,13 @@ from rich.text import Text
 
 from normsearch.cli.common import app, console, load_recipe_flags, space_table, user_errors
 
+STARTUP_TIMEOUT = typer.Option(
+    "--ray-startup-timeout",
+    min=1,
+    max=86400,
+    help="Seconds Ray may take to start (recipe key ray.startup_timeout, default 300); then exit code 1.",
+)
+
 
 @app.command("run")
 @user_errors
@@ -29,6 +36,7 @@ def run(
         list[str] | None,
         typer.Option("--set", help="Override a recipe key, e.g. --set train.epochs=2 (repeatable)."),
     ] = None,
+    ray_startup_timeout: Annotated[float | None, STARTUP_TIMEOUT] = None,
 ) -> None:
     """Search the recipe's space: train every candidate, report trials and the Pareto front."""
     from normsearch.recipe import default_output
@@ -42,6 +50,7 @@ def run(
         output=str(output) if output else None,
         overrides=overrides,
     )
+    recipe = _with_startup_timeout(recipe, ray_startup_timeout)
     run_dir = default_output(recipe)
     from normsearch.search.preflight import describe, estimate_seconds, preflight
 
@@ -74,24 +83,43 @@ def run(
 
 @app.command("resume")
 @user_errors
-def resume(run_dir: Annotated[Path, typer.Argument(help="A run folder.")]) -> None:
+def resume(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder.")],
+    repair: Annotated[
+        bool,
+        typer.Option(
+            "--repair", help="Rebuild a damaged study.db from trials.jsonl (the damaged file is kept aside)."
+        ),
+    ] = False,
+    ray_startup_timeout: Annotated[float | None, STARTUP_TIMEOUT] = None,
+) -> None:
     """Continue a run that was interrupted or killed: finished trials stay, unfinished ones continue from
     their last epoch checkpoint, and the study is reconciled with the records."""
     from normsearch.run.folder import RunFolder
 
     recipe, space = RunFolder.open(run_dir).load()
-    _search(recipe, space, run_dir, resume=True)
+    _search(_with_startup_timeout(recipe, ray_startup_timeout), space, run_dir, resume=True, repair=repair)
 
 
-def _search(recipe: Any, space: Any, run_dir: Path, resume: bool, checked: Any = None) -> None:
+def _with_startup_timeout(recipe: Any, seconds: float | None) -> Any:
+    """`recipe` with `ray.startup_timeout` set from the flag (for this driver only)."""
+    if seconds is None:
+        return recipe
+    return recipe.model_copy(update={"ray": recipe.ray.model_copy(update={"startup_timeout": seconds})})
+
+
+def _search(
+    recipe: Any, space: Any, run_dir: Path, resume: bool, checked: Any = None, repair: bool = False
+) -> None:
     from rich.live import Live
 
     from normsearch.search.tuner import run_search
 
     console.print(f"[bold]{recipe.name}[/bold]: {recipe.data.describe()}", highlight=False)
-    from normsearch.run.folder import RunFolder
 
-    console.print(f"run folder {run_dir}; study {RunFolder(run_dir).study_url}", highlight=False)
+    def announce(folder: Any) -> None:  # once the folder exists (a killed driver leaves a resumable run)
+        console.print(f"run folder {folder.path}; study {folder.study_url}", highlight=False)
+
     resume_hint = f"normsearch resume {run_dir}"
     try:
         with Live(_progress_view(None), console=console, refresh_per_second=2, transient=False) as live:
@@ -102,6 +130,8 @@ def _search(recipe: Any, space: Any, run_dir: Path, resume: bool, checked: Any =
                 on_change=lambda p: live.update(_progress_view(p)),
                 resume=resume,
                 checked=checked,
+                on_folder=announce,
+                repair=repair,
             )
     except KeyboardInterrupt:
         console.print()

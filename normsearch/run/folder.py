@@ -10,8 +10,9 @@ A run folder holds everything a later command needs::
     tune/confirm-<k>/         the same for each `normsearch confirm` (configurations re-trained with new
                               seeds; their records carry `confirm_of` and stay out of `trials()`)
     pretrained/<unit>.pt      `train.init: pretrain`: the base pretrained once on the (unit's) sources
-    driver.json               the driver that holds the run (pid, host, start time) and the Ray processes
-                              it started, so that `resume` can end them after a killed driver
+    driver.json               the driver that holds the run (pid, host, start time), the Ray processes it
+                              started and the Ray temp folder it gave Ray (recorded before Ray starts), so
+                              that `resume` can end them after a killed driver
 
 Everything a later command reads is written atomically: to a temporary file with a unique name in the same
 folder, then renamed over the target, so a reader never sees half a file and two writers never share a
@@ -319,7 +320,27 @@ class RunFolder:
         me = ProcessRef(os.getpid(), _process_start(os.getpid()) or time.time())
         # The earlier drivers' Ray processes stay listed until `release`: resume ends the live ones.
         host = socket.gethostname()
-        self._write_driver({"pid": me.pid, "started": me.started, "host": host, "ray": held.get("ray", [])})
+        self._write_driver(
+            {
+                "pid": me.pid,
+                "started": me.started,
+                "host": host,
+                "ray": held.get("ray", []),
+                "ray_dirs": held.get("ray_dirs", []),
+            }
+        )
+
+    def record_ray_dir(self, temp_dir: str) -> None:
+        """Record, before this driver starts its local Ray, the temp folder it gives Ray: every process
+        that Ray starts names it, so `resume` after a killed driver finds them all (run/reconcile.py)."""
+        state = self.driver()
+        if temp_dir not in state.setdefault("ray_dirs", []):
+            state["ray_dirs"].append(temp_dir)
+        self._write_driver(state)
+
+    def recorded_ray_dirs(self) -> list[str]:
+        """The Ray temp folders recorded by the run's drivers."""
+        return [str(d) for d in self.driver().get("ray_dirs", []) if isinstance(d, str) and d]
 
     def record_processes(self, processes: list[ProcessRef]) -> None:
         """Add Ray processes this driver started (kept across calls, never duplicated)."""
@@ -345,6 +366,7 @@ class RunFolder:
         if state.get("pid") == os.getpid():
             state["pid"] = None
             state["ray"] = []
+            state["ray_dirs"] = []
             self._write_driver(state)
 
     def _write_driver(self, state: dict[str, Any]) -> None:

@@ -225,19 +225,45 @@ def mark_interrupted(folder: RunFolder, study: Any) -> list[str]:
 
 
 def end_orphans(folder: RunFolder) -> int:
-    """End (SIGKILL) the Ray processes a killed driver of this run started and left running, found by the
-    pids and start times it recorded; never a process of this driver's own. Returns how many."""
+    """End (SIGKILL) the Ray processes a killed driver of this run started and left running: those it
+    recorded by pid and start time, and every process whose command line names a Ray temp folder it
+    recorded before starting Ray (so agents started after its last look are found too); never a process of
+    this driver's own. Returns how many."""
     import psutil
 
     mine = {p.pid for p in psutil.Process().children(recursive=True)} | {os.getpid()}
+    refs = list(folder.recorded_processes())
+    for temp_dir in folder.recorded_ray_dirs():
+        refs.extend(session_processes(temp_dir))
+    unique = {(ref.pid, ref.started): ref for ref in refs if ref.pid not in mine}
+    return end_processes(list(unique.values()))
+
+
+def session_processes(temp_dir: str) -> list[ProcessRef]:
+    """The live processes whose command line names `temp_dir` (a local Ray started with it)."""
+    import psutil
+
+    found = []
+    for process in psutil.process_iter(["pid", "cmdline", "create_time", "name"]):
+        try:
+            cmdline = process.info["cmdline"] or []
+            if process.pid != os.getpid() and any(temp_dir in part for part in cmdline):
+                found.append(ProcessRef(process.pid, process.info["create_time"], process.info["name"] or ""))
+        except (psutil.Error, TypeError):
+            continue
+    return found
+
+
+def end_processes(refs: list[ProcessRef]) -> int:
+    """SIGKILL each process in `refs` that still runs (same pid and start time); returns how many."""
     ended = 0
-    for ref in folder.recorded_processes():
-        if ref.pid in mine or not ref.alive():
+    for ref in refs:
+        if ref.pid == os.getpid() or not ref.alive():
             continue
         try:
             os.kill(ref.pid, signal.SIGKILL)
             ended += 1
-        except ProcessLookupError:
+        except (ProcessLookupError, PermissionError):
             continue
     return ended
 
