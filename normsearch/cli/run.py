@@ -9,12 +9,13 @@ import typer
 from rich.text import Text
 
 from normsearch.cli.common import app, console, load_recipe_flags, space_table, user_errors
+from normsearch.errors import NormsearchError
 
 STARTUP_TIMEOUT = typer.Option(
     "--ray-startup-timeout",
     min=1,
     max=86400,
-    help="Seconds Ray may take to start (recipe key ray.startup_timeout, default 300); then exit code 1.",
+    help="Seconds Ray may take to start, this time only (default: the recipe's ray.startup_timeout, 300).",
 )
 
 
@@ -50,7 +51,6 @@ def run(
         output=str(output) if output else None,
         overrides=overrides,
     )
-    recipe = _with_startup_timeout(recipe, ray_startup_timeout)
     run_dir = default_output(recipe)
     from normsearch.search.preflight import describe, estimate_seconds, preflight
 
@@ -78,7 +78,7 @@ def run(
             highlight=False,
         )
         return
-    _search(recipe, space, run_dir, resume=False, checked=checked)
+    _search(recipe, space, run_dir, resume=False, checked=checked, startup_timeout=ray_startup_timeout)
 
 
 @app.command("resume")
@@ -98,18 +98,17 @@ def resume(
     from normsearch.run.folder import RunFolder
 
     recipe, space = RunFolder.open(run_dir).load()
-    _search(_with_startup_timeout(recipe, ray_startup_timeout), space, run_dir, resume=True, repair=repair)
-
-
-def _with_startup_timeout(recipe: Any, seconds: float | None) -> Any:
-    """`recipe` with `ray.startup_timeout` set from the flag (for this driver only)."""
-    if seconds is None:
-        return recipe
-    return recipe.model_copy(update={"ray": recipe.ray.model_copy(update={"startup_timeout": seconds})})
+    _search(recipe, space, run_dir, resume=True, repair=repair, startup_timeout=ray_startup_timeout)
 
 
 def _search(
-    recipe: Any, space: Any, run_dir: Path, resume: bool, checked: Any = None, repair: bool = False
+    recipe: Any,
+    space: Any,
+    run_dir: Path,
+    resume: bool,
+    checked: Any = None,
+    repair: bool = False,
+    startup_timeout: float | None = None,
 ) -> None:
     from rich.live import Live
 
@@ -132,7 +131,11 @@ def _search(
                 checked=checked,
                 on_folder=announce,
                 repair=repair,
+                startup_timeout=startup_timeout,
             )
+    except NormsearchError:
+        console.print()  # end the live line, so that the error is a line of its own
+        raise
     except KeyboardInterrupt:
         console.print()
         from normsearch.run.folder import RunFolder

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import socket
 import tempfile
 import threading
@@ -108,6 +109,10 @@ class RayStartTimeout(NormsearchError):
     exit_code = 1
 
 
+class _Expired(BaseException):
+    """Raised by the start-up alarm inside `ray.init` (see `_init_within`)."""
+
+
 def ray_temp_dir(run: str | Path) -> str:
     """A Ray temp folder of this driver of `run` alone (short: Ray's Unix socket paths live under it and
     must stay below 108 bytes). Every process a local Ray starts (GCS, raylet, its agents, workers) carries
@@ -120,32 +125,35 @@ def ray_temp_dir(run: str | Path) -> str:
 
 def _init_within(kwargs: dict, timeout: float | None, what: str, temp_dir: str | None) -> None:
     """`ray.init(**kwargs)`, given up after `timeout` seconds: what it started by then is ended and
-    RayStartTimeout raised. (`ray.init` cannot be cancelled, so it runs in a daemon thread.)"""
+    RayStartTimeout raised.
+
+    `ray.init` must run in the main thread: Ray ties its GCS and raylet to the thread that started them
+    (``PR_SET_PDEATHSIG`` follows the creating *thread*), so a helper thread that ends kills them. The
+    bound is a SIGALRM instead, whose handler raises in the main thread while `ray.init` waits; off the
+    main thread (a library caller's own thread) there is no bound."""
     import ray
 
-    if timeout is None:
+    if timeout is None or threading.current_thread() is not threading.main_thread():
         ray.init(**kwargs)
         return
-    outcome: dict[str, BaseException] = {}
 
-    def init() -> None:
-        try:
-            ray.init(**kwargs)
-        except BaseException as error:  # handed to the caller's thread
-            outcome["error"] = error
+    def expired(signum: int, frame: object) -> None:
+        raise _Expired  # not an Exception: Ray's start-up code logs and swallows those
 
-    thread = threading.Thread(target=init, name="normsearch-ray-init", daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if thread.is_alive():
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, timeout)
+    try:
+        ray.init(**kwargs)
+    except _Expired:
         if temp_dir is not None:
             end_processes(session_processes(temp_dir))
         raise RayStartTimeout(
             f"ray.startup_timeout {timeout:g} s: {what} did not start in time (a loaded machine?); "
             "raise ray.startup_timeout (or --ray-startup-timeout)"
-        )
-    if "error" in outcome:
-        raise outcome["error"]
+        ) from None
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def start_ray(

@@ -195,14 +195,14 @@ def check_folder(folder: RunFolder, recipe: Recipe, space: Space, repair: bool) 
         rebuild_study(folder, recipe.name, recipe.search.objectives, space)
 
 
-def _start_ray(folder: RunFolder, recipe: Recipe) -> bool:
+def _start_ray(folder: RunFolder, recipe: Recipe, timeout: float) -> bool:
     """Start (or join) Ray within `ray.startup_timeout`; a local Ray's temp folder is recorded in
     driver.json before it starts, and its processes after, so that no process it starts is orphaned."""
     temp_dir = None
     if recipe.ray.address is None:
         temp_dir = ray_temp_dir(folder.path)
         folder.record_ray_dir(temp_dir)
-    started = start_ray(recipe.ray.address, timeout=recipe.ray.startup_timeout, temp_dir=temp_dir)
+    started = start_ray(recipe.ray.address, timeout=timeout, temp_dir=temp_dir)
     if recipe.ray.address is not None:
         check_cluster_resources(recipe.resources.cpu, recipe.resources.gpu)
     if started and recipe.ray.address is None:
@@ -223,12 +223,14 @@ def run_search(
     checked: Preflight | None = None,
     on_folder: Callable[[RunFolder], None] | None = None,
     repair: bool = False,
+    startup_timeout: float | None = None,
 ) -> SearchOutcome:
     """Run (or, with `resume`, continue) the search of `recipe` over `space` in `run_dir`.
 
     `checked` is the result of `preflight` when the caller already ran it (the CLI shows it first).
     `on_folder` is called once the run folder exists (the CLI prints its path then, not before). With
-    `repair`, a damaged study.db is rebuilt from the records (run/study.py `rebuild_study`)."""
+    `repair`, a damaged study.db is rebuilt from the records (run/study.py `rebuild_study`).
+    `startup_timeout` replaces the recipe's `ray.startup_timeout` for this driver (not saved with the run)."""
 
     if resume:
         folder = RunFolder.open(run_dir)
@@ -249,7 +251,7 @@ def run_search(
     if on_folder is not None:
         on_folder(folder)
     try:
-        _start_ray(folder, recipe)
+        _start_ray(folder, recipe, startup_timeout or recipe.ray.startup_timeout)
     except RayStartTimeout as error:
         resume_hint = f"normsearch resume {folder.path}"
         raise RayStartTimeout(f"{error}; nothing was trained. Continue with: {resume_hint}") from None
