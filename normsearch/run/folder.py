@@ -295,7 +295,15 @@ class RunFolder:
     def warm_start(self) -> dict[str, Any] | None:
         """The SN warm start's supernet record, or None when this run has none (yet)."""
         path = self.path / WARM_START
-        return json.loads(path.read_text()) if path.is_file() else None
+        if not path.is_file():
+            return None
+        try:
+            found = json.loads(path.read_text())
+        except (ValueError, OSError) as error:
+            raise NormsearchError(f"{path}: not a warm-start record ({first_line(error)})") from None
+        if not isinstance(found, dict):
+            raise NormsearchError(f"{path}: not a warm-start record (not a JSON object)")
+        return found
 
     # --- the driver and its Ray processes ------------------------------------------------------------
     def driver(self) -> dict[str, Any]:
@@ -303,9 +311,10 @@ class RunFolder:
         if not path.is_file():
             return {}
         try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError:
+            found = json.loads(path.read_text())
+        except (ValueError, OSError):
             return {}
+        return found if isinstance(found, dict) else {}
 
     def claim(self) -> None:
         """Record this process as the run's driver; refuse when another live driver holds the run."""

@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 import os
 import pickle
-import shutil
 import sqlite3
 from pathlib import Path
 
@@ -22,11 +21,6 @@ from normsearch.run.checkpoints import STATE, SUMMARY, plain, read_state, write_
 from normsearch.run.folder import RunFolder
 from normsearch.train import TrainState
 
-ROOT = Path(__file__).resolve().parents[2]
-TINY = [
-    "--set", "data.n_train=120", "--set", "data.n_val=30", "--set", "data.n_test=30",
-    "--set", "train.epochs=1", "--set", "search.num_samples=2",
-]  # fmt: skip
 runner = CliRunner()
 
 
@@ -48,27 +42,6 @@ def poison(path: Path, marker: Path, form: str) -> None:
         buffer = io.BytesIO()
         torch.save({"epoch": 1, "model": Payload(marker)}, buffer)
         path.write_bytes(buffer.getvalue())
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real two-trial, one-epoch search (each test works on its own copy)."""
-    from normsearch.search.ray import start_ray
-
-    start_ray(None, num_cpus=2)
-    out = tmp_path_factory.mktemp("poison") / "run"
-    result = runner.invoke(
-        app, ["run", str(ROOT / "recipes" / "quickstart.yaml"), "--output", str(out), *TINY]
-    )
-    assert result.exit_code == 0, result.output
-    return out
-
-
-@pytest.fixture
-def run(finished_run: Path, tmp_path: Path) -> Path:
-    copy = tmp_path / "run"
-    shutil.copytree(finished_run, copy)
-    return copy
 
 
 def _refused(result, planted: Path, marker: Path) -> None:
