@@ -150,8 +150,10 @@ def test_a_crash_at_every_byte_class_of_the_records_loses_and_repeats_nothing(
         assert drive(run, "resume") == 0, position
         for key, value in assert_consistent(run).items():
             seen[key] += bool(value)
-    # the positions did exercise the repairs: torn lines moved aside, terminal records from the study
-    assert seen["torn"] >= 5 and seen["recovered"] >= 2, seen
+    # the positions did exercise the repair: torn lines moved aside. (A crash of the driver cannot tear a
+    # record the study was already told: the record is written first. That case, a file cut afterwards, is
+    # test_torn_study.py's, on a real run.)
+    assert seen["torn"] >= 10, seen
 
 
 @pytest.mark.slow
