@@ -240,18 +240,22 @@ def end_orphans(folder: RunFolder) -> int:
 
 
 def session_processes(temp_dir: str) -> list[ProcessRef]:
-    """The live processes whose command line names `temp_dir` (a local Ray started with it)."""
+    """The live processes whose command line names `temp_dir` (a local Ray started with it: GCS, raylet,
+    its agents), and their descendants (workers, which rename themselves "ray::...")."""
     import psutil
 
-    found = []
+    found: dict[int, ProcessRef] = {}
     for process in psutil.process_iter(["pid", "cmdline", "create_time", "name"]):
         try:
             cmdline = process.info["cmdline"] or []
-            if process.pid != os.getpid() and any(temp_dir in part for part in cmdline):
-                found.append(ProcessRef(process.pid, process.info["create_time"], process.info["name"] or ""))
+            if process.pid == os.getpid() or not any(temp_dir in part for part in cmdline):
+                continue
+            for member in [process, *process.children(recursive=True)]:
+                if member.pid != os.getpid():
+                    found[member.pid] = ProcessRef(member.pid, member.create_time(), member.name())
         except (psutil.Error, TypeError):
             continue
-    return found
+    return list(found.values())
 
 
 def end_processes(refs: list[ProcessRef]) -> int:

@@ -195,7 +195,7 @@ def check_folder(folder: RunFolder, recipe: Recipe, space: Space, repair: bool) 
         rebuild_study(folder, recipe.name, recipe.search.objectives, space)
 
 
-def _start_ray(folder: RunFolder, recipe: Recipe, timeout: float) -> bool:
+def start_run_ray(folder: RunFolder, recipe: Recipe, timeout: float) -> bool:
     """Start (or join) Ray within `ray.startup_timeout`; a local Ray's temp folder is recorded in
     driver.json before it starts, and its processes after, so that no process it starts is orphaned."""
     temp_dir = None
@@ -251,7 +251,7 @@ def run_search(
     if on_folder is not None:
         on_folder(folder)
     try:
-        _start_ray(folder, recipe, startup_timeout or recipe.ray.startup_timeout)
+        start_run_ray(folder, recipe, startup_timeout or recipe.ray.startup_timeout)
     except RayStartTimeout as error:
         resume_hint = f"normsearch resume {folder.path}"
         raise RayStartTimeout(f"{error}; nothing was trained. Continue with: {resume_hint}") from None

@@ -95,7 +95,7 @@ def main(run_dir: str, mode: str) -> None:
         return SynchronousTuner(searcher, callback, num_samples)
 
     tuner.make_tuner = make_tuner
-    tuner._start_ray = lambda folder, recipe, timeout: False  # no Ray: trials are the loop above
+    tuner.start_run_ray = lambda folder, recipe, timeout: False  # no Ray: trials are the loop above
     recipe, space = recipe_and_space()
     checked = object()  # the checks are the real driver's business; here they would only cost time
     tuner.run_search(recipe, space, Path(run_dir), resume=mode == "resume", checked=checked)
