@@ -88,29 +88,36 @@ def _parse(line: bytes) -> dict[str, Any] | None:
 
 def scan(path: Path) -> Scan:
     """Read a records file (see the module docstring); a damaged line before the last is one
-    NormsearchError naming the line."""
+    NormsearchError naming the line. The last line is torn when it is not a JSON object, with or without
+    its newline (a crash of the machine can also leave the file's last block zero-filled)."""
     with os_errors(path, "read the records"):
         data = path.read_bytes()
-    found = Scan(whole=data.rfind(b"\n") + 1)
-    for number, line in enumerate(data[: found.whole].split(b"\n")[:-1], start=1):
+    found = Scan()
+    lines, start = [], 0
+    for number, piece in enumerate(data.split(b"\n"), start=1):
+        end = start + len(piece) + (start + len(piece) < len(data))  # the line with its newline
+        lines.append((number, start, data[start:end]))
+        start = end
+    while lines and not lines[-1][2].strip(b"\n\r\t \x00"):
+        lines.pop()  # blank (or zero-filled) lines at the end carry nothing
+    for number, start, line in lines:
         if not line.strip():
             continue
         record = _parse(line)
-        if record is None:
-            raise NormsearchError(
-                f"{path}: line {number} is not a whole JSON record ({_why(line)}), and it is not the last "
-                "line, so no crash of an append explains it; the records are damaged and nothing is read "
-                "from them (restore the file, or move the run aside)"
-            )
-        found.records.append(record)
-    tail = data[found.whole :]
-    if tail.strip():
-        record = _parse(tail)
         if record is not None:
             found.records.append(record)
-            found.unterminated = True
-        else:
-            found.torn = tail
+            found.unterminated = not line.endswith(b"\n")
+            found.whole = start + len(line)
+            continue
+        if number == lines[-1][0]:
+            found.whole = start
+            break
+        raise NormsearchError(
+            f"{path}: line {number} is not a whole JSON record ({_why(line)}), and it is not the last "
+            "line, so no crash of an append explains it; the records are damaged and nothing is read "
+            "from them (restore the file, or move the run aside)"
+        )
+    found.torn = data[found.whole :] if data[found.whole :].strip(b"\n\r\t \x00") else b""
     return found
 
 
@@ -132,16 +139,19 @@ def repair_tail(path: Path) -> str | None:
         if found.unterminated:
             _append_bytes(path, b"\n")
             return f"{path.name}: the last record had lost its newline; added"
-        if not found.torn:
+        if found.whole == path.stat().st_size:
             return None
         aside = path.with_name(path.name + TORN_SUFFIX)
         # Aside first, then the cut: a crash between the two leaves the torn line in both places, and the
         # next repair puts it aside once more; it is never lost.
-        _append_bytes(aside, found.torn + b"\n")
+        if found.torn:
+            _append_bytes(aside, found.torn.rstrip(b"\n") + b"\n")
         with open(path, "r+b") as handle:
             handle.truncate(found.whole)
             handle.flush()
             os.fsync(handle.fileno())
+    if not found.torn:
+        return f"{path.name}: blank bytes after its last record (a crashed machine) were cut"
     return (
         f"{path.name}: its last line was torn by a crash ({len(found.torn)} bytes); moved to {aside.name}, "
         "and what it said is recovered from the study"

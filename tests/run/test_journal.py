@@ -64,13 +64,27 @@ def test_an_append_onto_a_torn_line_moves_it_aside_first(tmp_path: Path) -> None
 def test_a_damaged_line_before_the_last_is_refused_naming_it(tmp_path: Path) -> None:
     path = tmp_path / "trials.jsonl"
     lines = _write(path).split(b"\n")
-    path.write_bytes(b"\n".join([lines[0], lines[1][:20] + lines[2], b""]))
+    path.write_bytes(b"\n".join([lines[0], lines[1][:20] + lines[2], lines[0], b""]))
     with pytest.raises(NormsearchError, match=r"trials.jsonl: line 2 is not a whole JSON record") as caught:
         journal.scan(path)
     assert "\n" not in str(caught.value)
     path.write_bytes(b'["a list"]\n' + lines[0] + b"\n")
     with pytest.raises(NormsearchError, match="line 1"):
         journal.scan(path)
+
+
+def test_a_last_line_that_is_not_json_is_torn_even_with_its_newline_and_zero_fill_is_cut(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "trials.jsonl"
+    full = _write(path)
+    path.write_bytes(full[:-15] + b"\n")  # a cut line that still got its newline (a recovered test file)
+    assert len(journal.scan(path).records) == 2 and journal.scan(path).torn
+    journal.repair_tail(path)
+    assert path.read_bytes() == full[: full[:-1].rfind(b"\n") + 1]
+    path.write_bytes(full + b"\x00" * 4096)  # a crashed machine's zero-filled last block
+    assert len(journal.scan(path).records) == 3 and not journal.scan(path).torn
+    assert "blank bytes" in journal.repair_tail(path) and path.read_bytes() == full
 
 
 @pytest.mark.parametrize("limit", [0, 1, 57, 80])
