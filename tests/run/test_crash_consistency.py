@@ -140,9 +140,13 @@ def test_a_crash_at_every_byte_class_of_the_records_loses_and_repeats_nothing(
     reference: dict, tmp_path: Path
 ) -> None:
     seen = Counter()
-    for i, position in enumerate(_byte_positions(reference)):
+    positions = _byte_positions(reference)
+    for i, position in enumerate(positions):
         run = tmp_path / f"b{position}"
-        assert drive(run, "run", bytes=position) == journal.CRASH_EXIT, position
+        code = drive(run, "run", bytes=position)
+        # (records carry times, so a run's length varies by a few bytes: the last positions may be past it)
+        assert code == journal.CRASH_EXIT or (code == 0 and position > reference["bytes"] - 40), position
+        seen["crashed"] += code == journal.CRASH_EXIT
         if not RunFolder.is_run(run):
             continue
         if i % 3 == 0:  # the resume itself is stopped too (while it repairs, recovers or trains)
@@ -153,7 +157,7 @@ def test_a_crash_at_every_byte_class_of_the_records_loses_and_repeats_nothing(
     # the positions did exercise the repair: torn lines moved aside. (A crash of the driver cannot tear a
     # record the study was already told: the record is written first. That case, a file cut afterwards, is
     # test_torn_study.py's, on a real run.)
-    assert seen["torn"] >= 10, seen
+    assert seen["torn"] >= 10 and seen["crashed"] >= len(positions) - 2, seen
 
 
 @pytest.mark.slow
