@@ -154,6 +154,9 @@ class RayConfig(_Strict):
     address: str | None = (
         None  # None: a private local Ray on loopback; "auto" or "ray://host:port": a cluster
     )
+    # Seconds Ray may take to start (or the cluster to answer) before the driver gives up with exit code 1
+    # and the resume command; a loaded machine can take minutes, and without a bound `ray.init` may hang.
+    startup_timeout: float = Field(default=300.0, gt=0, le=86400)
 
     @field_validator("address")
     @classmethod

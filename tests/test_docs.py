@@ -104,7 +104,7 @@ def test_normalizer_page_lists_every_registered_kind(site: Path) -> None:
         assert html.escape(kind.summary, quote=False) in page, name
         for key in kind.params:
             assert f"<code>{key}</code>" in page, (name, key)
-    assert "normsearch.norms.ibn.ibn_norm" in page  # the constructor (IBN or BatchInstanceNorm by `order`), read from the registry
+    assert "normsearch.norms.ibn.ibn_norm" in page  # the constructor (IBN or BatchInstanceNorm by order)
 
 
 def test_spaces_page_opens_each_space_with_its_paper_table(site: Path) -> None:

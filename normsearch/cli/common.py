@@ -88,7 +88,8 @@ def print_error(message: str) -> None:
 
 
 def user_errors(fn: F) -> F:
-    """Turn a NormsearchError raised by the library into one red line and exit code 2."""
+    """Turn a NormsearchError raised by the library into one red line and exit code 2 (or the error's own
+    `exit_code`: 1 for Ray not starting in time, which is not bad input)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -96,7 +97,7 @@ def user_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except NormsearchError as error:
             print_error(str(error))
-            raise typer.Exit(2) from None
+            raise typer.Exit(getattr(error, "exit_code", 2)) from None
 
     return wrapper  # type: ignore[return-value]
 

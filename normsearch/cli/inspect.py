@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from normsearch.cli.common import app, console, load_recipe_flags, space_table, user_errors
+from normsearch.cli.common import app, console, err_console, load_recipe_flags, space_table, user_errors
 from normsearch.errors import NormsearchError
 from normsearch.metrics import SOURCE_VAL_ACC, TARGET_SELECT_ACC
 
@@ -114,6 +115,8 @@ def show_run(run_dir: Path, sort: str, top: int | None, show_all: bool) -> None:
     from normsearch.run.folder import RunFolder
 
     summary = summarize(run_dir)
+    for warning in run_warnings(summary.folder):
+        err_console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
     warm = RunFolder(run_dir).warm_start()
     if warm is not None:
         console.print(warm_start_table(warm))
@@ -121,6 +124,20 @@ def show_run(run_dir: Path, sort: str, top: int | None, show_all: bool) -> None:
     if summary.recipe.data.rotate:
         console.print(domainbed_table(summary))
     console.print(front_table(summary.front, summary.recipe))
+
+
+def run_warnings(folder: Any) -> list[str]:
+    """What `show` says before the tables: every repair the records need or had, and a damaged study."""
+    from normsearch.run.study import check_study
+
+    found = folder.record_warnings()
+    problem = check_study(folder)
+    if problem is not None:
+        found.append(
+            f"{problem}; the tables come from trials.jsonl, and `normsearch resume {folder.path} --repair` "
+            "rebuilds the study from it"
+        )
+    return found
 
 
 def _rows_out(header: list[str], rows: list[list], fmt: RowFormat, title: str) -> None:

@@ -9,6 +9,14 @@ import typer
 from rich.text import Text
 
 from normsearch.cli.common import app, console, load_recipe_flags, space_table, user_errors
+from normsearch.errors import NormsearchError
+
+STARTUP_TIMEOUT = typer.Option(
+    "--ray-startup-timeout",
+    min=1,
+    max=86400,
+    help="Seconds Ray may take to start, this time only (default: the recipe's ray.startup_timeout, 300).",
+)
 
 
 @app.command("run")
@@ -29,6 +37,7 @@ def run(
         list[str] | None,
         typer.Option("--set", help="Override a recipe key, e.g. --set train.epochs=2 (repeatable)."),
     ] = None,
+    ray_startup_timeout: Annotated[float | None, STARTUP_TIMEOUT] = None,
 ) -> None:
     """Search the recipe's space: train every candidate, report trials and the Pareto front."""
     # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
@@ -70,31 +79,49 @@ def run(
             highlight=False,
         )
         return
-    _search(recipe, space, run_dir, resume=False, checked=checked)
+    _search(recipe, space, run_dir, resume=False, checked=checked, startup_timeout=ray_startup_timeout)
 
 
 @app.command("resume")
 @user_errors
-def resume(run_dir: Annotated[Path, typer.Argument(help="A run folder.")]) -> None:
+def resume(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder.")],
+    repair: Annotated[
+        bool,
+        typer.Option(
+            "--repair", help="Rebuild a damaged study.db from trials.jsonl (the damaged file is kept aside)."
+        ),
+    ] = False,
+    ray_startup_timeout: Annotated[float | None, STARTUP_TIMEOUT] = None,
+) -> None:
     """Continue a run that was interrupted or killed: finished trials stay, unfinished ones continue from
     their last epoch checkpoint, and the study is reconciled with the records."""
     # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
     from normsearch.run.folder import RunFolder
 
     recipe, space = RunFolder.open(run_dir).load()
-    _search(recipe, space, run_dir, resume=True)
+    _search(recipe, space, run_dir, resume=True, repair=repair, startup_timeout=ray_startup_timeout)
 
 
-def _search(recipe: Any, space: Any, run_dir: Path, resume: bool, checked: Any = None) -> None:
+def _search(
+    recipe: Any,
+    space: Any,
+    run_dir: Path,
+    resume: bool,
+    checked: Any = None,
+    repair: bool = False,
+    startup_timeout: float | None = None,
+) -> None:
     # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
     from rich.live import Live
 
     from normsearch.search.tuner import run_search
 
     console.print(f"[bold]{recipe.name}[/bold]: {recipe.data.describe()}", highlight=False)
-    from normsearch.run.folder import RunFolder
 
-    console.print(f"run folder {run_dir}; study {RunFolder(run_dir).study_url}", highlight=False)
+    def announce(folder: Any) -> None:  # once the folder exists (a killed driver leaves a resumable run)
+        console.print(f"run folder {folder.path}; study {folder.study_url}", highlight=False)
+
     resume_hint = f"normsearch resume {run_dir}"
     try:
         with Live(_progress_view(None), console=console, refresh_per_second=2, transient=False) as live:
@@ -105,7 +132,13 @@ def _search(recipe: Any, space: Any, run_dir: Path, resume: bool, checked: Any =
                 on_change=lambda p: live.update(_progress_view(p)),
                 resume=resume,
                 checked=checked,
+                on_folder=announce,
+                repair=repair,
+                startup_timeout=startup_timeout,
             )
+    except NormsearchError:
+        console.print()  # end the live line, so that the error is a line of its own
+        raise
     except KeyboardInterrupt:
         console.print()
         from normsearch.run.folder import RunFolder

@@ -10,12 +10,14 @@ A run folder holds everything a later command needs::
     tune/confirm-<k>/         the same for each `normsearch confirm` (configurations re-trained with new
                               seeds; their records carry `confirm_of` and stay out of `trials()`)
     pretrained/<unit>.pt      `train.init: pretrain`: the base pretrained once on the (unit's) sources
-    driver.json               the driver that holds the run (pid, host, start time) and the Ray processes
-                              it started, so that `resume` can end them after a killed driver
+    driver.json               the driver that holds the run (pid, host, start time), the Ray processes it
+                              started and the Ray temp folder it gave Ray (recorded before Ray starts), so
+                              that `resume` can end them after a killed driver
 
 Everything a later command reads is written atomically: to a temporary file with a unique name in the same
 folder, then renamed over the target, so a reader never sees half a file and two writers never share a
-temporary name. Appends to trials.jsonl are single `write` calls of whole lines, flushed and fsynced.
+temporary name. Appends to trials.jsonl are single `write` calls of whole lines, flushed and fsynced, and
+a line a crash cut short is moved aside to trials.jsonl.torn and recovered (run/journal.py).
 """
 
 from __future__ import annotations
@@ -186,23 +188,50 @@ class RunFolder:
         return self.path / TRIALS
 
     def append(self, record: dict[str, Any]) -> None:
-        """Append one record to trials.jsonl as a single whole line, flushed to disk."""
-        line = json.dumps(record, sort_keys=False) + "\n"
-        with os_errors(self.records_path, "append a record"), self.records_path.open("a") as handle:
-            handle.write(line)
-            handle.flush()
-            os.fsync(handle.fileno())
+        """Append one record to trials.jsonl as a single whole line, flushed to disk (run/journal.py)."""
+        from normsearch.run.journal import append_record
+
+        append_record(self.records_path, record)
 
     def records(self) -> list[dict[str, Any]]:
-        """Every record in the order written; a torn last line (a killed driver) is skipped."""
+        """Every record in the order written; a torn last line (a crash during an append) is skipped, a
+        damaged line before it is one NormsearchError naming the line (run/journal.py)."""
+        from normsearch.run.journal import scan
+
         if not self.records_path.is_file():
             return []
+        return scan(self.records_path).records
+
+    def repair_records(self) -> str | None:
+        """Move a torn last line of trials.jsonl aside (to trials.jsonl.torn); what was done, or None."""
+        from normsearch.run.journal import repair_tail
+
+        return repair_tail(self.records_path)
+
+    def record_warnings(self) -> list[str]:
+        """One line for each repair the records need or had: a torn last line not yet moved aside, torn
+        lines kept in trials.jsonl.torn, records recovered from the study."""
+        from normsearch.run.journal import TORN_SUFFIX, scan
+
+        if not self.records_path.is_file():
+            return []
+        found = scan(self.records_path)
         out = []
-        for line in self.records_path.read_text().splitlines():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
+        if found.torn:
+            out.append(
+                f"{self.records_path}: its last line is torn ({len(found.torn)} bytes, a crash during an "
+                f"append) and is ignored; `normsearch resume {self.path}` moves it aside and recovers it"
+            )
+        aside = self.records_path.with_name(TRIALS + TORN_SUFFIX)
+        if aside.is_file():
+            count = len([line for line in aside.read_bytes().split(b"\n") if line.strip()])
+            out.append(f"{aside}: {count} torn line(s) a crash cut from {TRIALS}, kept aside")
+        recovered = [r["trial_id"] for r in found.records if r.get("recovered_from") and "trial_id" in r]
+        if recovered:
+            out.append(
+                f"{TRIALS}: the terminal record of {', '.join(recovered)} was lost in a crash and recovered "
+                "from the study (recovered_from: study)"
+            )
         return out
 
     def trials(self) -> list[TrialRecord]:
@@ -276,7 +305,15 @@ class RunFolder:
     def warm_start(self) -> dict[str, Any] | None:
         """The SN warm start's supernet record, or None when this run has none (yet)."""
         path = self.path / WARM_START
-        return json.loads(path.read_text()) if path.is_file() else None
+        if not path.is_file():
+            return None
+        try:
+            found = json.loads(path.read_text())
+        except (ValueError, OSError) as error:
+            raise NormsearchError(f"{path}: not a warm-start record ({first_line(error)})") from None
+        if not isinstance(found, dict):
+            raise NormsearchError(f"{path}: not a warm-start record (not a JSON object)")
+        return found
 
     # --- the driver and its Ray processes ------------------------------------------------------------
     def driver(self) -> dict[str, Any]:
@@ -284,9 +321,10 @@ class RunFolder:
         if not path.is_file():
             return {}
         try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError:
+            found = json.loads(path.read_text())
+        except (ValueError, OSError):
             return {}
+        return found if isinstance(found, dict) else {}
 
     def claim(self) -> None:
         """Record this process as the run's driver; refuse when another live driver holds the run."""
@@ -301,7 +339,27 @@ class RunFolder:
         me = ProcessRef(os.getpid(), _process_start(os.getpid()) or time.time())
         # The earlier drivers' Ray processes stay listed until `release`: resume ends the live ones.
         host = socket.gethostname()
-        self._write_driver({"pid": me.pid, "started": me.started, "host": host, "ray": held.get("ray", [])})
+        self._write_driver(
+            {
+                "pid": me.pid,
+                "started": me.started,
+                "host": host,
+                "ray": held.get("ray", []),
+                "ray_dirs": held.get("ray_dirs", []),
+            }
+        )
+
+    def record_ray_dir(self, temp_dir: str) -> None:
+        """Record, before this driver starts its local Ray, the temp folder it gives Ray: every process
+        that Ray starts names it, so `resume` after a killed driver finds them all (run/reconcile.py)."""
+        state = self.driver()
+        if temp_dir not in state.setdefault("ray_dirs", []):
+            state["ray_dirs"].append(temp_dir)
+        self._write_driver(state)
+
+    def recorded_ray_dirs(self) -> list[str]:
+        """The Ray temp folders recorded by the run's drivers."""
+        return [str(d) for d in self.driver().get("ray_dirs", []) if isinstance(d, str) and d]
 
     def record_processes(self, processes: list[ProcessRef]) -> None:
         """Add Ray processes this driver started (kept across calls, never duplicated)."""
@@ -327,6 +385,7 @@ class RunFolder:
         if state.get("pid") == os.getpid():
             state["pid"] = None
             state["ray"] = []
+            state["ray_dirs"] = []
             self._write_driver(state)
 
     def _write_driver(self, state: dict[str, Any]) -> None:

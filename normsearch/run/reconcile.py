@@ -39,12 +39,21 @@ class Recovery:
     """What `reconcile` found and did, for `resume` to print."""
 
     closed: list[str] = field(default_factory=list)  # finished before the kill, now told to the study
+    repaired: list[str] = field(default_factory=list)  # what was done to the records file (a torn line)
+    recovered: list[str] = field(default_factory=list)  # terminal records given back from the study
     continued: list[Continued] = field(default_factory=list)
     waiting: dict[str, list[int]] = field(default_factory=dict)  # twin trial -> waiting repeat numbers
     ended_processes: int = 0
 
     def summary(self) -> str:
-        parts = [f"{len(self.closed)} finished trial(s) told to the study"] if self.closed else []
+        parts = list(self.repaired)
+        if self.recovered:
+            parts.append(
+                f"the terminal record of {', '.join(self.recovered)} recovered from the study "
+                "(recovered_from: study)"
+            )
+        if self.closed:
+            parts.append(f"{len(self.closed)} finished trial(s) told to the study")
         if self.continued:
             resumed = ", ".join(
                 f"{unit_trial_id(c.key, unit)} from epoch {epoch}"
@@ -64,11 +73,14 @@ def reconcile(
 ) -> Recovery:
     """Close or continue every study trial left RUNNING by an earlier driver (see the module docstring).
     `units` are the names of the protocol's training units ([""] for one)."""
-    from normsearch.run.checkpoints import checkpoint_epoch
+    from normsearch.run.checkpoints import check_state, checkpoint_epoch
 
     units = units or [""]
-    records = {t.trial_id: t for t in folder.trials()} if folder.records_path.is_file() else {}
     recovery = Recovery()
+    repaired = folder.repair_records()
+    recovery.repaired = [repaired] if repaired else []
+    recovery.recovered = recover_from_study(folder, study, objectives)
+    records = {t.trial_id: t for t in folder.trials()} if folder.records_path.is_file() else {}
     waiting: list[tuple[int, str]] = []
     for frozen in running_trials(study):
         key = trial_key(frozen.number)
@@ -88,7 +100,7 @@ def reconcile(
             if done is not None and done.finished and uid != key:
                 finished[unit] = done
                 continue
-            checkpoint = folder.last_checkpoint(uid)
+            checkpoint = check_state(folder.last_checkpoint(uid))
             jobs.append((unit, checkpoint, checkpoint_epoch(checkpoint) if checkpoint else 0))
         recovery.continued.append(Continued(frozen.number, key, dict(frozen.params), jobs, finished))
     for number, twin in waiting:
@@ -101,6 +113,59 @@ def reconcile(
         else:
             recovery.waiting.setdefault(twin, []).append(number)
     return recovery
+
+
+def recover_from_study(folder: RunFolder, study: Any, objectives: dict[str, str]) -> list[str]:
+    """Give back the terminal record of every trial the study holds finished (COMPLETE, PRUNED, FAIL) while
+    the records do not: the driver appends a record before it tells the study, so this is a record a crash
+    tore (moved aside by `RunFolder.repair_records`). It is rebuilt from what the study was told (values,
+    the attributes `close_trial` writes) and the trial's earlier records, and marked
+    ``recovered_from: study``. Returns the trial ids."""
+    import optuna
+
+    state = optuna.trial.TrialState
+    outcomes = {state.COMPLETE: "complete", state.PRUNED: "pruned", state.FAIL: "failed"}
+    known = {t.trial_id: t for t in folder.trials()} if folder.records_path.is_file() else {}
+    names = list(study.metric_names or objectives)
+    recovered = []
+    for frozen in study.get_trials(deepcopy=False, states=tuple(outcomes)):
+        key = str(frozen.user_attrs.get("trial") or trial_key(frozen.number))
+        earlier = known.get(key)
+        if earlier is not None and earlier.finished:
+            continue
+        folder.append(_study_record(key, frozen, outcomes[frozen.state], earlier, names))
+        recovered.append(key)
+    return recovered
+
+
+def _study_record(
+    key: str, frozen: Any, status: str, earlier: TrialRecord | None, names: list[str]
+) -> dict[str, Any]:
+    import json
+    import time
+
+    attrs = frozen.user_attrs
+    arch = json.loads(attrs["arch"]) if isinstance(attrs.get("arch"), str) else None
+    metrics = dict(earlier.metrics) if earlier else {}
+    metrics.update(zip(names, frozen.values or [], strict=False))
+    record: dict[str, Any] = {
+        "trial_id": key,
+        "status": status,
+        "time": time.time(),
+        "config": earlier.config if earlier and earlier.config else dict(frozen.params),
+        "arch": arch if arch is not None else (earlier.arch if earlier else None),
+        "seed": earlier.seed if earlier else None,
+        "epoch": attrs.get("epoch", earlier.epoch if earlier else None),
+        "final": status == "complete",
+        "metrics": metrics,
+        "test": {k.removeprefix("test/"): v for k, v in attrs.items() if k.startswith("test/")},
+        "recovered_from": "study",
+    }
+    if attrs.get("reason"):
+        record["reason"] = attrs["reason"]
+    if attrs.get("repeat_of"):
+        record.update(status="repeat", repeat_of=attrs["repeat_of"], extra={"outcome": status})
+    return record
 
 
 def repeat_record(key: str, twin: TrialRecord, **fields: Any) -> dict[str, Any]:
@@ -160,19 +225,49 @@ def mark_interrupted(folder: RunFolder, study: Any) -> list[str]:
 
 
 def end_orphans(folder: RunFolder) -> int:
-    """End (SIGKILL) the Ray processes a killed driver of this run started and left running, found by the
-    pids and start times it recorded; never a process of this driver's own. Returns how many."""
+    """End (SIGKILL) the Ray processes a killed driver of this run started and left running: those it
+    recorded by pid and start time, and every process whose command line names a Ray temp folder it
+    recorded before starting Ray (so agents started after its last look are found too); never a process of
+    this driver's own. Returns how many."""
     import psutil
 
     mine = {p.pid for p in psutil.Process().children(recursive=True)} | {os.getpid()}
+    refs = list(folder.recorded_processes())
+    for temp_dir in folder.recorded_ray_dirs():
+        refs.extend(session_processes(temp_dir))
+    unique = {(ref.pid, ref.started): ref for ref in refs if ref.pid not in mine}
+    return end_processes(list(unique.values()))
+
+
+def session_processes(temp_dir: str) -> list[ProcessRef]:
+    """The live processes whose command line names `temp_dir` (a local Ray started with it: GCS, raylet,
+    its agents), and their descendants (workers, which rename themselves "ray::...")."""
+    import psutil
+
+    found: dict[int, ProcessRef] = {}
+    for process in psutil.process_iter(["pid", "cmdline", "create_time", "name"]):
+        try:
+            cmdline = process.info["cmdline"] or []
+            if process.pid == os.getpid() or not any(temp_dir in part for part in cmdline):
+                continue
+            for member in [process, *process.children(recursive=True)]:
+                if member.pid != os.getpid():
+                    found[member.pid] = ProcessRef(member.pid, member.create_time(), member.name())
+        except (psutil.Error, TypeError):
+            continue
+    return list(found.values())
+
+
+def end_processes(refs: list[ProcessRef]) -> int:
+    """SIGKILL each process in `refs` that still runs (same pid and start time); returns how many."""
     ended = 0
-    for ref in folder.recorded_processes():
-        if ref.pid in mine or not ref.alive():
+    for ref in refs:
+        if ref.pid == os.getpid() or not ref.alive():
             continue
         try:
             os.kill(ref.pid, signal.SIGKILL)
             ended += 1
-        except ProcessLookupError:
+        except (ProcessLookupError, PermissionError):
             continue
     return ended
 

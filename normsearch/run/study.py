@@ -10,10 +10,14 @@ finished Optuna trial cannot change.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import warnings
+from pathlib import Path
 from typing import Any
 
+from normsearch.errors import NormsearchError
+from normsearch.run.folder import STUDY as STUDY_FILE
 from normsearch.run.folder import RunFolder
 from normsearch.run.records import TrialRecord
 
@@ -31,6 +35,7 @@ def open_study(folder: RunFolder, name: str, objectives: dict[str, str], sampler
     import optuna
 
     _quiet()
+    require_sound_study(folder)
     study = optuna.create_study(
         study_name=name,
         storage=folder.study_url,
@@ -48,14 +53,18 @@ def load_study(folder: RunFolder, name: str) -> Any:
     import optuna
 
     _quiet()
+    require_sound_study(folder)
     return optuna.load_study(study_name=name, storage=folder.study_url)
 
 
 def set_attrs(study: Any, number: int, attrs: dict[str, Any]) -> None:
     """Set user attributes on a running study trial (None values are skipped)."""
+    from normsearch.run.journal import study_written
+
     trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
     for key, value in attrs.items():
         if value is not None:
+            study_written()  # a crash-test point before each write (the one after `ask` included)
             study._storage.set_trial_user_attr(trial_id, key, value)
 
 
@@ -88,16 +97,21 @@ def close_trial(
     state = optuna.trial.TrialState
     # A repeat is told what its twin was told: its outcome is recorded with it.
     outcome = record.extra.get("outcome", "complete") if record.status == "repeat" else record.status
+    told = "RUNNING"
     if outcome == "complete" and all(m in record.metrics for m in objectives):
         study.tell(number, [float(record.metrics[m]) for m in objectives])
-        return "COMPLETE"
-    if outcome == "pruned":
+        told = "COMPLETE"
+    elif outcome == "pruned":
         study.tell(number, state=state.PRUNED)
-        return "PRUNED"
-    if outcome == "failed":
+        told = "PRUNED"
+    elif outcome == "failed":
         study.tell(number, state=state.FAIL)
-        return "FAIL"
-    return "RUNNING"
+        told = "FAIL"
+    if told != "RUNNING":
+        from normsearch.run.journal import study_written
+
+        study_written()
+    return told
 
 
 def running_trials(study: Any) -> list[Any]:
@@ -105,3 +119,73 @@ def running_trials(study: Any) -> list[Any]:
     import optuna
 
     return study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+
+
+def check_study(folder: RunFolder) -> str | None:
+    """What is wrong with the run's study.db, in one line (None when SQLite finds it sound or there is none
+    yet): a truncated or overwritten file, found by opening it read-only and running `PRAGMA
+    integrity_check`, before Optuna touches it."""
+    import sqlite3
+
+    path = folder.path / STUDY_FILE
+    if not path.exists():
+        return None
+    if not path.is_file():
+        return f"{path}: not a regular file"
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            rows = [row[0] for row in db.execute("PRAGMA integrity_check").fetchall()]
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    except sqlite3.Error as error:
+        return f"{path}: damaged ({error})"
+    if rows != ["ok"]:
+        return f"{path}: damaged ({rows[0] if rows else 'integrity_check returned nothing'})"
+    if "trials" not in tables or "studies" not in tables:
+        return f"{path}: not an Optuna study (no trials/studies tables)"
+    return None
+
+
+def require_sound_study(folder: RunFolder) -> None:
+    """Refuse, in one line with the command that repairs it, a damaged study.db."""
+    problem = check_study(folder)
+    if problem is not None:
+        raise NormsearchError(
+            f"{problem}; the records are the truth: `normsearch resume {folder.path} --repair` rebuilds the "
+            "study from trials.jsonl (the damaged file is kept aside)"
+        )
+
+
+def rebuild_study(folder: RunFolder, name: str, objectives: dict[str, str], space: Any) -> Path:
+    """Move a damaged study.db aside (``study.db.damaged-<k>``, never deleted) and rebuild the study from
+    the records, trial number for trial number: each search trial is asked again with the values it was
+    trained with (enqueued, then sampled through the space as the search does) and told the outcome its
+    records hold (`close_trial`); a trial whose records show no end stays RUNNING, so `resume` continues
+    it from its checkpoint; a study trial number with no record at all (asked, never recorded) is told
+    FAIL with that reason. Returns where the damaged file went."""
+    import optuna
+
+    from normsearch.run.records import UNIT_SEPARATOR
+
+    path = folder.path / STUDY_FILE
+    k = 1
+    while path.with_name(f"{STUDY_FILE}.damaged-{k}").exists():
+        k += 1
+    aside = path.with_name(f"{STUDY_FILE}.damaged-{k}")
+    if path.exists():
+        path.rename(aside)
+    trials = {t.trial_id: t for t in folder.trials() if UNIT_SEPARATOR not in t.trial_id}
+    numbers = {int(tid[1:]): t for tid, t in trials.items() if tid[1:].isdigit()}
+    study = open_study(folder, name, objectives, optuna.samplers.RandomSampler(seed=0))
+    for number in range(max(numbers, default=-1) + 1):
+        record = numbers.get(number)
+        if record is not None:
+            study.enqueue_trial(dict(record.config), skip_if_exists=False)
+        asked = study.ask()
+        assert asked.number == number, (asked.number, number)  # a fresh study numbers from 0
+        if record is None:
+            set_attrs(study, number, {"reason": "asked before the study was damaged; no record of it"})
+            study.tell(number, state=optuna.trial.TrialState.FAIL)
+            continue
+        space.sample(asked)
+        close_trial(study, number, record, objectives)  # (running, interrupted: left RUNNING)
+    return aside

@@ -26,6 +26,7 @@ from typing import Any
 from normsearch.errors import NormsearchError
 from normsearch.recipe import Recipe
 from normsearch.results.front import RunSummary, find_trial, summarize
+from normsearch.run.checkpoints import check_state
 from normsearch.run.folder import CONFIRM_PREFIX, RunFolder
 from normsearch.run.records import (
     TrialRecord,
@@ -140,7 +141,8 @@ class ConfirmBook:
             if uid != cid and uid in done and done[uid].finished:
                 outcomes[unit.name] = done[uid]
                 continue
-            checkpoint = self.folder.last_checkpoint(uid)  # an interrupted confirmation continues
+            # An interrupted confirmation continues; its checkpoint is checked here, in the driver.
+            checkpoint = check_state(self.folder.last_checkpoint(uid))
             left.add(unit.name)
             self.live[uid] = {"cid": cid, "unit": unit.name, "last": None}
             self.queue.append(
@@ -298,13 +300,8 @@ def run_confirm(
     """Confirm the chosen configurations of the run in `run_dir` with `seeds` new model seeds (module
     docstring); returns what was trained and what was found already done."""
 
-    from normsearch.search.ray import (
-        check_cluster_resources,
-        check_local_resources,
-        local_ray_processes,
-        start_ray,
-    )
-    from normsearch.search.tuner import make_tuner, pretrained_bases, versions
+    from normsearch.search.ray import check_local_resources
+    from normsearch.search.tuner import make_tuner, pretrained_bases, start_run_ray, versions
 
     summary = summarize(run_dir)
     folder, recipe, space = summary.folder, summary.recipe, summary.space
@@ -319,11 +316,7 @@ def run_confirm(
         check_local_resources(recipe.resources.cpu, recipe.resources.gpu)
     folder.claim()
     try:
-        started = start_ray(recipe.ray.address)
-        if recipe.ray.address is not None:
-            check_cluster_resources(recipe.resources.cpu, recipe.resources.gpu)
-        elif started:
-            folder.record_processes(local_ray_processes())
+        start_run_ray(folder, recipe, recipe.ray.startup_timeout)
         bases = pretrained_bases(folder, recipe)  # the run's bases, pretrained once (found on disk)
         book = ConfirmBook(folder, recipe, space, chosen, seed_list, experiment, bases, versions(), on_change)
         book.close_ready()

@@ -8,12 +8,18 @@ then checked against the recipe's per-trial resources before anything is written
 
 from __future__ import annotations
 
+import hashlib
 import os
+import signal
 import socket
+import tempfile
+import threading
 import time
+from pathlib import Path
 
 from normsearch.errors import NormsearchError
 from normsearch.run.folder import ProcessRef
+from normsearch.run.reconcile import end_processes, session_processes
 
 RAY_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
@@ -96,8 +102,68 @@ def probe_address(address: str, seconds: float = PROBE_SECONDS) -> str:
     )
 
 
-def start_ray(address: str | None, num_cpus: int | None = None) -> bool:
-    """Start a private local Ray (address None) or join a cluster; True when this call started Ray."""
+class RayStartTimeout(NormsearchError):
+    """Ray did not start (or the cluster did not answer) within `ray.startup_timeout`: not bad input but a
+    loaded machine, so the CLI exits 1 (with the command that continues the run), not 2."""
+
+    exit_code = 1
+
+
+class _Expired(BaseException):
+    """Raised by the start-up alarm inside `ray.init` (see `_init_within`)."""
+
+
+def ray_temp_dir(run: str | Path) -> str:
+    """A Ray temp folder of this driver of `run` alone (short: Ray's Unix socket paths live under it and
+    must stay below 108 bytes). Every process a local Ray starts (GCS, raylet, its agents, workers) carries
+    it on its command line, so that one recorded before `ray.init` finds them all later (`session_processes`),
+    even those started after the driver was killed."""
+    digest = hashlib.sha1(f"{Path(run).resolve()}:{os.getpid()}:{time.time()}".encode()).hexdigest()[:10]
+    base = tempfile.gettempdir()
+    return str(Path(base if len(base) <= 24 else "/tmp") / f"nsray-{digest}")
+
+
+def _init_within(kwargs: dict, timeout: float | None, what: str, temp_dir: str | None) -> None:
+    """`ray.init(**kwargs)`, given up after `timeout` seconds: what it started by then is ended and
+    RayStartTimeout raised.
+
+    `ray.init` must run in the main thread: Ray ties its GCS and raylet to the thread that started them
+    (``PR_SET_PDEATHSIG`` follows the creating *thread*), so a helper thread that ends kills them. The
+    bound is a SIGALRM instead, whose handler raises in the main thread while `ray.init` waits; off the
+    main thread (a library caller's own thread) there is no bound."""
+    import ray
+
+    if timeout is None or threading.current_thread() is not threading.main_thread():
+        ray.init(**kwargs)
+        return
+
+    def expired(signum: int, frame: object) -> None:
+        raise _Expired  # not an Exception: Ray's start-up code logs and swallows those
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, timeout)
+    try:
+        ray.init(**kwargs)
+    except _Expired:
+        if temp_dir is not None:
+            end_processes(session_processes(temp_dir))
+        raise RayStartTimeout(
+            f"ray.startup_timeout {timeout:g} s: {what} did not start in time (a loaded machine?); "
+            "raise ray.startup_timeout (or --ray-startup-timeout)"
+        ) from None
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def start_ray(
+    address: str | None,
+    num_cpus: int | None = None,
+    timeout: float | None = None,
+    temp_dir: str | None = None,
+) -> bool:
+    """Start a private local Ray (address None; under `temp_dir` when given) or join a cluster, within
+    `timeout` seconds (None: as long as Ray takes); True when this call started Ray."""
     quiet_ray_env()
     import ray
 
@@ -105,11 +171,16 @@ def start_ray(address: str | None, num_cpus: int | None = None) -> bool:
         return False
     common = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR"}
     if address is None:
-        ray.init(address="local", num_cpus=num_cpus, **common)
+        local = {"address": "local", "num_cpus": num_cpus, **common}
+        if temp_dir is not None:
+            local["_temp_dir"] = temp_dir
+        _init_within(local, timeout, "the local Ray", temp_dir)
         return True
-    probe_address(address)
+    probe_address(address, min(PROBE_SECONDS, timeout) if timeout else PROBE_SECONDS)
     try:
-        ray.init(address=address, **common)
+        _init_within({"address": address, **common}, timeout, f"the connection to {address}", None)
+    except RayStartTimeout:
+        raise
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as error:
         raise NormsearchError(
             f"ray.address {address}: cannot connect ({str(error).splitlines()[0]})"

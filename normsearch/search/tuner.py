@@ -1,11 +1,14 @@
 """Run or resume a search: checks, Ray, the run folder, the study, and one Ray Tune experiment per driver.
 
-The order matters: every check that can fail runs before Ray starts and before the run folder exists
-(search/preflight.py); Ray is started (or the cluster joined and its nodes checked) before anything is
-written; only then is the folder made. Each driver (`run`, then every `resume`) runs its own Tune
-experiment `tune/attempt-<k>` in the folder; what carries over between them is the study and the records,
-reconciled on resume (run/reconcile.py): finished trials are never run again and unfinished ones continue
-from their last epoch checkpoint under their own study trial.
+The order matters: every check that can fail runs before the run folder exists (search/preflight.py);
+then the folder is made (so that its path, once printed, is a run `resume` can continue even if the driver
+is killed while Ray starts), and Ray is started within `ray.startup_timeout` (or the cluster joined and its
+nodes checked; a cluster that cannot be used removes the folder again, nothing having run). Each driver
+(`run`, then every `resume`) runs its own Tune experiment `tune/attempt-<k>` in the folder; what carries
+over between them is the study and the records, reconciled on resume (run/reconcile.py): finished trials
+are never run again and unfinished ones continue from their last epoch checkpoint under their own study
+trial. Ray Tune's own files there (``tuner.pkl``, ``params.pkl``, its experiment state) are written for
+Tune's tools and never read by normsearch: no driver restores a Tune experiment (`Tuner.restore`).
 """
 
 from __future__ import annotations
@@ -17,16 +20,23 @@ from typing import Any
 
 from normsearch import __version__
 from normsearch.data.spec import load_data
+from normsearch.errors import NormsearchError
 from normsearch.metrics import SOURCE_VAL_ACC
 from normsearch.models.weights import save_checkpoint
 from normsearch.recipe import Recipe
 from normsearch.run.folder import RunFolder
 from normsearch.run.reconcile import Recovery, end_orphans, mark_interrupted, reconcile
 from normsearch.run.records import UNIT_SEPARATOR
-from normsearch.run.study import open_study
+from normsearch.run.study import check_study, open_study, rebuild_study, require_sound_study
 from normsearch.search.ledger import Ledger, Progress, make_callback
 from normsearch.search.preflight import Preflight, preflight, trial_budget
-from normsearch.search.ray import check_cluster_resources, local_ray_processes, start_ray
+from normsearch.search.ray import (
+    RayStartTimeout,
+    check_cluster_resources,
+    local_ray_processes,
+    ray_temp_dir,
+    start_ray,
+)
 from normsearch.search.schedulers import make_scheduler
 from normsearch.search.searcher import make_sampler, make_searcher
 from normsearch.search.trial import TRIAL_KEY, run_trial
@@ -163,6 +173,33 @@ def make_tuner(
     )
 
 
+def check_folder(folder: RunFolder, recipe: Recipe, space: Space, repair: bool) -> None:
+    """Before Ray starts on `resume`: a record damaged in the middle of trials.jsonl is refused (a torn
+    last line is repaired later, by `reconcile`); a damaged study.db is refused with the repair command,
+    or, with `repair`, rebuilt from the records."""
+    folder.records()
+    problem = check_study(folder)
+    if problem is not None and not repair:
+        require_sound_study(folder)
+    if problem is not None:
+        rebuild_study(folder, recipe.name, recipe.search.objectives, space)
+
+
+def start_run_ray(folder: RunFolder, recipe: Recipe, timeout: float) -> bool:
+    """Start (or join) Ray within `ray.startup_timeout`; a local Ray's temp folder is recorded in
+    driver.json before it starts, and its processes after, so that no process it starts is orphaned."""
+    temp_dir = None
+    if recipe.ray.address is None:
+        temp_dir = ray_temp_dir(folder.path)
+        folder.record_ray_dir(temp_dir)
+    started = start_ray(recipe.ray.address, timeout=timeout, temp_dir=temp_dir)
+    if recipe.ray.address is not None:
+        check_cluster_resources(recipe.resources.cpu, recipe.resources.gpu)
+    if started and recipe.ray.address is None:
+        folder.record_processes(local_ray_processes())
+    return started
+
+
 def _trial_name(trial) -> str:
     return str(trial.config[TRIAL_KEY])
 
@@ -174,13 +211,20 @@ def run_search(
     on_change: Callable[[Progress], None] | None = None,
     resume: bool = False,
     checked: Preflight | None = None,
+    on_folder: Callable[[RunFolder], None] | None = None,
+    repair: bool = False,
+    startup_timeout: float | None = None,
 ) -> SearchOutcome:
     """Run (or, with `resume`, continue) the search of `recipe` over `space` in `run_dir`.
 
-    `checked` is the result of `preflight` when the caller already ran it (the CLI shows it first)."""
+    `checked` is the result of `preflight` when the caller already ran it (the CLI shows it first).
+    `on_folder` is called once the run folder exists (the CLI prints its path then, not before). With
+    `repair`, a damaged study.db is rebuilt from the records (run/study.py `rebuild_study`).
+    `startup_timeout` replaces the recipe's `ray.startup_timeout` for this driver (not saved with the run)."""
 
     if resume:
         folder = RunFolder.open(run_dir)
+        check_folder(folder, recipe, space, repair)
         folder.claim()
         ended = end_orphans(folder)
         if checked is None:
@@ -189,15 +233,22 @@ def run_search(
         folder = RunFolder(run_dir)
         if checked is None:
             preflight(recipe, space, folder.path)
-        ended = 0
-    started = start_ray(recipe.ray.address)
-    if recipe.ray.address is not None:
-        check_cluster_resources(recipe.resources.cpu, recipe.resources.gpu)
-    if not resume:
+        made = not folder.path.exists()
+        # The folder before Ray: a driver killed while Ray starts leaves a run that `resume` continues.
         folder = RunFolder.create(folder.path, recipe, space)
         folder.claim()
-    if started and recipe.ray.address is None:
-        folder.record_processes(local_ray_processes())
+        ended = 0
+    if on_folder is not None:
+        on_folder(folder)
+    try:
+        start_run_ray(folder, recipe, startup_timeout or recipe.ray.startup_timeout)
+    except RayStartTimeout as error:
+        resume_hint = f"normsearch resume {folder.path}"
+        raise RayStartTimeout(f"{error}; nothing was trained. Continue with: {resume_hint}") from None
+    except NormsearchError:
+        if not resume:
+            folder.discard(made)  # a cluster that cannot be used: nothing ran, nothing is left behind
+        raise
 
     bases = pretrained_bases(folder, recipe, on_change)
     objectives = recipe.search.objectives
