@@ -349,7 +349,10 @@ def load_space(
     if isinstance(spec, dict):
         return validate(Space, spec, source)
     path = find_space_file(spec, relative_to, source, exclude)
-    raw = read_mapping(path)
+    try:
+        raw = read_mapping(path)
+    except NormsearchError as error:  # name the recipe key that pointed here as well as the file
+        raise NormsearchError(f"{source}: {error}" if source != "space" else str(error)) from None
     raw.setdefault("name", path.stem)
     raw.setdefault("description", first_comment(path.read_text(encoding="utf-8", errors="replace")))
     space = validate(Space, raw, str(path))
