@@ -118,7 +118,7 @@ def strict_numbers(model: type[BaseModel], data: Any, source: str, where: str = 
         kinds = _kinds(field.annotation)
         numeric = kinds & {int, float}
         if numeric and not kinds & {str, bool, Any} and isinstance(value, bool | str):
-            wanted = "a whole number" if int in numeric and float not in numeric else "a number"
+            wanted = "an integer" if int in numeric and float not in numeric else "a number"
             shown = json.dumps(value) if isinstance(value, bool) else repr(value)
             raise NormsearchError(
                 f"{source}: {key}: {wanted} is needed, got the {type(value).__name__} {shown[:40]}"
