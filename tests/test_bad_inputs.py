@@ -1475,3 +1475,33 @@ def test_bad_input_is_one_line_and_exit_2(
     assert snapshot(tmp_path) == before
     assert not (tmp_path / "out").is_dir() and not (tmp_path / "runs").exists()
     assert snapshot(world["run"]) == run_before
+
+
+def test_force_exports_a_failed_trial(world: dict[str, Path], tmp_path: Path) -> None:
+    """The refusal in `export-failed-trial` is a guard, not a wall: `--force` writes the configuration."""
+    good = tmp_path / "good.yaml"
+    good.write_text(recipe().replace("<data>", str(world["data"])))
+    run_with(unfinished("t001", "failed"))(tmp_path)
+    out = tmp_path / "x.yaml"
+    result = runner.invoke(
+        app, ["export", str(tmp_path / "run"), "--trial", "t001", "-o", str(out), "--force"]
+    )
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load(out.read_text())["provenance"]["trial"] == "t001"
+
+
+def test_dry_run_says_which_space_file_it_took(world: dict[str, Path], tmp_path: Path) -> None:
+    """A bare name is the file beside the recipe when there is one, else the shipped space: the dry run
+    names the file either way."""
+    mine = tmp_path / "quickstart.yaml"
+    mine.write_text(yaml.safe_dump(GOOD["search"]["space"]))
+    path = tmp_path / "r.yaml"
+    for spec, expected in (("quickstart.yaml", mine), ("nosuch", None)):
+        path.write_text(space_recipe(spec).replace("<data>", str(world["data"])))
+        result = runner.invoke(app, ["run", str(path), "--dry-run", "--output", str(tmp_path / "out")])
+        if expected is None:
+            assert result.exit_code == 2 and "no space file 'nosuch'" in result.stderr
+            continue
+        assert result.exit_code == 0, result.output
+        said = "".join(result.stdout.split())  # the table wraps long paths
+        assert "spacefile" in said and "".join(str(expected).split()) in said
