@@ -9,6 +9,9 @@ from __future__ import annotations
 import difflib
 import json
 import re
+import stat
+import types
+import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -74,28 +77,176 @@ def describe_validation_error(error: ValidationError, model: type[BaseModel], so
             message += f" (allowed: {', '.join(allowed)})"
     elif first["type"].startswith("value_error"):
         message = message.removeprefix("Value error, ")
+        if not loc and re.match(r"^[\w.]+: ", message):  # a whole-model check names its own key
+            return f"{source}: {message}"
     return f"{source}: {path}: {message}"
 
 
 def validate(model: type[M], data: Any, source: str) -> M:
-    """`model.model_validate(data)` with errors turned into one NormsearchError line."""
+    """`model.model_validate(data)` with errors turned into one NormsearchError line. Numbers are taken
+    strictly first (`strict_numbers`): pydantic's lax mode would read ``epochs: true`` as 1."""
+    strict_numbers(model, data, source)
     try:
         return model.model_validate(data)
     except ValidationError as error:
         raise NormsearchError(describe_validation_error(error, model, source)) from None
 
 
-def read_mapping(path: str | Path) -> dict[str, Any]:
-    """Read a YAML or JSON file holding a mapping; errors name the file."""
-    path = Path(path)
-    if path.is_dir():
-        raise NormsearchError(f"{path}: is a folder; give a YAML or JSON file")
-    if not path.is_file():
-        raise NormsearchError(f"{path}: no such file")
+def _kinds(annotation: Any) -> set[Any]:
+    """The member types of a (possibly optional or union) annotation."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return {kind for arg in typing.get_args(annotation) for kind in _kinds(arg)}
+    return {annotation}
+
+
+def _submodel(kinds: set[Any]) -> type[BaseModel] | None:
+    return next((k for k in kinds if isinstance(k, type) and issubclass(k, BaseModel)), None)
+
+
+def strict_numbers(model: type[BaseModel], data: Any, source: str, where: str = "") -> None:
+    """Refuse a boolean or a string given for a number field, in `data` and its nested sections.
+
+    YAML reads ``yes``/``true`` as booleans and ``"8"`` as a string; pydantic's lax mode turns both into
+    numbers (``epochs: true`` trains one epoch), which hides a mistake. A field that also accepts strings
+    or booleans (``seed: int | str``) is left to the model."""
+    if not isinstance(data, dict):
+        return
+    for name, field in model.model_fields.items():
+        if name not in data:
+            continue
+        value, key = data[name], f"{where}{name}"
+        kinds = _kinds(field.annotation)
+        numeric = kinds & {int, float}
+        if numeric and not kinds & {str, bool, Any} and isinstance(value, bool | str):
+            wanted = "an integer" if int in numeric and float not in numeric else "a number"
+            shown = json.dumps(value) if isinstance(value, bool) else repr(value)
+            raise NormsearchError(
+                f"{source}: {key}: {wanted} is needed, got the {type(value).__name__} {shown[:40]}"
+                + (" (write it without quotes)" if isinstance(value, str) else "")
+            )
+        sub = _submodel(kinds)
+        if sub is not None:
+            strict_numbers(sub, value, source, f"{key}.")
+            continue
+        origin, args = typing.get_origin(field.annotation), typing.get_args(field.annotation)
+        inner = _submodel(set(args[-1:])) if origin in (dict, list) else None
+        if inner is not None and isinstance(value, dict | list):
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for item_key, item in items:
+                strict_numbers(inner, item, source, f"{key}.{item_key}.")
+
+
+# A recipe, space or ArchConfig is a few kilobytes; anything far larger is the wrong file (or a hostile one).
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
+_FILE_KINDS = (
+    (stat.S_ISDIR, "is a folder; give a YAML or JSON file"),
+    (stat.S_ISFIFO, "is a FIFO (named pipe), not a regular file; give a YAML or JSON file"),
+    (stat.S_ISSOCK, "is a socket, not a regular file; give a YAML or JSON file"),
+    (stat.S_ISCHR, "is a character device, not a regular file; give a YAML or JSON file"),
+    (stat.S_ISBLK, "is a block device, not a regular file; give a YAML or JSON file"),
+)
+
+
+def regular_file_problem(path: Path) -> str | None:
+    """Why `path` is not a regular file (a folder, FIFO, socket or device), found by `stat` alone: opening
+    a FIFO blocks until a writer comes, and reading a device never ends. None for a regular file."""
     try:
-        text = path.read_text()
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (OSError, yaml.YAMLError, json.JSONDecodeError) as error:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "no such file"
+    except OSError as error:
+        return f"cannot read ({error.strerror or type(error).__name__})"
+    return next((why for test, why in _FILE_KINDS if test(mode)), None)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error: PyYAML keeps the
+    last silently, so a second `train:` section would drop the first one's keys without a word."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: PyYAML's own error says so
+                continue
+            if first is not None:
+                raise NormsearchError(
+                    f"duplicate key {str(key)[:60]!r} at lines {first} and {line} (YAML would keep only "
+                    "the last); remove one"
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _decode_text(path: Path, raw: bytes) -> str:
+    """UTF-8 (with or without a byte-order mark), or UTF-16/32 with one; anything else is one line."""
+    for bom, codec in (
+        (b"\xef\xbb\xbf", "utf-8-sig"),
+        (b"\xff\xfe\x00\x00", "utf-32"),
+        (b"\x00\x00\xfe\xff", "utf-32"),
+        (b"\xff\xfe", "utf-16"),
+        (b"\xfe\xff", "utf-16"),
+    ):
+        if raw.startswith(bom):
+            try:
+                return raw.decode(codec)
+            except UnicodeDecodeError as error:
+                raise NormsearchError(
+                    f"{path}: not valid {codec} text ({error.reason}); save it as UTF-8"
+                ) from None
+    if b"\x00" in raw:
+        raise NormsearchError(
+            f"{path}: holds NUL bytes (UTF-16 without a byte-order mark, or a binary file); save it as UTF-8"
+        )
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise NormsearchError(
+            f"{path}: not UTF-8 text (byte 0x{raw[error.start]:02x} at offset {error.start}); "
+            "save it as UTF-8"
+        ) from None
+
+
+def _json_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in data:
+            raise NormsearchError(f"duplicate key {key[:60]!r} (JSON would keep only the last); remove one")
+        data[key] = value
+    return data
+
+
+def read_mapping(path: str | Path) -> dict[str, Any]:
+    """Read a YAML or JSON file holding a mapping; errors name the file. The file must be a regular file
+    (checked without opening it) of at most MAX_CONFIG_BYTES, in UTF-8 (or UTF-16/32 with a byte-order
+    mark), with no key given twice in one mapping."""
+    path = Path(path)
+    problem = regular_file_problem(path)
+    if problem is not None:
+        raise NormsearchError(f"{path}: {problem}")
+    try:
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
+    except OSError as error:
+        raise NormsearchError(f"{path}: cannot read ({error.strerror or type(error).__name__})") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise NormsearchError(
+            f"{path}: larger than {MAX_CONFIG_BYTES // 2**20} MiB; a config is a small text file"
+        )
+    text = _decode_text(path, raw)
+    try:
+        if path.suffix == ".json":
+            data = json.loads(text, object_pairs_hook=_json_pairs)
+        else:
+            data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass: no arbitrary objects
+    except NormsearchError as error:
+        raise NormsearchError(f"{path}: {error}") from None
+    except (yaml.YAMLError, json.JSONDecodeError, RecursionError) as error:
         detail = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise NormsearchError(f"{path}: cannot parse: {detail}") from None
     if not isinstance(data, dict):

@@ -31,6 +31,17 @@ from normsearch.train import TrainConfig
 if TYPE_CHECKING:
     from normsearch.space import Space
 
+# Bounds on a recipe's integers: each far above any sensible use, and far below what would overflow a
+# seed, a tensor shape or an estimate (``epochs: 100000000000000000000`` was accepted: "about 4.7e19 min").
+SEED_MAX = 2**32 - 1  # numpy's and Ray's seeds are 32-bit unsigned
+MAX_EPOCHS = 10_000
+MAX_BATCH = 65_536
+MAX_SAMPLES = 100_000
+MAX_CONCURRENT = 1_024
+MAX_NAME = 128  # a run folder is named <name>-<timestamp>: well inside a file system's 255 bytes
+# Letters, digits, `_`, `.`, `-`, not starting with `.` or `-` (a hidden folder, an option): one path part.
+NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -42,7 +53,7 @@ class RejectBelow(_Strict):
 
     metric: str = SOURCE_VAL_ACC
     value: float
-    epoch: int = Field(default=1, ge=1)
+    epoch: int = Field(default=1, ge=1, le=MAX_EPOCHS)
 
     @field_validator("metric")
     @classmethod
@@ -63,7 +74,7 @@ class SchedulerConfig(_Strict):
     kind: Literal["none", "asha", "moasha"] = "none"
     metric: str = TARGET_SELECT_ACC
     mode: Literal["max", "min"] = "max"
-    grace_period: int = Field(default=2, ge=1)
+    grace_period: int = Field(default=2, ge=1, le=MAX_EPOCHS)
     reduction_factor: float = Field(default=3.0, gt=1.0)
     reject_below: RejectBelow | None = None
 
@@ -92,7 +103,7 @@ class WarmStartConfig(_Strict):
 
     kind: Literal["none", "sn"] = "none"
     fix_above: float | None = Field(default=None, gt=0.0, le=1.0)
-    neighbours: int = Field(default=4, ge=1)
+    neighbours: int = Field(default=4, ge=1, le=MAX_SAMPLES)
 
     @model_validator(mode="before")
     @classmethod
@@ -104,16 +115,18 @@ class FailureConfig(_Strict):
     """`retries`: how often Ray Tune restarts a trial whose worker or node was lost, from its last epoch
     checkpoint. A failure in our own code (bad data, a NaN loss) is not retried: it would fail again."""
 
-    retries: int = Field(default=2, ge=0)
+    retries: int = Field(default=2, ge=0, le=100)
 
 
 class SearchConfig(_Strict):
     space: str | dict[str, Any]
     algorithm: Literal["nsga2", "tpe", "random", "grid"] = "nsga2"
-    num_samples: int = Field(default=8, ge=1)
-    max_concurrent: int = Field(default=2, ge=1)
-    seed: int | None = None
-    population: int | None = Field(default=None, ge=2)  # NSGA-II population size (default: Optuna's 50)
+    num_samples: int = Field(default=8, ge=1, le=MAX_SAMPLES)
+    max_concurrent: int = Field(default=2, ge=1, le=MAX_CONCURRENT)
+    seed: int | None = Field(default=None, ge=0, le=SEED_MAX)
+    population: int | None = Field(
+        default=None, ge=2, le=MAX_SAMPLES
+    )  # NSGA-II population size (default: Optuna's 50)
     scheduler: SchedulerConfig = SchedulerConfig()
     objectives: dict[str, Literal["max", "min"]] = Field(default_factory=lambda: dict(DEFAULT_OBJECTIVES))
     failures: FailureConfig = FailureConfig()
@@ -146,8 +159,8 @@ class SearchConfig(_Strict):
 class Resources(_Strict):
     """Per trial. `cpu` is also the trial's torch thread count."""
 
-    cpu: int = Field(default=1, ge=1)
-    gpu: float = Field(default=0.0, ge=0.0)
+    cpu: int = Field(default=1, ge=1, le=MAX_CONCURRENT)
+    gpu: float = Field(default=0.0, ge=0.0, le=MAX_CONCURRENT)
 
 
 class RayConfig(_Strict):
@@ -169,8 +182,8 @@ class RayConfig(_Strict):
 
 
 class Recipe(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    seed: int = 0
+    name: str = Field(pattern=NAME_PATTERN, max_length=MAX_NAME)
+    seed: int = Field(default=0, ge=0, le=SEED_MAX)
     description: str = ""
     data: DataConfig = DataConfig()
     model: ArchConfig = Field(default_factory=ArchConfig)
@@ -195,6 +208,16 @@ class Recipe(_Strict):
             }
             data = {**data, "search": search}
         return data
+
+    @model_validator(mode="after")
+    def _train_bounds(self) -> Recipe:
+        # TrainConfig (train/) is also built outside recipes; a recipe's run gets these bounds on top.
+        bounds = {"epochs": MAX_EPOCHS, "batch_size": MAX_BATCH, "pretrain_epochs": MAX_EPOCHS}
+        for key, bound in bounds.items():
+            value = getattr(self.train, key)
+            if value is not None and value > bound:
+                raise ValueError(f"train.{key}: {value} is above the bound; allowed: 1 to {bound}")
+        return self
 
     @model_validator(mode="after")
     def _check(self) -> Recipe:
@@ -271,6 +294,11 @@ def load_recipe(
         key, sep, text = item.partition("=")
         if not sep or not key:
             raise NormsearchError(f"--set {item!r}: write key.path=value, e.g. train.epochs=2")
+        if not text.strip():
+            # YAML reads an empty value as null, which would silently put the default back.
+            raise NormsearchError(
+                f"--set {item!r}: no value after '='; write key.path=value (key.path=null removes the key)"
+            )
         try:
             value = yaml.safe_load(text)
         except yaml.YAMLError as error:
@@ -287,7 +315,9 @@ def load_recipe(
             except NormsearchError as error:
                 raise NormsearchError(f"{path}: {error}") from None
     recipe = validate(Recipe, raw, str(path))
-    space = load_space(recipe.search.space, relative_to=path.parent, source=f"{path}: search.space")
+    space = load_space(
+        recipe.search.space, relative_to=path.parent, source=f"{path}: search.space", exclude=path
+    )
     space.check(recipe.model, f"{path}: search.space")
     if recipe.search.algorithm == "grid" and space.size() is None:
         raise NormsearchError(

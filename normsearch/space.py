@@ -27,7 +27,7 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from normsearch.arch import ArchConfig
 from normsearch.config import assign_path, read_mapping, validate
@@ -130,6 +130,12 @@ class Space(BaseModel):
     requires: dict[str, str] = Field(default_factory=dict)  # e.g. {block: bottleneck}, checked per recipe
     fixed: dict[str, Any] = Field(default_factory=dict)
     params: dict[str, Param] = Field(default_factory=dict)
+    _file: str | None = PrivateAttr(default=None)  # the file it was read from; None: inline
+
+    @property
+    def file(self) -> str | None:
+        """The file this space was read from (None for an inline one)."""
+        return self._file
 
     @model_validator(mode="after")
     def _conditions(self) -> Space:
@@ -298,25 +304,60 @@ def spaces_dir() -> Path:
     return Path(__file__).resolve().parent / "search_spaces"
 
 
-def load_space(spec: str | dict[str, Any], relative_to: Path | None = None, source: str = "space") -> Space:
-    """A space from a file (absolute, or relative to `relative_to` or its parent), a shipped space by file
-    name (`ibn_ratio` or `ibn_ratio.yaml`), or an inline mapping."""
+def find_space_file(
+    spec: str, beside: Path | None = None, source: str = "space", exclude: Path | None = None
+) -> Path:
+    """The file a space string names, by one rule with no silent fallback:
+
+    - with a directory part (``/abs/s.yaml``, ``spaces/s.yaml``): that file, relative to `beside` (the
+      recipe's folder) and then the working directory; else an error (never a shipped space);
+    - a bare name (``ibn_ratio``, ``ibn_ratio.yaml``): the file of exactly that name beside the recipe (or
+      in the working directory without one), else the shipped space of that name; else an error.
+
+    `exclude` (the recipe itself) is never taken: ``space: ibn_groups.yaml`` in recipes/ibn_groups.yaml
+    means the shipped space, not the recipe."""
+    given = Path(spec)
+    folder = beside if beside is not None else Path(".")
+    if not spec.strip() or given.name in ("", ".", ".."):
+        raise NormsearchError(f"{source}: {spec!r} names no space file")
+    if given.is_absolute():
+        candidates = [given]
+    elif given.parent != Path("."):
+        candidates = list(dict.fromkeys([folder / given, given]))
+    else:
+        shipped = [spaces_dir() / spec] if given.suffix == ".yaml" else [spaces_dir() / f"{spec}.yaml"]
+        candidates = [folder / given, *shipped]
+    skip = exclude.resolve() if exclude is not None else None
+    for path in candidates:
+        if path.exists() and (skip is None or path.resolve() != skip):
+            return path  # read_mapping refuses a folder, FIFO or device in one line
+    raise NormsearchError(
+        f"{source}: no space file {spec!r} (looked at {', '.join(map(str, candidates))}); a path with a "
+        f"folder is that file, a bare name is a file beside the recipe or a shipped space "
+        f"({', '.join(p.stem for p in list_spaces())})"
+    )
+
+
+def load_space(
+    spec: str | dict[str, Any],
+    relative_to: Path | None = None,
+    source: str = "space",
+    exclude: Path | None = None,
+) -> Space:
+    """A space from an inline mapping, or from the file `find_space_file` names (`relative_to`: the
+    recipe's folder). The space remembers that file (`Space.file`) so the dry run can say which it took."""
     if isinstance(spec, dict):
         return validate(Space, spec, source)
-    candidates = [Path(spec)]
-    if relative_to is not None:
-        candidates += [relative_to / spec, relative_to.parent / spec]
-    name = Path(spec).name
-    candidates += [spaces_dir() / name, spaces_dir() / f"{name}.yaml"]
-    path = next((p for p in candidates if p.is_file()), None)
-    if path is None:
-        raise NormsearchError(
-            f"{source}: no space file {spec!r} (looked in {', '.join(map(str, candidates))})"
-        )
-    raw = read_mapping(path)
+    path = find_space_file(spec, relative_to, source, exclude)
+    try:
+        raw = read_mapping(path)
+    except NormsearchError as error:  # name the recipe key that pointed here as well as the file
+        raise NormsearchError(f"{source}: {error}" if source != "space" else str(error)) from None
     raw.setdefault("name", path.stem)
-    raw.setdefault("description", first_comment(path.read_text()))
-    return validate(Space, raw, str(path))
+    raw.setdefault("description", first_comment(path.read_text(encoding="utf-8", errors="replace")))
+    space = validate(Space, raw, str(path))
+    space._file = str(path)
+    return space
 
 
 def list_spaces() -> list[Path]:

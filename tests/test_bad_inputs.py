@@ -7,13 +7,22 @@ Every case fails in the checks that run before Ray (`run` goes through `normsear
 placeholders that are filled in per test: ``<tmp>`` (the case's own folder, also the working directory),
 ``<good>`` (a valid recipe on a small image folder), ``<data>`` (that folder) and ``<run>`` (a run folder
 holding one complete trial).
+
+Issue 20's strict inputs are the HOSTILE table: duplicate keys, booleans and strings for numbers, integers at
+and past their bounds, encodings, FIFOs, sockets and devices where a file is expected, oversized images,
+space paths and exports of trials that did not complete. Every case runs under an alarm: a hang (a FIFO
+opened for reading blocks until a writer comes) fails the case instead of the suite.
 """
 
 from __future__ import annotations
 
 import copy
 import os
+import signal
+import socket
+import struct
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -1000,12 +1009,348 @@ OUTPUTS = [
     ),
 ]
 
-CASES = [*RECIPES, *SPACES, *ARCHS, *DATA, *FLAGS, *OUTPUTS]
+GOOD_LINES = recipe().splitlines()
+TRAIN_LINE = GOOD_LINES.index("train:") + 1
+EPOCHS_LINE = GOOD_LINES.index("  epochs: 1") + 1
+SEED_MAX = 2**32 - 1
+PAST = {  # key -> the first value past its bound
+    "train.epochs": 10_001,
+    "train.batch_size": 65_537,
+    "train.pretrain_epochs": 10_001,
+    "search.num_samples": 100_001,
+    "search.max_concurrent": 1_025,
+    "search.population": 100_001,
+    "search.seed": SEED_MAX + 1,
+    "search.failures.retries": 101,
+    "search.warm_start.neighbours": 100_001,
+    "seed": SEED_MAX + 1,
+    "data.seed": SEED_MAX + 1,
+    "resources.cpu": 1_025,
+}
 
 
-def make_run(path: Path, good: Path, records: bool = True) -> Path:
+def png_header(width: int, height: int) -> bytes:
+    """A few-hundred-byte PNG whose header claims width × height pixels (the rest need not decode: the
+    header is all a size check may read)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
+
+
+def fifo(relative: str) -> Callable[[Path], None]:
+    return lambda tmp: os.mkfifo(tmp / relative)
+
+
+def unix_socket(relative: str) -> Callable[[Path], None]:
+    def build(tmp: Path) -> None:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.bind(relative)  # relative: the case runs in <tmp>, and a socket path is at most 108 bytes
+
+    return build
+
+
+def symlink(relative: str, target: str) -> Callable[[Path], None]:
+    return lambda tmp: (tmp / relative).symlink_to(target)
+
+
+def encoded(codec: str, bom: bytes = b"") -> Callable[[Path], None]:
+    """<tmp>/r.yaml in another encoding: the good recipe with an unknown key, so a decoded file is refused
+    for its key (proof that it was read) and an undecodable one for its encoding."""
+
+    def build(tmp: Path) -> None:
+        text = recipe({"data.root": str(tmp / "d"), "train.epoch": 2})
+        (tmp / "r.yaml").write_bytes(bom + text.encode(codec))
+
+    return build
+
+
+def run_with(*records: dict[str, Any]) -> Callable[[Path], None]:
+    return lambda tmp: make_run(tmp / "run", tmp / "good.yaml", extra=records)
+
+
+def unfinished(trial_id: str, status: str) -> dict[str, Any]:
+    return {
+        "trial_id": trial_id,
+        "status": status,
+        "config": {"ibn": "none"},
+        "arch": {"backbone": {"preset": "resnet-mini", "num_classes": 2}},
+        "seed": 0,
+        "epoch": 1,
+        "final": status != "running",
+        "reason": "diverged" if status == "failed" else "below the rung",
+        "metrics": {"source_val_acc": 10.0, "epoch": 1},
+    }
+
+
+NAME_128 = "n" * 128
+HOSTILE = [
+    # duplicate keys: both line numbers, at the top level, nested, in a flow mapping, in JSON, in a space
+    bad_recipe(
+        "dup-key-top-level",
+        recipe() + "train:\n  epochs: 2\n",
+        f"duplicate key 'train' at lines {TRAIN_LINE} and {len(GOOD_LINES) + 1}",
+    ),
+    bad_recipe(
+        "dup-key-nested",
+        recipe().replace("  epochs: 1\n", "  epochs: 1\n  batch_size: 4\n  epochs: 3\n"),
+        f"duplicate key 'epochs' at lines {EPOCHS_LINE} and {EPOCHS_LINE + 2}",
+    ),
+    bad_recipe(
+        "dup-key-flow-mapping",
+        "name: x\nsearch: {space: quickstart, space: joint}\n",
+        "'space' at lines 2 and 2",
+    ),
+    bad_recipe(
+        "dup-key-in-inline-space",
+        space_recipe({"params": {"a": {"type": "bool"}}}).replace(
+            "      a:\n", "      a:\n        type: bool\n", 1
+        ),
+        "duplicate key 'type'",
+    ),
+    Case(
+        "dup-key-json",
+        ["run", "<tmp>/r.json", "--dry-run", "--output", "<tmp>/out"],
+        ("r.json", "duplicate key 'name'"),
+        files={"r.json": '{"name": "a", "name": "b"}'},
+    ),
+    bad_space_file("dup-key-space-file", "params: {}\nfixed: {}\nparams: {}\n", "'params' at lines 1 and 3"),
+    # booleans and strings are not numbers (YAML 1.1 reads yes/no/on/off as booleans)
+    bad_recipe("epochs-true", recipe({"train.epochs": True}), "train.epochs", "got the bool true"),
+    bad_recipe(
+        "num-samples-yes",
+        recipe().replace("num_samples: 2", "num_samples: yes"),
+        "search.num_samples",
+        "bool",
+    ),
+    bad_recipe(
+        "batch-size-quoted", recipe({"train.batch_size": "8"}), "train.batch_size", "'8'", "without quotes"
+    ),
+    bad_recipe(
+        "max-concurrent-on",
+        recipe().replace("num_samples: 2", "num_samples: 2\n  max_concurrent: on"),
+        "search.max_concurrent",
+        "bool",
+    ),
+    bad_recipe("seed-false", recipe({"seed": False}), "r.yaml: seed:", "bool false"),
+    bad_recipe("seed-quoted", recipe({"seed": "0"}), "r.yaml: seed:", "str '0'"),
+    bad_recipe("search-seed-true", recipe({"search.seed": True}), "search.seed", "bool"),
+    bad_recipe("data-size-quoted", recipe({"data.size": "8"}), "data.size", "str"),
+    bad_recipe("lr-quoted", recipe({"train.lr": "0.1"}), "train.lr", "a number is needed"),
+    bad_recipe("cpu-true", recipe({"resources.cpu": True}), "resources.cpu", "bool"),
+    bad_recipe(
+        "grace-period-quoted", recipe({"search.scheduler.grace_period": "1"}), "search.scheduler.grace_period"
+    ),
+    bad_recipe("retries-true", recipe({"search.failures.retries": True}), "search.failures.retries", "bool"),
+    bad_recipe(
+        "num-classes-quoted",
+        recipe({"model.backbone": {"preset": "resnet-mini", "num_classes": "2"}}),
+        "model.backbone.num_classes",
+        "str '2'",
+    ),
+    bad_recipe(
+        "space-low-quoted", space_recipe(param(type="float", low="0", high=1)), "search.space", "params.x.low"
+    ),
+    bad_recipe("max-pixels-true", recipe({"data.max_pixels": True}), "data.max_pixels", "bool"),
+    # every bounded integer one past its bound, and the issue's own
+    *[
+        bad_recipe(
+            f"past-bound-{key}",
+            recipe({key: value}),
+            key,
+            "less than or equal to" if "train." not in key else "above the bound",
+        )
+        for key, value in PAST.items()
+    ],
+    bad_recipe("epochs-1e20", recipe({"train.epochs": 10**20}), "train.epochs", "allowed: 1 to 10000"),
+    bad_recipe("seed-2-to-the-64", recipe({"seed": 2**64}), "seed", "4294967295"),
+    Case(
+        "seed-2-to-the-64-run-without-dry-run",
+        ["run", "<tmp>/r.yaml", "--output", "<tmp>/out"],
+        ("seed", "4294967295"),
+        files={"r.yaml": recipe({"seed": 2**64})},
+    ),
+    bad_recipe("seed-minus-one", recipe({"seed": -1}), "seed", "greater than or equal to 0"),
+    bad_recipe("data-seed-minus-one", recipe({"data.seed": -1}), "data.seed"),
+    bad_recipe("max-pixels-zero", recipe({"data.max_pixels": 0}), "data.max_pixels"),
+    # names: at most 128 characters, one path part
+    bad_recipe("name-129-chars", recipe({"name": NAME_128 + "n"}), "name", "at most 128"),
+    bad_recipe("name-5000-chars", recipe({"name": "n" * 5000}), "name", "at most 128"),
+    bad_recipe("name-with-slash", recipe({"name": "a/b"}), "name", "pattern"),
+    bad_recipe("name-dot-dot", recipe({"name": ".."}), "name", "pattern"),
+    bad_recipe("name-leading-dash", recipe({"name": "-rf"}), "name", "pattern"),
+    Case("flag-name-with-slash", [*GOOD_RUN, "--name", "../x"], ("name", "pattern")),
+    # --set
+    Case("set-empty-value", [*GOOD_RUN, "--set", "train.epochs="], ("--set 'train.epochs='", "no value")),
+    Case("set-blank-value", [*GOOD_RUN, "--set", "train.epochs=  "], ("no value",)),
+    Case("set-quoted-number", [*GOOD_RUN, "--set", "train.epochs='3'"], ("train.epochs", "str '3'")),
+    Case("set-bool-for-int", [*GOOD_RUN, "--set", "search.num_samples=true"], ("search.num_samples", "bool")),
+    Case("set-past-bound", [*GOOD_RUN, "--set", "seed=4294967296"], ("seed", "4294967295")),
+    # encodings
+    Case(
+        "utf16-with-bom-is-read",
+        RUN,
+        ("r.yaml", "train.epoch", "did you mean 'epochs'"),
+        setup=then(folder(), encoded("utf-16-le", b"\xff\xfe")),
+    ),
+    Case(
+        "utf16-big-endian-with-bom-is-read",
+        RUN,
+        ("train.epoch",),
+        setup=then(folder(), encoded("utf-16-be", b"\xfe\xff")),
+    ),
+    Case(
+        "utf16-without-bom", RUN, ("r.yaml", "NUL bytes", "UTF-8"), setup=then(folder(), encoded("utf-16-le"))
+    ),
+    Case(
+        "latin1-recipe",
+        RUN,
+        ("r.yaml", "not UTF-8", "offset"),
+        setup=write("r.yaml", b"name: caf\xe9\n"),
+    ),
+    Case("png-as-recipe", RUN, ("r.yaml",), setup=write("r.yaml", png_header(8, 8))),
+    Case(
+        "recipe-too-large", RUN, ("r.yaml", "larger than 4 MiB"), setup=write("r.yaml", "# x\n" * (2**20 + 1))
+    ),
+    # FIFOs, sockets and devices where a recipe or a space is expected: refused by stat, never opened
+    Case("recipe-is-a-fifo", RUN, ("r.yaml", "FIFO"), setup=fifo("r.yaml"), within=10),
+    Case(
+        "recipe-is-dev-zero", ["run", "/dev/zero", "--dry-run"], ("/dev/zero", "character device"), within=10
+    ),
+    Case("recipe-is-a-socket", RUN, ("r.yaml", "socket"), setup=unix_socket("r.yaml"), within=10),
+    Case(
+        "recipe-links-to-dev-zero",
+        RUN,
+        ("r.yaml", "character device"),
+        setup=symlink("r.yaml", "/dev/zero"),
+        within=10,
+    ),
+    Case(
+        "space-file-is-a-fifo",
+        RUN,
+        ("s.yaml", "FIFO"),
+        files={"r.yaml": space_recipe("s.yaml")},
+        setup=fifo("s.yaml"),
+        within=10,
+    ),
+    Case(
+        "spaces-validate-dev-zero",
+        ["spaces", "validate", "/dev/zero"],
+        ("/dev/zero", "character device"),
+        within=10,
+    ),
+    # FIFOs, sockets, devices, folders and bombs where an image is expected
+    Case(
+        "image-fifo-dry-run",
+        RUN,
+        ("x.png", "FIFO", "data.skip_unreadable"),
+        setup=then(folder(), fifo("d/sketch/cat/x.png")),
+        within=30,
+    ),
+    Case(
+        "image-fifo-run",
+        ["run", "<tmp>/r.yaml", "--output", "<tmp>/out"],
+        ("x.png", "FIFO"),
+        setup=then(folder(), fifo("d/photo/dog/x.png")),
+        within=30,
+    ),
+    Case(
+        "image-socket",
+        RUN,
+        ("x.png", "socket"),
+        setup=then(folder(), unix_socket("d/art/cat/x.png")),
+        within=30,
+    ),
+    Case(
+        "image-dev-zero",
+        RUN,
+        ("x.png", "character device"),
+        setup=then(folder(), symlink("d/art/cat/x.png", "/dev/zero")),
+        within=30,
+    ),
+    Case(
+        "image-a-folder",
+        RUN,
+        ("x.png", "folder"),
+        setup=then(folder(), lambda tmp: (tmp / "d/art/dog/x.png").mkdir()),
+        within=30,
+    ),
+    Case(
+        "image-30000-square-header",
+        RUN,
+        ("big.png", "data.max_pixels 50000000"),
+        setup=then(folder(), write("d/photo/cat/big.png", png_header(30000, 30000))),
+        within=30,
+    ),
+    Case(
+        "image-just-past-max-pixels",
+        RUN,
+        ("data.max_pixels 63",),
+        setup=folder(**{"data.max_pixels": 63}),
+        within=30,
+    ),
+    Case(
+        "image-every-one-past-max-pixels-skipped",
+        RUN,
+        ("domain 'art' has no readable images",),
+        setup=then(
+            folder(
+                {"photo": {"cat": 10, "dog": 10}, "sketch": {"cat": 10, "dog": 10}},
+                **{"data.skip_unreadable": True},
+            ),
+            write("d/art/cat/a.png", png_header(10000, 10000)),
+            write("d/art/dog/b.png", png_header(8000, 8000)),
+        ),
+        within=30,
+    ),
+    # space paths: a folder part means that file; a bare name a file beside the recipe or a shipped space
+    bad_recipe(
+        "space-absolute-path-missing",
+        space_recipe("/nonexistent/dir/ibn_ratio.yaml"),
+        "no space file '/nonexistent/dir/ibn_ratio.yaml'",
+    ),
+    bad_recipe(
+        "space-relative-path-missing",
+        space_recipe("spaces/quickstart.yaml"),
+        "no space file 'spaces/quickstart.yaml'",
+    ),
+    bad_recipe(
+        "space-bare-name-missing", space_recipe("quickstartt"), "no space file 'quickstartt'", "quickstart"
+    ),
+    Case(
+        "space-path-a-folder", RUN, ("sp", "is a folder"), files={"r.yaml": space_recipe("./sp"), "sp/x": "x"}
+    ),
+    bad_recipe("space-path-dev-zero", space_recipe("/dev/zero"), "/dev/zero", "character device"),
+    # exporting a trial that did not complete needs --force
+    Case(
+        "export-failed-trial",
+        ["export", "<tmp>/run", "-o", "<tmp>/x.yaml", "--trial", "t001"],
+        ("trial t001 is failed", "--force"),
+        files={"good.yaml": recipe()},
+        setup=run_with(unfinished("t001", "failed")),
+    ),
+    Case(
+        "export-pruned-trial",
+        ["export", "<tmp>/run", "-o", "<tmp>/x.yaml", "--trial", "t002"],
+        ("trial t002 is pruned", "--force"),
+        files={"good.yaml": recipe()},
+        setup=run_with(unfinished("t002", "pruned")),
+    ),
+]
+
+CASES = [*RECIPES, *SPACES, *ARCHS, *DATA, *FLAGS, *OUTPUTS, *HOSTILE]
+
+
+def make_run(path: Path, good: Path, records: bool = True, extra: tuple[dict[str, Any], ...] = ()) -> Path:
     """A run folder as `run` leaves it after one finished trial: the resolved recipe and space (written by
-    the run folder's owner) and one complete trial's record."""
+    the run folder's owner) and one complete trial's record; `extra` records follow it."""
     from normsearch.recipe import load_recipe
     from normsearch.run.folder import RunFolder
 
@@ -1025,6 +1370,8 @@ def make_run(path: Path, good: Path, records: bool = True) -> Path:
                 "test": {"art": 55.0},
             }
         )
+        for record in extra:
+            run.append(record)
     return path
 
 
@@ -1039,6 +1386,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]
         good.write_text(recipe().replace("<data>", str(data)))
         run = make_run(base / "run", good)
         yield {"data": data, "good": good, "run": run}
+
+
+class Hung(BaseException):
+    """Raised by the alarm; a BaseException so that CliRunner does not swallow it as the command's own."""
 
 
 def snapshot(folder: Path) -> dict[str, bytes | None]:
@@ -1098,8 +1449,17 @@ def test_bad_input_is_one_line_and_exit_2(
     before = snapshot(tmp_path)
     run_before = snapshot(world["run"])
 
+    def hung(signum: int, frame: Any) -> None:
+        raise Hung(f"{case.id}: no answer within {case.within} s")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.setitimer(signal.ITIMER_REAL, case.within)
     tic = time.monotonic()
-    result = runner.invoke(app, [fill(arg) for arg in case.args])
+    try:
+        result = runner.invoke(app, [fill(arg) for arg in case.args])
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
     seconds = time.monotonic() - tic
 
     lines = result.stderr.strip().splitlines()
@@ -1115,3 +1475,33 @@ def test_bad_input_is_one_line_and_exit_2(
     assert snapshot(tmp_path) == before
     assert not (tmp_path / "out").is_dir() and not (tmp_path / "runs").exists()
     assert snapshot(world["run"]) == run_before
+
+
+def test_force_exports_a_failed_trial(world: dict[str, Path], tmp_path: Path) -> None:
+    """The refusal in `export-failed-trial` is a guard, not a wall: `--force` writes the configuration."""
+    good = tmp_path / "good.yaml"
+    good.write_text(recipe().replace("<data>", str(world["data"])))
+    run_with(unfinished("t001", "failed"))(tmp_path)
+    out = tmp_path / "x.yaml"
+    result = runner.invoke(
+        app, ["export", str(tmp_path / "run"), "--trial", "t001", "-o", str(out), "--force"]
+    )
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load(out.read_text())["provenance"]["trial"] == "t001"
+
+
+def test_dry_run_says_which_space_file_it_took(world: dict[str, Path], tmp_path: Path) -> None:
+    """A bare name is the file beside the recipe when there is one, else the shipped space: the dry run
+    names the file either way."""
+    mine = tmp_path / "quickstart.yaml"
+    mine.write_text(yaml.safe_dump(GOOD["search"]["space"]))
+    path = tmp_path / "r.yaml"
+    for spec, expected in (("quickstart.yaml", mine), ("nosuch", None)):
+        path.write_text(space_recipe(spec).replace("<data>", str(world["data"])))
+        result = runner.invoke(app, ["run", str(path), "--dry-run", "--output", str(tmp_path / "out")])
+        if expected is None:
+            assert result.exit_code == 2 and "no space file 'nosuch'" in result.stderr
+            continue
+        assert result.exit_code == 0, result.output
+        said = "".join(result.stdout.split())  # the table wraps long paths
+        assert "spacefile" in said and "".join(str(expected).split()) in said

@@ -139,3 +139,72 @@ def test_bad_recipe_on_the_cli_is_one_red_line_exit_2(tmp_path: Path) -> None:
     assert result.exit_code == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "train.epochs" in lines[0] and "greater than or equal to 1" in lines[0]
+
+
+# --- issue 20: strict recipes ------------------------------------------------------------------------
+AT_BOUND = {
+    ("train", "epochs"): 10_000,
+    ("train", "batch_size"): 65_536,
+    ("search", "num_samples"): 100_000,
+    ("search", "max_concurrent"): 1_024,
+    ("search", "seed"): 2**32 - 1,
+    ("seed",): 2**32 - 1,
+    ("data", "seed"): 2**32 - 1,
+    ("name",): "n" * 128,
+}
+
+
+@pytest.mark.parametrize("key", list(AT_BOUND), ids=lambda k: ".".join(k))
+def test_every_bound_admits_its_bound_and_refuses_one_past(tmp_path: Path, key: tuple[str, ...]) -> None:
+    """A bound is inclusive: the value at it loads, the next one is refused naming the key."""
+    value = AT_BOUND[key]
+    data = base()
+    node = data
+    for part in key[:-1]:
+        node = node.setdefault(part, {})
+    node[key[-1]] = value
+    recipe, _ = load_recipe(write(tmp_path, data))
+    section = recipe if len(key) == 1 else getattr(recipe, key[0])
+    assert getattr(section, key[-1]) == value
+    node[key[-1]] = value + "n" if isinstance(value, str) else value + 1
+    with pytest.raises(NormsearchError, match=rf"r\.yaml: {'.'.join(key)}: "):
+        load_recipe(write(tmp_path, data))
+
+
+def test_a_utf16_recipe_with_a_bom_reads_as_its_utf8_text(tmp_path: Path) -> None:
+    text = yaml.safe_dump({**base(), "description": "café ☕"}, allow_unicode=True)
+    (tmp_path / "u8.yaml").write_text(text, encoding="utf-8")
+    (tmp_path / "u16.yaml").write_bytes(text.encode("utf-16"))  # Python writes the BOM
+    (tmp_path / "u8bom.yaml").write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    loaded = [load_recipe(tmp_path / f)[0] for f in ("u8.yaml", "u16.yaml", "u8bom.yaml")]
+    assert loaded[0] == loaded[1] == loaded[2] and loaded[1].description == "café ☕"
+
+
+def test_duplicate_keys_name_both_lines_and_the_same_key_in_two_sections_is_fine(tmp_path: Path) -> None:
+    from normsearch.config import read_mapping
+
+    path = tmp_path / "r.yaml"
+    path.write_text("seed: 1\nsearch:\n  seed: 2\n  space: quickstart\ndata:\n  seed: 3\n")
+    assert read_mapping(path)["search"] == {"seed": 2, "space": "quickstart"}
+    path.write_text("a: 1\nb:\n  c: 2\n  d: 3\n  c: 4\n")
+    with pytest.raises(NormsearchError, match=r"r\.yaml: duplicate key 'c' at lines 3 and 5"):
+        read_mapping(path)
+    path.write_text("base: &b {x: 1}\nother:\n  <<: *b\n  y: 2\n")  # a merge key is not a duplicate
+    assert read_mapping(path)["other"] == {"x": 1, "y": 2}
+
+
+def test_numbers_are_taken_strictly_but_an_int_is_a_float(tmp_path: Path) -> None:
+    """`lr: 1` is a float field given an int (fine); `epochs: 2.0`, a bool or a quoted number are not."""
+    recipe, _ = load_recipe(write(tmp_path, {**base(), "train": {"lr": 1, "epochs": 2}}))
+    assert recipe.train.lr == 1.0 and recipe.train.epochs == 2
+    for bad, said in ((True, "bool true"), ("2", "str '2'"), (2.5, "epochs")):
+        with pytest.raises(NormsearchError, match=said):
+            load_recipe(write(tmp_path, {**base(), "train": {"epochs": bad}}))
+
+
+def test_an_empty_set_value_is_refused_and_null_still_removes_a_key(tmp_path: Path) -> None:
+    path = write(tmp_path, {**base(), "train": {"epochs": 3}})
+    with pytest.raises(NormsearchError, match=r"--set 'train.epochs=': no value"):
+        load_recipe(path, overrides=["train.epochs="])
+    recipe, _ = load_recipe(path, overrides=["train.epochs=null"])
+    assert recipe.train.epochs == 10  # the default, asked for explicitly

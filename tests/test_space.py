@@ -127,3 +127,31 @@ def test_continuous_space_has_no_size_but_is_probed() -> None:
     cont = space("params: {p: {type: float, low: 0.0, high: 1.0, path: norm.crossnorm.p}}")
     assert cont.size() is None
     assert cont.check(TINY, "inline") == 3
+
+
+# --- issue 20: which file a space string names ---------------------------------------------------------
+def test_a_bare_name_is_the_file_beside_the_recipe_else_the_shipped_space(tmp_path: Path) -> None:
+    mine = tmp_path / "quickstart.yaml"
+    mine.write_text("params:\n  x: {type: bool, path: norm.ibn.variant}\n")
+    beside = load_space("quickstart.yaml", relative_to=tmp_path)
+    assert beside.file == str(mine) and list(beside.params) == ["x"]
+    shipped = load_space("quickstart", relative_to=tmp_path)  # no file named `quickstart` beside it
+    assert shipped.file == str(ROOT / "normsearch" / "search_spaces" / "quickstart.yaml")
+    assert load_space({"params": {}}).file is None
+
+
+def test_a_path_with_a_folder_never_falls_back_to_a_shipped_space(tmp_path: Path) -> None:
+    for spec in ("/nonexistent/dir/ibn_ratio.yaml", "sub/ibn_ratio.yaml", str(tmp_path / "ibn_ratio")):
+        with pytest.raises(NormsearchError, match="no space file"):
+            load_space(spec, relative_to=tmp_path)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "ibn_ratio.yaml").write_text("params: {}\n")
+    assert load_space("sub/ibn_ratio.yaml", relative_to=tmp_path).file == str(tmp_path / "sub/ibn_ratio.yaml")
+
+
+def test_a_recipe_is_never_taken_for_its_own_space(tmp_path: Path) -> None:
+    """recipes/ibn_groups.yaml says `space: ibn_groups.yaml`: the shipped space, not the recipe beside it."""
+    recipe = tmp_path / "ibn_groups.yaml"
+    recipe.write_text("name: x\n")
+    found = load_space("ibn_groups.yaml", relative_to=tmp_path, exclude=recipe)
+    assert found.file == str(ROOT / "normsearch" / "search_spaces" / "ibn_groups.yaml")

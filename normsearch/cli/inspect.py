@@ -243,15 +243,26 @@ def export(
     test: Annotated[
         bool, typer.Option("--test", help="Also print the trial's test-domain accuracy.")
     ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Export a trial that did not complete (failed, pruned).")
+    ] = False,
 ) -> None:
     """Write one trial's ArchConfig with provenance (and its weights); `normsearch.build_model(FILE)`
     rebuilds it."""
     # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
-    from normsearch.results.front import export_trial, summarize
+    from normsearch.results.front import export_trial, find_trial, summarize
 
     if (trial is None) == (pick_rule is None):
         raise NormsearchError("export: give exactly one of --trial ID or --pick knee|max-target|max-source")
     summary = summarize(run_dir)
+    if trial is not None and not force:
+        # A failed or pruned configuration is not a result: exporting it must be asked for.
+        named = find_trial(summary.trials, trial)
+        if not named.complete:
+            raise NormsearchError(
+                f"--trial {trial}: trial {named.trial_id} is {named.status}, not complete; add --force to "
+                "export its configuration anyway"
+            )
     rule = pick_rule.value if pick_rule is not None else None
     chosen = export_trial(summary, out, trial, rule, max_source_drop, weights)
     metrics = chosen.metrics

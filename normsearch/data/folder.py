@@ -9,6 +9,8 @@ concurrent one) does not decode images again.
 from __future__ import annotations
 
 import hashlib
+import stat
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from normsearch.data.cache import cached
 from normsearch.data.domains import Domain, DomainSet
 from normsearch.errors import NormsearchError
 
+MAX_PIXELS = 50_000_000  # the default of data.max_pixels (data/spec.py says why)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 
 
@@ -40,10 +43,55 @@ def _files(domain_dir: Path) -> dict[str, list[Path]]:
     }
 
 
-def _decode(path: Path, size: int) -> torch.Tensor:
+class _Unreadable(Exception):
+    """An image file that is refused before (or instead of) decoding; skip_unreadable skips it."""
+
+
+_NOT_REGULAR = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def _check_regular(path: Path) -> None:
+    """Refuse anything but a regular file from `stat` alone: opening a FIFO named ``x.png`` blocks until a
+    writer comes (``run`` hung on one), and a device such as /dev/zero never ends."""
+    mode = path.stat().st_mode
+    for test, what in _NOT_REGULAR:
+        if test(mode):
+            raise _Unreadable(f"is {what}, not an image file")
+
+
+def _open_bounded(path: Path, max_pixels: int) -> Image.Image:
+    """Open an image reading its header only, refusing it when width × height exceeds `max_pixels`.
+
+    Pillow's own decompression-bomb check runs inside `Image.open` against a process-wide limit; it is set
+    to ours for the call (a warning above it, an error at twice it, both turned into our refusal)."""
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            handle = Image.open(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise _Unreadable(f"holds more than data.max_pixels {max_pixels} pixels") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+    width, height = handle.size
+    if width * height > max_pixels:  # formats whose size Pillow learns after open
+        handle.close()
+        raise _Unreadable(f"is {width}×{height} pixels, above data.max_pixels {max_pixels}")
+    return handle
+
+
+def _decode(path: Path, size: int, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
     # Pillow is what torchvision's ImageFolder loads with (`default_loader`); torchvision.io's decoders
     # are deprecated since torchvision 0.29.
-    with Image.open(path) as handle:
+    _check_regular(path)
+    with _open_bounded(path, max_pixels) as handle:
         return image_tensor(handle, size)
 
 
@@ -64,8 +112,11 @@ def load_folder(
     size: int = 32,
     skip_unreadable: bool = False,
     use_cache: bool = True,
+    max_pixels: int = MAX_PIXELS,
 ) -> tuple[DomainSet, FolderReport]:
-    """Load the named domains (default: all) of a DomainBed-style folder as a DomainSet."""
+    """Load the named domains (default: all) of a DomainBed-style folder as a DomainSet. An image file
+    that is not a regular file, holds more than `max_pixels` pixels or does not decode is one error line,
+    or with `skip_unreadable` is skipped and named in the report."""
     root = Path(root)
     if not root.is_dir():
         raise NormsearchError(f"data root {root}: no such folder")
@@ -105,6 +156,7 @@ def load_folder(
                 (
                     size,
                     skip_unreadable,
+                    max_pixels,
                     [
                         (str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns)
                         for paths in files.values()
@@ -115,7 +167,7 @@ def load_folder(
         ).hexdigest()[:20]
 
         def decode(name: str = name, files: dict[str, list[Path]] = files) -> tuple:
-            return _decode_domain(root, name, files, size, skip_unreadable)
+            return _decode_domain(root, name, files, size, skip_unreadable, max_pixels)
 
         if use_cache:
             entry = cached(name, key, decode)
@@ -135,15 +187,15 @@ def load_folder(
 
 
 def _decode_domain(
-    root: Path, name: str, files: dict[str, list[Path]], size: int, skip_unreadable: bool
+    root: Path, name: str, files: dict[str, list[Path]], size: int, skip_unreadable: bool, max_pixels: int
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Decode every image of one domain: (uint8 N×3×size×size, int64 labels, skipped relative paths)."""
     images, labels, skipped = [], [], []
     for label, paths in enumerate(files.values()):
         for path in paths:
             try:
-                images.append(_decode(path, size))
-            except (UnidentifiedImageError, ValueError, OSError) as error:
+                images.append(_decode(path, size, max_pixels))
+            except (_Unreadable, UnidentifiedImageError, ValueError, OSError) as error:
                 if not skip_unreadable:
                     raise NormsearchError(
                         f"{path}: unreadable image ({str(error).splitlines()[0][:80]}); set "

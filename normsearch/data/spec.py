@@ -10,6 +10,7 @@ recipe says ``selection: oracle``.
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,6 +22,12 @@ from normsearch.data.domains import Domain, DomainSet
 from normsearch.data.protocol import Unit, describe_rule, expand_units
 from normsearch.data.synthetic import STYLES, make_synthetic
 from normsearch.errors import NormsearchError
+
+SEED_MAX = 2**32 - 1  # numpy's seeds are 32-bit unsigned
+MAX_SYNTHETIC = 1_000_000  # images per split of a synthetic domain
+# Decoded pixels (width × height) an image file may hold, read from its header before decoding: a 30000×30000
+# PNG of a few kilobytes would otherwise take 2.7 GB to decode. 50 megapixels is a large photograph.
+MAX_PIXELS = 50_000_000
 
 _DERIVED = re.compile(r"^(?P<base>[^+@]+)\+(?P<corruption>[a-z_]+)@(?P<severity>\d)$")
 
@@ -90,15 +97,16 @@ class DataConfig(BaseModel):
     rotate: bool = False  # the `source` domains take turns as the held-out test domain
     normalize: Literal["auto", "source", "imagenet"] = "auto"  # auto: ImageNet's for pretrained weights
     size: int = Field(default=32, ge=8, le=512)
-    n_train: int = Field(default=4000, ge=10)
-    n_val: int = Field(default=500, ge=10)
-    n_test: int = Field(default=500, ge=10)
+    n_train: int = Field(default=4000, ge=10, le=MAX_SYNTHETIC)
+    n_val: int = Field(default=500, ge=10, le=MAX_SYNTHETIC)
+    n_test: int = Field(default=500, ge=10, le=MAX_SYNTHETIC)
     style_bias: float = Field(default=0.8, ge=0.0, le=1.0)
     glyph_scale: tuple[float, float] = (0.28, 0.42)  # glyph radius as a fraction of the image side
     val_fraction: float = Field(default=0.1, gt=0.0, lt=0.5)
     test_fraction: float = Field(default=0.1, gt=0.0, lt=0.5)
-    skip_unreadable: bool = False
-    seed: int = 0
+    skip_unreadable: bool = False  # skip (and name) unreadable, non-regular or oversized image files
+    max_pixels: int = Field(default=MAX_PIXELS, ge=1, le=2**31 - 1)  # per image, checked before decoding
+    seed: int = Field(default=0, ge=0, le=SEED_MAX)
 
     @model_validator(mode="before")
     @classmethod
@@ -232,9 +240,14 @@ def load_data(config: DataConfig) -> DomainSet:
     else:
         from normsearch.data.folder import load_folder
 
-        data, _ = load_folder(
-            Path(config.root or "."), stored, config.size, skip_unreadable=config.skip_unreadable
+        data, report = load_folder(
+            Path(config.root or "."),
+            stored,
+            config.size,
+            skip_unreadable=config.skip_unreadable,
+            max_pixels=config.max_pixels,
         )
+        _note_skipped(config.root or ".", report.skipped)
         fractions = {
             "train": 1 - config.val_fraction - config.test_fraction,
             "val": config.val_fraction,
@@ -255,6 +268,18 @@ def load_data(config: DataConfig) -> DomainSet:
                 seed=config.seed * 1000 + index,
             )
     return DomainSet(data.classes, domains)
+
+
+def _note_skipped(root: str, skipped: dict[str, list[str]]) -> None:
+    """One line on stderr naming what `skip_unreadable` left out, so that a skip is never silent."""
+    files = [path for paths in skipped.values() for path in paths]
+    if files:
+        more = f" and {len(files) - 1} more" if len(files) > 1 else ""
+        print(
+            f"note: data root {root}: skipped {len(files)} unreadable file(s) (data.skip_unreadable): "
+            f"{files[0]}{more}",
+            file=sys.stderr,
+        )
 
 
 def _check_splits(domain: Domain, classes: list[str], fractions: dict[str, float], root: str) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ class Preflight:
     domains: dict[str, int]  # domain -> images
     classes: int
     data_seconds: float
+    space_file: str = "inline"  # the file search.space named (a bare name may be a shipped space)
 
 
 def network_count(recipe: Recipe, space: Space) -> int | None:
@@ -127,7 +128,8 @@ def preflight(recipe: Recipe, space: Space, output: Path | None) -> Preflight:
     networks = check_networks(recipe, space)
     check_weights(recipe)
     domains, classes, seconds = check_data(recipe)
-    return Preflight(trial_budget(recipe, space), space.size(), networks, domains, classes, seconds)
+    found = Preflight(trial_budget(recipe, space), space.size(), networks, domains, classes, seconds)
+    return replace(found, space_file=space.file or "inline (in the recipe)")
 
 
 def estimate_seconds(recipe: Recipe, trials: int, steps: int = 3) -> tuple[float, float]:
@@ -167,6 +169,7 @@ def estimate_seconds(recipe: Recipe, trials: int, steps: int = 3) -> tuple[float
 def describe(pre: Preflight) -> dict[str, Any]:
     """The checks' findings as plain values (for the dry run's table)."""
     return {
+        "space file": pre.space_file,
         "trials": pre.trials,
         "space size": pre.size if pre.size is not None else "continuous",
         "networks built": pre.networks,

@@ -67,3 +67,40 @@ def test_unreadable_image_named_or_skipped(tmp_path: Path) -> None:
         load_folder(root)
     ds, report = load_folder(root, skip_unreadable=True)
     assert len(ds["art"]) == 4 and report.skipped["art"] == ["art/dog/broken.png"]
+
+
+# --- issue 20: special files and pixel bombs ------------------------------------------------------------
+def test_a_fifo_is_skipped_unopened_and_named_with_skip_unreadable(tmp_path: Path) -> None:
+    """A FIFO named x.png would block the loader forever if opened; with skip_unreadable it is skipped (and
+    reported), without it refused: both from `stat` alone, so this test returns at once."""
+    root = _tree(tmp_path / "d", {"a": {"c0": 2, "c1": 2}})
+    import os
+
+    os.mkfifo(root / "a" / "c0" / "x.png")
+    data, report = load_folder(root, size=8, skip_unreadable=True)
+    assert len(data["a"]) == 4 and report.skipped["a"] == ["a/c0/x.png"]
+    with pytest.raises(NormsearchError, match=r"x\.png: unreadable image \(is a FIFO"):
+        load_folder(root, size=8, use_cache=False)
+
+
+def test_max_pixels_is_inclusive_and_read_from_the_header(tmp_path: Path) -> None:
+    root = _tree(tmp_path / "d", {"a": {"c0": 2, "c1": 2}}, size=8)  # 8 × 12 = 96 pixels each
+    data, _ = load_folder(root, size=8, max_pixels=96, use_cache=False)
+    assert len(data["a"]) == 4
+    with pytest.raises(NormsearchError, match=r"above data.max_pixels 95|more than data.max_pixels 95"):
+        load_folder(root, size=8, max_pixels=95, use_cache=False)
+    # A 30000 × 30000 header over a few bytes of data: refused by its header, Pillow's bomb error never seen.
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0))
+    (root / "a" / "c1" / "big.png").write_bytes(b"\x89PNG\r\n\x1a\n" + header + chunk(b"IEND", b""))
+    with pytest.raises(
+        NormsearchError, match=r"big\.png: unreadable image \(holds more than data.max_pixels"
+    ):
+        load_folder(root, size=8, use_cache=False)
+    _, report = load_folder(root, size=8, skip_unreadable=True, use_cache=False)
+    assert report.skipped["a"] == ["a/c1/big.png"]
