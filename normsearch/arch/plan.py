@@ -15,6 +15,9 @@ from typing import Literal
 from normsearch.errors import NormsearchError
 from normsearch.norms.spec import NormSpec
 
+# Inserted modules by name, in the order they run where several sit at one position.
+INSERT_KINDS: tuple[str, ...] = ("crossnorm", "selfnorm", "mixstyle", "dsu")
+
 Position = Literal["residual", "identity", "pre", "post"]
 POSITIONS: tuple[str, ...] = ("residual", "identity", "pre", "post")
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from normsearch.arch.plan import CrossNormSchedule, Insert, NormPlan, SwitchSchedule
+from normsearch.arch.rules_augment import augment_inserts, dson_slots
 from normsearch.arch.structure import Structure, UnitInfo
 from normsearch.errors import NormsearchError
 from normsearch.norms.spec import NormSpec
@@ -166,6 +167,7 @@ def resolve_plan(structure: Structure, norm: NormConfig, source: str = "config")
         switch_schedule = SwitchSchedule(
             hard_at=sw.hard_at if sw.mode == "soft" else None, batch_average=sw.batch_average
         )
+    dson_slots(structure, norm.dson, slots, source)
     for slot, text in norm.overrides.items():
         if slot not in slots and slot not in post_names:
             example = ", ".join(list(channels)[:2] + list(post_names)[:1])
@@ -218,6 +220,7 @@ def resolve_plan(structure: Structure, norm: NormConfig, source: str = "config")
         for unit in units:
             if rule.position in unit.positions:
                 inserts[unit.child(name)] = Insert(spec, rule.position, unit.positions[rule.position])
+    inserts.update(augment_inserts(structure, norm.mixstyle, norm.dsu, source))
     unit_rank = {u.name: u.number for u in structure.units}
     return NormPlan(
         slots=ordered,

@@ -40,3 +40,25 @@ def checked_domains(layer: nn.Module, batch: int, name: str) -> torch.Tensor:
     if labels.shape != (batch,):
         raise NormsearchError(f"{name}: {tuple(labels.shape)} domain labels for a batch of {batch} images")
     return labels
+
+
+def routed_layers(model: nn.Module, sources: int) -> int:
+    """How many layers of `model` read domain labels, after checking that they fit a run on `sources`
+    source domains (a DSON layer has one branch per source; cross-domain MixStyle needs two or more).
+    Random-pairing MixStyle reads none."""
+    count = 0
+    for name, layer in model.named_modules():
+        if not getattr(layer, "uses_domains", False):
+            continue
+        if hasattr(layer, "num_domains") and layer.num_domains != sources:
+            raise NormsearchError(
+                f"{name}: dson:domains={layer.num_domains}, but the recipe trains on {sources} source "
+                f"domain(s); set norm.dson.domains to {sources}"
+            )
+        if getattr(layer, "mix", None) == "crossdomain" and sources < 2:
+            raise NormsearchError(
+                f"{name}: mixstyle mix=crossdomain needs two or more source domains; this recipe has one "
+                "(use mix: random)"
+            )
+        count += getattr(layer, "mix", "crossdomain") == "crossdomain" or hasattr(layer, "num_domains")
+    return count

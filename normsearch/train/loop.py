@@ -43,10 +43,12 @@ from normsearch.data.pipeline import (
     AugmentConfig,
     Standardizer,
     balanced_batches,
+    domain_labels,
     make_augment,
 )
 from normsearch.data.protocol import Unit
 from normsearch.data.spec import DataConfig, group_means
+from normsearch.norms.domains import routed_layers, set_domains
 from normsearch.norms.sparse_switchable import set_sparse_progress
 from normsearch.train.evaluation import UnitSets, epoch_metrics, final_accuracies, unit_sets
 from normsearch.train.initialise import starting_model, trained_checkpoint
@@ -198,6 +200,7 @@ def train_candidate(
         hard_epoch = min(config.epochs - 1, math.ceil(plan.switchable.hard_at * config.epochs))
     batch_average = bool(plan.switchable and plan.switchable.batch_average)
     sparse = set_sparse_progress(model, 0.0) > 0
+    routed = routed_layers(model, len(train_parts))  # DSON / cross-domain MixStyle: the batch's domains
 
     def evaluate() -> None:
         if policy:
@@ -241,6 +244,8 @@ def train_candidate(
         for step, (x, y) in enumerate(balanced_batches(train_parts, config.batch_size, generator, augment)):
             if policy:
                 policy.step()
+            if routed:
+                set_domains(model, domain_labels(len(y), len(train_parts)).to(dev))
             if sparse:  # Sparse SN anneals its radius over training (SSN §3.3)
                 set_sparse_progress(
                     model, (epoch * steps_per_epoch + step) / (config.epochs * steps_per_epoch)
