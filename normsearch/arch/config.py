@@ -320,6 +320,19 @@ class NormConfig(_Strict):
     dson: DSONRule | None = None
     overrides: dict[str, str] = Field(default_factory=dict)
     input: Literal["none", "instance"] = "none"
+    # Test-time statistics of the BN-like layers: running | batch | adabn | mix:alpha=A (norms/running.py);
+    # evaluation only, training is the same whatever the policy.
+    inference: str = "running"
+
+    @field_validator("inference")
+    @classmethod
+    def _inference_policy(cls, value: str) -> str:
+        from normsearch.norms.running import StatsPolicy
+
+        try:
+            return str(StatsPolicy.parse(value))
+        except NormsearchError as error:
+            raise ValueError(str(error)) from None
 
     @field_validator("default")
     @classmethod

@@ -58,6 +58,7 @@ class NormPlan:
     input_norm: str = "none"
     crossnorm: CrossNormSchedule | None = None
     switchable: SwitchSchedule | None = None
+    inference: str = "running"  # test-time statistics of the BN-like layers (norms.running.StatsPolicy)
 
     def __getitem__(self, slot: str) -> NormSpec:
         try:

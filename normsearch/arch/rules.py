@@ -231,6 +231,7 @@ def resolve_plan(structure: Structure, norm: NormConfig, source: str = "config")
         input_norm=norm.input,
         crossnorm=cn_schedule,
         switchable=switch_schedule,
+        inference=norm.inference,
     )
 
 

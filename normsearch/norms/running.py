@@ -125,6 +125,7 @@ def recalibrate_bn(model: nn.Module, batches: Iterable[Any], n: int) -> int:
 
 
 POLICIES = ("running", "batch", "adabn", "mix")
+ADAPTATION = "test-time adaptation, not plain DG"
 
 
 @dataclass(frozen=True)
@@ -244,3 +245,17 @@ def inference_statistics(
         for handle in handles:
             handle.remove()
         _restore(layers, saved)
+
+
+def statistics_statement(policies: Iterable[StatsPolicy | str]) -> str:
+    """The line every results header carries: which test-time statistics the numbers were measured with,
+    and which of those policies read unlabelled test-domain images (test-time adaptation)."""
+    parsed = sorted({str(StatsPolicy.parse(p)): StatsPolicy.parse(p) for p in policies}.items()) or [
+        ("running", StatsPolicy())
+    ]
+    text = "test-time statistics: " + ", ".join(name for name, _ in parsed)
+    adapting = [name for name, policy in parsed if policy.uses_test_images]
+    if not adapting:
+        return text + " (BN running averages from training)"
+    verb = "uses" if len(adapting) == 1 else "use"
+    return f"{text}; {', '.join(adapting)} {verb} unlabelled test-domain images ({ADAPTATION})"

@@ -272,7 +272,7 @@ def train_candidate(
             raise Diverged(f"{'NaN' if math.isnan(epoch_loss) else 'infinite'} loss at epoch {epoch + 1}")
         evaluate()
         with autocast(dev, config.precision):
-            measured = epoch_metrics(model, sets, standardize)
+            measured = epoch_metrics(model, sets, standardize, plan.inference)
         metrics: dict[str, Any] = {
             "epoch": epoch + 1,
             "loss": epoch_loss,
@@ -290,7 +290,8 @@ def train_candidate(
             # Once, after training: the source's and every target's test split, kept apart from what
             # selection saw (the search's objectives never read these).
             with autocast(dev, config.precision):
-                test = final_accuracies(model, data, unit, standardize, lambda t: place(t, dev))
+                on_device = lambda t: place(t, dev)  # noqa: E731
+                test = final_accuracies(model, data, unit, standardize, on_device, plan.inference)
             metrics["test"] = test
         history.append(metrics)
         if snapshot is not None:

@@ -9,7 +9,7 @@ from torch import nn
 
 from normsearch.errors import NormsearchError
 from normsearch.norms import make_norm
-from normsearch.norms.running import StatsPolicy, inference_statistics
+from normsearch.norms.running import StatsPolicy, inference_statistics, statistics_statement
 
 
 def _bn(x, mean, var, gamma, beta, eps=1e-5):
@@ -123,3 +123,12 @@ def test_policy_text_round_trips_and_bad_text_is_one_clear_error() -> None:
     for bad in ("tent", "mix", "mix:alpha=2", "batch:alpha=0.5", "mix:beta=0.5"):
         with pytest.raises(NormsearchError, match="test-time statistics"):
             StatsPolicy.parse(bad)
+
+
+def test_the_statement_names_every_policy_and_which_adapt_to_the_test_domain() -> None:
+    assert statistics_statement([]) == "test-time statistics: running (BN running averages from training)"
+    text = statistics_statement(["running", "adabn", "mix:alpha=0.5", "adabn"])
+    assert text == (
+        "test-time statistics: adabn, mix:alpha=0.5, running; adabn, mix:alpha=0.5 use unlabelled "
+        "test-domain images (test-time adaptation, not plain DG)"
+    )
