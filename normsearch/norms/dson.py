@@ -71,43 +71,55 @@ class DSON(nn.Module):
         self.running_mean.copy_(running_mean.expand_as(self.running_mean))
         self.running_var.copy_(running_var.expand_as(self.running_var))
 
-    def branch(self, x: torch.Tensor, d: int, bn_mean: torch.Tensor, bn_var: torch.Tensor) -> torch.Tensor:
-        """Branch d's output for `x` given the BN statistics (C,) it normalizes with (the equations above)."""
-        mu_in = x.mean(dim=(2, 3), keepdim=True)
-        var_in = x.var(dim=(2, 3), keepdim=True, unbiased=False)
+    def branch_affine(
+        self, d: int, mu_in: torch.Tensor, var_in: torch.Tensor, bn_mean: torch.Tensor, bn_var: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Branch d as a per-(image, channel) scale and shift: y = x·scale + shift (the equations above), from
+        the images' IN statistics (M, C) and the BN statistics (C,) it normalizes with."""
         w = self.mix_weight[d].clamp(0.0, 1.0)
-        mu = w * bn_mean.view(1, -1, 1, 1) + (1 - w) * mu_in
-        var = w * bn_var.view(1, -1, 1, 1) + (1 - w) * var_in
-        scale = self.weight[d].view(1, -1, 1, 1) * (var + self.eps).rsqrt()
-        return (x - mu) * scale + self.bias[d].view(1, -1, 1, 1)
+        mu = w * bn_mean + (1 - w) * mu_in
+        var = w * bn_var + (1 - w) * var_in
+        scale = self.weight[d] * (var + self.eps).rsqrt()
+        return scale, self.bias[d] - mu * scale
 
     @float32_forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Everything but the last step is (N, C)-sized: the BN statistics of a domain come from its images'
+        # IN statistics (law of total variance), so the map is read once for them and once for the output.
+        var_in, mu_in = torch.var_mean(x, dim=(2, 3), correction=0)
         if not self.training:
-            outs = [
-                self.branch(x, d, self.running_mean[d], self.running_var[d]) for d in range(self.num_domains)
+            pairs = [
+                self.branch_affine(d, mu_in, var_in, self.running_mean[d], self.running_var[d])
+                for d in range(self.num_domains)
             ]
-            return torch.stack(outs).mean(0)
+            # The average of D affine maps of x is the affine map with the averaged scale and shift.
+            scale = torch.stack([p[0] for p in pairs]).mean(0)
+            shift = torch.stack([p[1] for p in pairs]).mean(0)
+            return torch.addcmul(shift[..., None, None], x, scale[..., None, None])
         if self.num_domains == 1:
             labels = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
         else:
             labels = checked_domains(self, x.shape[0], "dson").to(x.device)
         if int(labels.min()) < 0 or int(labels.max()) >= self.num_domains:
             raise NormsearchError(f"dson: domain labels must be in 0..{self.num_domains - 1} (domains)")
-        parts, order = [], []
+        scales, shifts, order = [], [], []
         for d in range(self.num_domains):
             index = (labels == d).nonzero().flatten()
             if len(index) == 0:
                 continue
-            xd = x.index_select(0, index)
-            mean = xd.mean(dim=(0, 2, 3))
-            var = xd.var(dim=(0, 2, 3), unbiased=False)
-            self._update_running(d, mean, var, xd.numel() // xd.shape[1])
-            parts.append(self.branch(xd, d, mean, var))
+            m, v = mu_in.index_select(0, index), var_in.index_select(0, index)
+            mean = m.mean(0)
+            var = v.mean(0) + (m - mean).square().mean(0)  # biased, over the domain's (n, H, W)
+            self._update_running(d, mean, var, len(index) * x.shape[2] * x.shape[3])
+            scale, shift = self.branch_affine(d, m, v, mean, var)
+            scales.append(scale)
+            shifts.append(shift)
             order.append(index)
         inverse = torch.empty_like(labels)
         inverse[torch.cat(order)] = torch.arange(len(labels), device=labels.device)
-        return torch.cat(parts).index_select(0, inverse)
+        scale = torch.cat(scales).index_select(0, inverse)
+        shift = torch.cat(shifts).index_select(0, inverse)
+        return torch.addcmul(shift[..., None, None], x, scale[..., None, None])
 
     @torch.no_grad()
     def _update_running(self, d: int, mean: torch.Tensor, var: torch.Tensor, count: int) -> None:

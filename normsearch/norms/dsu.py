@@ -33,14 +33,16 @@ EPS = 1e-6  # the released eps inside the square roots
 def dsu(x: torch.Tensor, noise_mu: torch.Tensor, noise_sigma: torch.Tensor, eps: float = EPS) -> torch.Tensor:
     """The DSU equations for given standard-normal draws `noise_mu`, `noise_sigma` of shape (B, C)."""
     b, c = x.shape[:2]
-    mu = x.mean(dim=(2, 3))
-    sig = (x.var(dim=(2, 3), unbiased=x.shape[2] * x.shape[3] > 1) + eps).sqrt()
+    var, mu = torch.var_mean(x, dim=(2, 3), correction=int(x.shape[2] * x.shape[3] > 1))
+    sig = (var + eps).sqrt()
     spread_mu = (mu.var(dim=0, keepdim=True, unbiased=b > 1) + eps).sqrt()
     spread_sig = (sig.var(dim=0, keepdim=True, unbiased=b > 1) + eps).sqrt()
     beta = mu + noise_mu.to(x.dtype) * spread_mu
     gamma = sig + noise_sigma.to(x.dtype) * spread_sig
-    normed = (x - mu.view(b, c, 1, 1)) / sig.view(b, c, 1, 1)
-    return normed * gamma.view(b, c, 1, 1) + beta.view(b, c, 1, 1)
+    # (x - mu) / sig * gamma + beta as one (B, C)-sized scale and shift: one pass over the map (autograd
+    # still differentiates through mu and sig, as the release does).
+    scale = gamma / sig
+    return torch.addcmul((beta - mu * scale).view(b, c, 1, 1), x, scale.view(b, c, 1, 1))
 
 
 class DSU(nn.Module):

@@ -42,8 +42,7 @@ EPS = 1e-6  # the released eps inside the sqrt
 def instance_stats(x: torch.Tensor, eps: float = EPS) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-instance, per-channel mean and std over (H, W), shaped (N, C, 1, 1); unbiased variance as
     released (biased on a single pixel, where the unbiased one is undefined)."""
-    mu = x.mean(dim=(2, 3), keepdim=True)
-    var = x.var(dim=(2, 3), keepdim=True, unbiased=x.shape[2] * x.shape[3] > 1)
+    var, mu = torch.var_mean(x, dim=(2, 3), keepdim=True, correction=int(x.shape[2] * x.shape[3] > 1))
     return mu, (var + eps).sqrt()
 
 
@@ -54,7 +53,9 @@ def mixstyle(x: torch.Tensor, lam: torch.Tensor, partner: torch.Tensor, eps: flo
     lam = lam.to(x.dtype).view(-1, 1, 1, 1)
     mu_mix = lam * mu + (1 - lam) * mu[partner]
     sig_mix = lam * sig + (1 - lam) * sig[partner]
-    return (x - mu) / sig * sig_mix + mu_mix
+    # (x - mu) / sig * sig_mix + mu_mix as one (N, C)-sized scale and shift: one pass over the map.
+    scale = sig_mix / sig
+    return torch.addcmul(mu_mix - mu * scale, x, scale)
 
 
 def crossdomain_partners(labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
