@@ -6,8 +6,9 @@ batch (torch's 0.1 is the released SN code's 0.9), `momentum=None` means a cumul
 batches seen since the last `reset_running_stats()`, `running_var` starts at 1.
 
 Test-time statistics (`StatsPolicy`, applied by `inference_statistics`), for every BN-like layer: torch's
-BatchNorm, IBN's BN part and Switchable Norm's BN part (IN, LN and GN parts are per-sample anyway and are
-left alone; so is DSON, whose per-domain branches keep their running statistics):
+BatchNorm (SelfNorm's BatchNorm1d included), IBN's BN part and Switchable Norm's BN part (IN, LN and GN parts
+are per-sample anyway and are left alone; so is DSON, whose per-domain branches keep their running
+statistics):
 
 - ``running``: the running averages from training (the default; plain domain generalization).
 - ``batch``: each test batch's own mean and (biased) variance, prediction-time BN (Nado et al., "Evaluating
