@@ -64,3 +64,17 @@ def test_the_inference_policy_changes_evaluation_only(two) -> None:
     )
     # ... measured differently: AdaBN re-estimates the statistics on each evaluated domain.
     assert running.test != adabn.test
+
+
+def test_resume_gives_the_uninterrupted_numbers_with_mixstyle_dsu_and_dson(two) -> None:
+    # The layers' own generators are part of the training state, so a resumed run draws what the
+    # uninterrupted one drew.
+    arch = _arch({"dson": {}, "mixstyle": {"mix": "crossdomain"}, "dsu": {"stages": [2]}})
+    config = TrainConfig(epochs=2, batch_size=30)
+    states = []
+    whole = train_candidate(arch, two, TWO, config, seed=4, threads=1, snapshot=states.append)
+    resumed = train_candidate(arch, two, TWO, config, seed=4, threads=1, resume=states[0])
+    timing = ("epoch_seconds", "images_per_s")
+    strip = [[{k: v for k, v in h.items() if k not in timing} for h in r.history] for r in (whole, resumed)]
+    assert strip[0] == strip[1]
+    assert {"module:layer1.0.mixstyle", "module:layer2.0.dsu"} <= set(states[0].generators)
