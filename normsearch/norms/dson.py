@@ -31,6 +31,7 @@ from torch import nn
 
 from normsearch.errors import NormsearchError
 from normsearch.norms._amp import float32_forward
+from normsearch.norms._stats import stat_affine
 from normsearch.norms.domains import checked_domains
 
 
@@ -72,36 +73,62 @@ class DSON(nn.Module):
         self.running_var.copy_(running_var.expand_as(self.running_var))
 
     def branch_affine(
-        self, d: int, mu_in: torch.Tensor, var_in: torch.Tensor, bn_mean: torch.Tensor, bn_var: torch.Tensor
+        self,
+        d: int,
+        mu_in: torch.Tensor,
+        var_in: torch.Tensor,
+        bn_mean: torch.Tensor,
+        bn_var: torch.Tensor,
+        params: tuple[torch.Tensor, ...] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Branch d as a per-(image, channel) scale and shift: y = x·scale + shift (the equations above), from
-        the images' IN statistics (M, C) and the BN statistics (C,) it normalizes with."""
-        w = self.mix_weight[d].clamp(0.0, 1.0)
+        the images' IN statistics (M, C) and the BN statistics (C,) it normalizes with. `params`: (weight,
+        bias, mix_weight) as `stat_affine` hands them to its function (default: the layer's own)."""
+        weight, bias, mix = params if params is not None else (self.weight, self.bias, self.mix_weight)
+        w = mix[d].clamp(0.0, 1.0)
         mu = w * bn_mean + (1 - w) * mu_in
         var = w * bn_var + (1 - w) * var_in
-        scale = self.weight[d] * (var + self.eps).rsqrt()
-        return scale, self.bias[d] - mu * scale
+        scale = weight[d] * (var + self.eps).rsqrt()
+        return scale, bias[d] - mu * scale
 
     @float32_forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Everything but the last step is (N, C)-sized: the BN statistics of a domain come from its images'
-        # IN statistics (law of total variance), so the map is read once for them and once for the output.
-        var_in, mu_in = torch.var_mean(x, dim=(2, 3), correction=0)
-        if not self.training:
+        # Everything but the output is (N, C)-sized: a domain's BN statistics come from its images' IN
+        # statistics (law of total variance), and `stat_affine` reads the map once for them and writes the
+        # output as (x - mu_in)·S + T, with S and T from `_scale_shift` under autograd.
+        labels = None
+        if self.training:
+            if self.num_domains == 1:
+                labels = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+            else:
+                labels = checked_domains(self, x.shape[0], "dson").to(x.device)
+            if int(labels.min()) < 0 or int(labels.max()) >= self.num_domains:
+                raise NormsearchError(f"dson: domain labels must be in 0..{self.num_domains - 1} (domains)")
+        pixels = x.shape[2] * x.shape[3]
+        return stat_affine(
+            x,
+            lambda stats, *params: self._scale_shift(stats[0], labels, pixels, params),
+            (self.weight, self.bias, self.mix_weight),
+        )
+
+    def _scale_shift(
+        self,
+        stats: tuple[torch.Tensor, torch.Tensor],
+        labels: torch.Tensor | None,
+        pixels: int,
+        params: tuple[torch.Tensor, ...],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """S and T of y = (x - mu_in)·S + T: routed by `labels` in training, the branch average at test."""
+        mu_in, var_in = stats
+        if labels is None:
+            # The average of D affine maps of x is the affine map with the averaged scale and shift.
             pairs = [
-                self.branch_affine(d, mu_in, var_in, self.running_mean[d], self.running_var[d])
+                self.branch_affine(d, mu_in, var_in, self.running_mean[d], self.running_var[d], params)
                 for d in range(self.num_domains)
             ]
-            # The average of D affine maps of x is the affine map with the averaged scale and shift.
             scale = torch.stack([p[0] for p in pairs]).mean(0)
             shift = torch.stack([p[1] for p in pairs]).mean(0)
-            return torch.addcmul(shift[..., None, None], x, scale[..., None, None])
-        if self.num_domains == 1:
-            labels = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-        else:
-            labels = checked_domains(self, x.shape[0], "dson").to(x.device)
-        if int(labels.min()) < 0 or int(labels.max()) >= self.num_domains:
-            raise NormsearchError(f"dson: domain labels must be in 0..{self.num_domains - 1} (domains)")
+            return scale, shift + mu_in * scale
         scales, shifts, order = [], [], []
         for d in range(self.num_domains):
             index = (labels == d).nonzero().flatten()
@@ -110,16 +137,14 @@ class DSON(nn.Module):
             m, v = mu_in.index_select(0, index), var_in.index_select(0, index)
             mean = m.mean(0)
             var = v.mean(0) + (m - mean).square().mean(0)  # biased, over the domain's (n, H, W)
-            self._update_running(d, mean, var, len(index) * x.shape[2] * x.shape[3])
-            scale, shift = self.branch_affine(d, m, v, mean, var)
+            self._update_running(d, mean, var, len(index) * pixels)
+            scale, shift = self.branch_affine(d, m, v, mean, var, params)
             scales.append(scale)
-            shifts.append(shift)
+            shifts.append(shift + m * scale)
             order.append(index)
         inverse = torch.empty_like(labels)
         inverse[torch.cat(order)] = torch.arange(len(labels), device=labels.device)
-        scale = torch.cat(scales).index_select(0, inverse)
-        shift = torch.cat(shifts).index_select(0, inverse)
-        return torch.addcmul(shift[..., None, None], x, scale[..., None, None])
+        return torch.cat(scales).index_select(0, inverse), torch.cat(shifts).index_select(0, inverse)
 
     @torch.no_grad()
     def _update_running(self, d: int, mean: torch.Tensor, var: torch.Tensor, count: int) -> None:

@@ -26,23 +26,29 @@ from torch import nn
 
 from normsearch.errors import NormsearchError
 from normsearch.norms._amp import float32_forward
+from normsearch.norms._stats import Stats, stat_affine
 
 EPS = 1e-6  # the released eps inside the square roots
 
 
 def dsu(x: torch.Tensor, noise_mu: torch.Tensor, noise_sigma: torch.Tensor, eps: float = EPS) -> torch.Tensor:
     """The DSU equations for given standard-normal draws `noise_mu`, `noise_sigma` of shape (B, C)."""
-    b, c = x.shape[:2]
-    var, mu = torch.var_mean(x, dim=(2, 3), correction=int(x.shape[2] * x.shape[3] > 1))
-    sig = (var + eps).sqrt()
-    spread_mu = (mu.var(dim=0, keepdim=True, unbiased=b > 1) + eps).sqrt()
-    spread_sig = (sig.var(dim=0, keepdim=True, unbiased=b > 1) + eps).sqrt()
-    beta = mu + noise_mu.to(x.dtype) * spread_mu
-    gamma = sig + noise_sigma.to(x.dtype) * spread_sig
-    # (x - mu) / sig * gamma + beta as one (B, C)-sized scale and shift: one pass over the map (autograd
-    # still differentiates through mu and sig, as the release does).
-    scale = gamma / sig
-    return torch.addcmul((beta - mu * scale).view(b, c, 1, 1), x, scale.view(b, c, 1, 1))
+    b = x.shape[0]
+    hw = x.shape[2] * x.shape[3]
+    correction = hw / (hw - 1) if hw > 1 else 1.0  # the released unbiased variance over (H, W)
+
+    def scale_shift(stats: Stats) -> tuple[torch.Tensor, torch.Tensor]:
+        # (x - mu) / sig · gamma + beta = (x - mu)·S + T with S = gamma / sig, T = beta; autograd
+        # differentiates through mu and sig (as released), on (B, C) tensors only (`stat_affine`).
+        mu, var = stats[0]
+        sig = (var * correction + eps).sqrt()
+        spread_mu = (mu.var(dim=0, keepdim=True, unbiased=b > 1) + eps).sqrt()
+        spread_sig = (sig.var(dim=0, keepdim=True, unbiased=b > 1) + eps).sqrt()
+        beta = mu + noise_mu.to(mu) * spread_mu
+        gamma = sig + noise_sigma.to(mu) * spread_sig
+        return gamma / sig, beta
+
+    return stat_affine(x, scale_shift)
 
 
 class DSU(nn.Module):

@@ -97,3 +97,26 @@ def test_training_without_labels_is_a_clear_error() -> None:
         layer(torch.randn(4, 3, 4, 4))
     # One domain needs no labels: every image is domain 0.
     DSON(3, domains=1)(torch.randn(4, 3, 4, 4))
+
+
+def test_training_gradients_equal_autograd_through_the_equations() -> None:
+    x = (torch.randn(6, 3, 4, 5, dtype=torch.float64) * 2).requires_grad_(True)
+    labels = torch.tensor([1, 0, 1, 0, 0, 1])
+    upstream = torch.randn(6, 3, 4, 5, dtype=torch.float64)
+    layer = _layer()
+    set_domains(layer, labels)
+    (layer(x) * upstream).sum().backward()
+    fused = [x.grad.clone(), layer.weight.grad.clone(), layer.mix_weight.grad.clone()]
+    x.grad = None
+    reference = _layer()
+    y = torch.empty_like(x)
+    for d in (0, 1):
+        xd = x[labels == d]
+        mean = xd.mean(dim=(0, 2, 3))
+        var = ((xd - mean.view(1, -1, 1, 1)) ** 2).mean(dim=(0, 2, 3))
+        y[labels == d] = _branch(
+            xd, reference.weight[d], reference.bias[d], reference.mix_weight[d], mean, var
+        )
+    (y * upstream).sum().backward()
+    for got, want in zip(fused, [x.grad, reference.weight.grad, reference.mix_weight.grad], strict=True):
+        torch.testing.assert_close(got, want)

@@ -108,3 +108,22 @@ def test_dsu_noise_is_the_layers_own_seeded_stream() -> None:
     assert torch.equal(a(x), b(x))
     a.eval()
     assert torch.equal(a(x), x)
+
+
+def test_dsu_gradient_flows_through_the_statistics_as_released() -> None:
+    # The fused kernel's input gradient against autograd through the equations written out (float64).
+    x = (torch.randn(4, 3, 5, 6, dtype=torch.float64) * 2 + 1).requires_grad_(True)
+    e_mu, e_sig = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
+    upstream = torch.randn(4, 3, 5, 6, dtype=torch.float64)
+    layer = DSU(3, p=1.0)
+    layer.draw = lambda batch, channels: (e_mu, e_sig)
+    (layer(x) * upstream).sum().backward()
+    fused = x.grad.clone()
+    x.grad = None
+    eps = 1e-6
+    mu, sig = x.mean(dim=(2, 3)), torch.sqrt(x.var(dim=(2, 3)) + eps)
+    beta = mu + e_mu * torch.sqrt(mu.var(0) + eps)
+    gamma = sig + e_sig * torch.sqrt(sig.var(0) + eps)
+    y = gamma[..., None, None] * (x - mu[..., None, None]) / sig[..., None, None] + beta[..., None, None]
+    (y * upstream).sum().backward()
+    torch.testing.assert_close(fused, x.grad)
