@@ -60,6 +60,8 @@ def running_statistics(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor] |
         return None
     if getattr(module, "track_running_stats", True) is False:
         return None
+    if mean.dim() == 2:  # DSON: one row per source-domain branch; at test the branches are averaged
+        mean, var = mean.mean(0), var.mean(0)
     return mean.detach().double().cpu(), var.detach().double().cpu()
 
 

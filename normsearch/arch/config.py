@@ -19,6 +19,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 
 from normsearch.arch.plan import NormPlan
 from normsearch.arch.rules import resolve_plan
+from normsearch.arch.rules_augment import DSONRule, DSURule, MixStyleRule
 from normsearch.arch.sources import SOURCES, structure_of
 from normsearch.arch.structure import Structure, from_topology
 from normsearch.arch.topology import BlockType, Topology, resnet_topology
@@ -304,8 +305,24 @@ class NormConfig(_Strict):
     xbn: XBNRule | None = None
     crossnorm: CrossNormRule | None = None
     selfnorm: SelfNormRule | None = None
+    mixstyle: MixStyleRule | None = None  # arch/rules_augment.py
+    dsu: DSURule | None = None
+    dson: DSONRule | None = None
     overrides: dict[str, str] = Field(default_factory=dict)
     input: Literal["none", "instance"] = "none"
+    # Test-time statistics of the BN-like layers: running | batch | adabn | mix:alpha=A (norms/running.py);
+    # evaluation only, training is the same whatever the policy.
+    inference: str = "running"
+
+    @field_validator("inference")
+    @classmethod
+    def _inference_policy(cls, value: str) -> str:
+        from normsearch.norms.running import StatsPolicy
+
+        try:
+            return str(StatsPolicy.parse(value))
+        except NormsearchError as error:
+            raise ValueError(str(error)) from None
 
     @field_validator("default")
     @classmethod

@@ -18,6 +18,9 @@ from normsearch.norms.spec import NormSpec
 if TYPE_CHECKING:
     from normsearch.arch.config import Backbone
 
+# Inserted modules by name, in the order they run where several sit at one position.
+INSERT_KINDS: tuple[str, ...] = ("crossnorm", "selfnorm", "mixstyle", "dsu")
+
 Position = Literal["residual", "identity", "pre", "post"]
 POSITIONS: tuple[str, ...] = ("residual", "identity", "pre", "post")
 
@@ -66,6 +69,7 @@ class NormPlan:
     # that spelled the backbone (a preset or the torchvision name of one network).
     backbone: Backbone | None = field(default=None, compare=False, repr=False)
     extra_slots: frozenset[str] = frozenset()
+    inference: str = "running"  # test-time statistics of the BN-like layers (norms.running.StatsPolicy)
 
     def __getitem__(self, slot: str) -> NormSpec:
         try:

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from normsearch.arch.plan import CrossNormSchedule, Insert, NormPlan, SwitchSchedule
+from normsearch.arch.rules_augment import augment_inserts, dson_slots
 from normsearch.arch.structure import Structure, UnitInfo
 from normsearch.errors import NormsearchError
 from normsearch.norms.spec import NormSpec
@@ -213,6 +214,11 @@ def switchable_rule(draft: Draft) -> None:
     )
 
 
+def dson_rule(draft: Draft) -> None:
+    """DSON (Seo et al. 2020): per-source-domain BN+IN mixtures in the listed stages' BN slots."""
+    dson_slots(draft.structure, draft.norm.dson, draft.slots, draft.source)
+
+
 def overrides_rule(draft: Draft) -> None:
     """`norm.overrides`: a spec per slot (after-addition slots included), over every rule before it."""
     for slot, text in draft.norm.overrides.items():
@@ -283,16 +289,23 @@ def selfnorm_rule(draft: Draft) -> None:
         _insert_modules(draft, "selfnorm", rule, NormSpec.of("selfnorm", form=rule.form))
 
 
+def augment_rule(draft: Draft) -> None:
+    """MixStyle and DSU (feature-statistics augmentation) after the listed stages or units."""
+    draft.inserts.update(augment_inserts(draft.structure, draft.norm.mixstyle, draft.norm.dsu, draft.source))
+
+
 # Applied in this order; a later rule replaces what an earlier one put in a slot (see the module docstring).
 RULES: list[Callable[[Draft], None]] = [
     xbn_rule,
     ibn_a_rule,
     ibn_b_rule,
     switchable_rule,
+    dson_rule,
     overrides_rule,
     default_fits_rule,
     crossnorm_rule,
     selfnorm_rule,
+    augment_rule,
 ]
 
 
@@ -318,6 +331,7 @@ def resolve_plan(
         switchable=draft.switchable,
         backbone=backbone,
         extra_slots=frozenset(ordered) - frozenset(structure.slots),
+        inference=draft.norm.inference,
     )
 
 

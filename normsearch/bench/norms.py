@@ -17,8 +17,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from normsearch.data.pipeline import domain_labels
 from normsearch.errors import NormsearchError
-from normsearch.norms import CrossNorm, make_norm
+from normsearch.norms import CrossNorm, make_norm, set_domains
 
 SHAPES: tuple[tuple[int, int, int, int], ...] = ((32, 64, 32, 32), (16, 256, 16, 16), (64, 512, 8, 8))
 
@@ -42,8 +43,15 @@ CASES: tuple[tuple[str, str], ...] = (
     ("crossnorm both crops", "crossnorm:crop=both"),
     ("selfnorm tied", "selfnorm"),
     ("selfnorm two_branch", "selfnorm:form=two_branch"),
+    ("mixstyle random", "mixstyle:p=1.0"),
+    ("mixstyle crossdomain", "mixstyle:p=1.0,mix=crossdomain"),
+    ("dsu", "dsu:p=1.0"),
+    ("dson 2 domains", "dson:domains=2"),
+    ("dson 3 domains (eval ×3 branches)", "dson:domains=3"),
 )
 
+# MixStyle and DSU are measured firing on every step (p = 1); domain-routed layers (DSON, cross-domain
+# MixStyle) get a balanced batch's labels. Issue 24 sets no speed target for them.
 # Train-step ratio targets from the issue, by label prefix; eval targets, by label prefix, with the layer
 # they are measured against (hard SN with IN statistics against InstanceNorm2d, issue 14).
 TRAIN_TARGETS = {"ibn": 1.15, "sn soft": 1.5, "ssn": 1.5, "crossnorm": 1.5, "selfnorm": 1.5}
@@ -114,6 +122,8 @@ def _paired_median_ms(
 
 
 def _timers(layer: nn.Module, x: torch.Tensor) -> tuple[Callable[[], object], Callable[[], object]]:
+    if getattr(layer, "uses_domains", False):
+        set_domains(layer, domain_labels(x.shape[0], getattr(layer, "num_domains", 2)).to(x.device))
     xg = x.clone().requires_grad_(True)
     grad = torch.randn_like(x)
 

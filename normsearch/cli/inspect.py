@@ -177,7 +177,7 @@ def show(
     rows = [r for r, t in zip(rows, summary.candidates, strict=True) if show_all or t.status != "repeat"]
     key = head.index(TARGET_SELECT_ACC if sort is Sort.target else SOURCE_VAL_ACC)
     rows.sort(key=lambda r: (r[2] == "complete", r[key] if r[key] is not None else -1.0), reverse=True)
-    _rows_out(head, rows[:top] if top else rows, fmt, header(summary.recipe))
+    _rows_out(head, rows[:top] if top else rows, fmt, header(summary.recipe, summary.space))
 
 
 @app.command("pareto")
@@ -210,15 +210,15 @@ def pareto(
     summary = summarize(run_dir)
     front, recipe = summary.front, summary.recipe
     if fmt is not RowFormat.table:
-        _rows_out(*front_rows(front), fmt, header(recipe))
+        _rows_out(*front_rows(front), fmt, header(recipe, summary.space))
     else:
-        console.print(header(recipe), highlight=False)
+        console.print(header(recipe, summary.space), highlight=False)
         console.print(front_table(front, recipe))
         if front.hypervolume is not None:
             console.print(f"hypervolume {front.hypervolume:.1f} against reference {front.reference}")
         console.print(scatter(front), highlight=False)
     for path, suffix in files:
-        plot_front(front, path, header(recipe), suffix)
+        plot_front(front, path, header(recipe, summary.space), suffix)
         if fmt is RowFormat.table:
             console.print(f"wrote {path}")
 

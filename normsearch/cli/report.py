@@ -101,7 +101,9 @@ def show_confirmations(run_dir: Path, output: Path | None = None, only: list[str
     summary = summarize(run_dir)
     confirmed = {k: v for k, v in confirmations(summary).items() if only is None or k in only}
     table = Table(
-        title=f"confirmed over new seeds — {header(summary.recipe)}", title_justify="left", show_lines=False
+        title=f"confirmed over new seeds — {header(summary.recipe, summary.space)}",
+        title_justify="left",
+        show_lines=False,
     )
     for column in (
         "trial",
@@ -138,7 +140,10 @@ def show_confirmations(run_dir: Path, output: Path | None = None, only: list[str
             console.print(f"  {note}", highlight=False, soft_wrap=True)
         if output is not None:
             plot_confirmed(
-                cf, summary.front, output, f"confirmed front (mean ± s.e.) — {header(summary.recipe)}"
+                cf,
+                summary.front,
+                output,
+                f"confirmed front (mean ± s.e.) — {header(summary.recipe, summary.space)}",
             )
             console.print(f"wrote {output}")
 

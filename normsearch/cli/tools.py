@@ -149,9 +149,10 @@ def train(
             results.append(
                 train_from_recipe(recipe, arch, seed=recipe.seed + k, data=data, report=show, threads=threads)
             )
-    table = Table(
-        title=f"{config} on {recipe.name}, {seeds} seed(s): {recipe.data.describe()}", title_justify="left"
-    )
+    from normsearch.norms.running import statistics_statement
+
+    statement = f"{recipe.data.describe()}; {statistics_statement([arch.norm.inference])}"
+    table = Table(title=f"{config} on {recipe.name}, {seeds} seed(s): {statement}", title_justify="left")
     for column in ("measure", "mean", "± s.e.", "per seed"):
         table.add_column(column, justify="left" if column == "measure" else "right")
     for measure, mean, se, values in retrain_summary(results):

@@ -102,6 +102,13 @@ def train_batches(
         yield x, labels[index]
 
 
+def domain_labels(batch_size: int, domains: int) -> torch.Tensor:
+    """The source domain of each image of a `balanced_batches` batch: domain k's share in one block, in
+    domain order (DSON and cross-domain MixStyle route by it)."""
+    shares = [batch_size // domains + (k < batch_size % domains) for k in range(domains)]
+    return torch.repeat_interleave(torch.arange(domains), torch.tensor(shares))
+
+
 def balanced_batches(
     domains: list[tuple[torch.Tensor, torch.Tensor]],
     batch_size: int,

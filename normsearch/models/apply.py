@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from normsearch.arch.families import Analysis, analyze
-from normsearch.arch.plan import NormPlan
+from normsearch.arch.plan import INSERT_KINDS, NormPlan
 from normsearch.arch.trace import slot_channels
 from normsearch.errors import NormsearchError
 from normsearch.models.blocks import block_forward
@@ -55,7 +55,7 @@ def _extras(plan: NormPlan, analysis: Analysis | None) -> dict[str, tuple[str, s
             continue
         out[slot] = (slot, slot if slot in analysis.anchors else f"{units.get(slot, '')}|post")
     if analysis is not None:
-        unit_of = {u.child(k): u.name for u in analysis.structure.units for k in ("crossnorm", "selfnorm")}
+        unit_of = {u.child(k): u.name for u in analysis.structure.units for k in INSERT_KINDS}
         for name, insert in plan.inserts.items():
             out[name] = (name, f"{unit_of.get(name, '')}|{insert.position}")
     return out
@@ -75,7 +75,7 @@ def apply_plan(model: nn.Module, plan: NormPlan) -> nn.Module:
     added = posts + list(plan.inserts)
     owners = {name.rpartition(".")[0] for name in added}
     classic = all(o in modules and _resnet_block(modules[o]) for o in owners) and all(
-        n.endswith((".post", ".crossnorm", ".selfnorm")) for n in added
+        n.endswith((".post", *(f".{k}" for k in INSERT_KINDS))) for n in added
     )
     analysis = analyze(model, with_shapes=False) if added and not classic else None
     _replace_slots(model, modules, plan, set(posts))

@@ -12,9 +12,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from normsearch.arch.plan import INSERT_KINDS
+
 
 def _inserts(block: nn.Module, position: str, x: torch.Tensor) -> torch.Tensor:
-    for name in ("crossnorm", "selfnorm"):
+    for name in INSERT_KINDS:
         module = getattr(block, name, None)
         if module is not None and getattr(block, f"{name}_at", None) == position:
             x = module(x)

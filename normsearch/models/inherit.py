@@ -24,6 +24,8 @@ s = k for an IBN with k IN channels, s = C for IN/GN/LN):
   every input and channel (two_branch: f = g, so y = 0.95·x), its linear map keeps its default initialisation
   so that γ receives gradient from the first step. Inserted CrossNorm has no tensors: it is the identity in
   eval and while the policy leaves it off, and exchanges statistics when on, as defined.
+- DSON (one branch per source domain): from a BatchNorm, its affine and running statistics into every
+  domain branch; the BN/IN mixture weights keep their initial value, so the slot is *partly inherited*.
 - Everything else (convolutions, the classifier) is copied by name and shape. A classifier whose output
   count differs (1000 ImageNet classes, 10 here) is new, as every fine-tuning recipe does.
 
@@ -50,7 +52,7 @@ from torch import nn
 from normsearch.arch.plan import NormPlan
 from normsearch.errors import NormsearchError
 from normsearch.models.weights import Checkpoint, load_weights
-from normsearch.norms import IBN, CrossNorm, SelfNorm, SwitchNorm2d
+from normsearch.norms import DSON, IBN, CrossNorm, SelfNorm, SwitchNorm2d
 
 Status = Literal["inherited", "partly inherited", "new"]
 SN_INIT = ("equal", "bn")
@@ -125,6 +127,8 @@ def apply_weights(
 
 
 def _kind(module: nn.Module) -> str | None:
+    if isinstance(module, DSON):
+        return "dson"
     if isinstance(module, IBN):
         return "ibn"
     if isinstance(module, SwitchNorm2d):
@@ -188,6 +192,8 @@ def _inherit_norms(
         inserted = kind in ("selfnorm", "crossnorm")
         if inserted:
             slot = _insert(name, module, kind, state, keys, report)
+        elif kind == "dson":
+            slot = _dson(name, module, state, keys, report)
         else:
             slot = _norm(name, module, kind, state, keys, sn_init, report)
         if not keys and name in added:
@@ -315,6 +321,27 @@ def _norm(
     if not groups:
         detail = "no tensors" + (f"; the checkpoint's {source} is not used" if source != "-" else "")
     return SlotInheritance(name, status, kind, source, "; ".join([detail, *notes]))
+
+
+def _dson(
+    name: str, module: DSON, state: Mapping[str, torch.Tensor], keys: set[str], report: InheritReport
+) -> SlotInheritance:
+    """DSON from a checkpoint's BatchNorm: its affine and running statistics into every domain branch
+    (`DSON.inherit_bn`); from a checkpoint's DSON of the same shape: every tensor."""
+    src = {k[len(name) + 1 :]: state[k] for k in keys}
+    own = module.state_dict()
+    if src and set(src) == set(own) and all(src[k].shape == v.shape for k, v in own.items()):
+        module.load_state_dict(src)
+        return SlotInheritance(name, "inherited", "dson", "dson", "every tensor from the checkpoint's dson")
+    bn = ("weight", "bias", "running_mean", "running_var")
+    c = module.num_channels
+    if all(k in src and src[k].shape == (c,) for k in bn):
+        module.inherit_bn(*(src[k] for k in bn))
+        report.unused.extend(f"{name}.{k}" for k in sorted(set(src) - {*bn, "num_batches_tracked"}))
+        note = f"affine + statistics from bn into each of {module.num_domains} domain branches"
+        return SlotInheritance(name, "partly inherited", "dson", "bn", note + "; mixture weights new")
+    report.unused.extend(sorted(keys))
+    return SlotInheritance(name, "new", "dson", "-" if not src else "other", "not inherited")
 
 
 def _status(groups: dict[str, str]) -> Status:

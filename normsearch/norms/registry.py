@@ -14,7 +14,10 @@ from torch import nn
 
 from normsearch.errors import NormsearchError
 from normsearch.norms.crossnorm import CrossNorm
+from normsearch.norms.dson import DSON
+from normsearch.norms.dsu import DSU
 from normsearch.norms.ibn import ORDERS, ibn_norm
+from normsearch.norms.mixstyle import MixStyle
 from normsearch.norms.selfnorm import SelfNorm
 from normsearch.norms.sparse_switchable import SparseSwitchNorm2d
 from normsearch.norms.spec import NormSpec
@@ -105,6 +108,24 @@ REGISTRY: dict[str, NormKind] = {
             "CrossNorm style exchange (training only)",
         ),
         NormKind("selfnorm", SelfNorm, {"form": str, "eps": _NUM}, "SelfNorm style recalibration"),
+        NormKind(
+            "mixstyle",
+            MixStyle,
+            {"p": _NUM, "alpha": _NUM, "mix": str, "eps": _NUM, "seed": int},
+            "MixStyle: mix instance statistics between samples (training only)",
+        ),
+        NormKind(
+            "dsu",
+            DSU,
+            {"p": _NUM, "eps": _NUM, "seed": int},
+            "DSU: re-sample instance statistics from the batch's uncertainty (training only)",
+        ),
+        NormKind(
+            "dson",
+            DSON,
+            {"domains": int, "eps": _NUM, "momentum": _NUM, "mix": _NUM},
+            "DSON: one BN+IN mixture per source domain, branches averaged at test",
+        ),
     )
 }
 

@@ -49,6 +49,7 @@ class Row:
     seeds: int  # how many seeds the numbers are over (1: the search's own)
     cells: dict[str, Cell]
     note: str = ""
+    policy: str = "running"  # the test-time statistics the numbers were measured with (norm.inference)
 
 
 @dataclass
@@ -113,6 +114,7 @@ def run_rows(summary: RunSummary, keys: list[str]) -> list[Row]:
                 seeds,
                 cells,
                 "; ".join(reasons),
+                str(((trial.arch or {}).get("norm") or {}).get("inference", "running")),
             )
         )
     average = keys[len(keys) - 1] if "test_mean" in keys else ("avg" if "avg" in keys else keys[-1])
@@ -127,20 +129,27 @@ def run_rows(summary: RunSummary, keys: list[str]) -> list[Row]:
 
 def collect(run_dirs: Sequence[str | Path]) -> list[CollectedTable]:
     """The DomainBed tables of the given runs: runs that share a selection statement and reported domains
-    share one table (a row names its run)."""
+    share one table (a row names its run). Rows measured with another test-time statistics policy go to a
+    table of their own whose statement says so (test-time adaptation is never mixed into a plain DG table)."""
+    from normsearch.norms.running import statistics_statement
+
     if not run_dirs:
         raise NormsearchError("collect: give at least one run folder")
     tables: dict[tuple[str, tuple[str, ...]], CollectedTable] = {}
     for run_dir in run_dirs:
         summary = summarize(run_dir)
         labels, keys = reported_columns(summary.recipe)
-        selection = summary.recipe.data.describe()
-        key = (f"{summary.recipe.data.selection}|{selection}", tuple(labels))
-        table = tables.get(key)
-        if table is None:
-            title = f"test accuracy (%) — model selection: {summary.recipe.data.selection}"
-            table = tables[key] = CollectedTable(title, selection, labels, keys)
-        table.rows += run_rows(summary, keys)
+        described = summary.recipe.data.describe()
+        rows = run_rows(summary, keys)
+        for row in rows or [None]:  # a run without rows still gets its (empty) table
+            policy = row.policy if row is not None else summary.recipe.model.norm.inference
+            selection = f"{described}; {statistics_statement([policy])}"
+            key = (f"{summary.recipe.data.selection}|{selection}", tuple(labels))
+            table = tables.get(key)
+            if table is None:
+                title = f"test accuracy (%) — model selection: {summary.recipe.data.selection}"
+                table = tables[key] = CollectedTable(title, selection, labels, keys)
+            table.rows += [row] if row is not None else []
     return list(tables.values())
 
 

@@ -133,7 +133,13 @@ def gather(run_dir: str | Path) -> ReportData:
         slots = ArchConfig.from_dict(chosen.arch).resolve().rows()
     confirmed = confirmations(summary)
     data = ReportData(
-        summary, header(summary.recipe), hypervolume_curve(summary), importances, note, chosen, slots
+        summary,
+        header(summary.recipe, summary.space),
+        hypervolume_curve(summary),
+        importances,
+        note,
+        chosen,
+        slots,
     )
     if confirmed:
         data.confirmed = confirmed

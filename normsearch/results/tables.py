@@ -44,9 +44,25 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def header(recipe: Recipe) -> str:
-    """The line that names how models were selected; "ORACLE" when test domains were selected on."""
-    return f"{recipe.name}: {recipe.data.describe()}"
+def header(recipe: Recipe, space: Any = None) -> str:
+    """The line that names how models were selected ("ORACLE" when test domains were selected on) and the
+    test-time statistics the numbers were measured with (the run's space's `norm.inference` policies)."""
+    from normsearch.norms.running import statistics_statement
+
+    return f"{recipe.name}: {recipe.data.describe()}; {statistics_statement(space_policies(recipe, space))}"
+
+
+def space_policies(recipe: Recipe, space: Any = None) -> list[str]:
+    """Every test-time statistics policy a run's trials can have: the base model's, the space's fixed one,
+    and each value a space parameter writes to `norm.inference` (by `path` or `sets`)."""
+    found = [recipe.model.norm.inference]
+    if space is not None:
+        found.append(space.fixed.get("norm.inference", found[0]))
+        for param in space.params.values():
+            if param.path == "norm.inference":
+                found += [str(c) for c in param.choices or []]
+            found += [str(v["norm.inference"]) for v in (param.sets or {}).values() if "norm.inference" in v]
+    return found
 
 
 def trials_table(
@@ -63,7 +79,7 @@ def trials_table(
     if top is not None:
         rows = rows[:top]
     oracle = recipe.data.selection == "oracle"
-    table = Table(title=header(recipe), title_justify="left", show_lines=False)
+    table = Table(title=header(recipe, summary.space), title_justify="left", show_lines=False)
     table.add_column("trial")
     table.add_column("config", overflow="fold")
     several = len(recipe.data.units()[0].sources) > 1
@@ -109,7 +125,9 @@ def domainbed_table(summary: RunSummary) -> Table:
     recipe = summary.recipe
     held = recipe.data.sources
     extra = [d for d in recipe.data.test if d not in held]
-    table = Table(title=f"test accuracy per held-out domain — {header(recipe)}", title_justify="left")
+    table = Table(
+        title=f"test accuracy per held-out domain — {header(recipe, summary.space)}", title_justify="left"
+    )
     table.add_column("trial")
     table.add_column("config", overflow="fold")
     for domain in [*held, "Avg", *extra]:

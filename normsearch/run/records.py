@@ -161,6 +161,8 @@ def _network_key(text: str) -> str:
             "input_norm": plan.input_norm,
             "crossnorm": asdict(plan.crossnorm) if plan.crossnorm else None,
             "switchable": asdict(plan.switchable) if plan.switchable else None,
+            # the test-time statistics policy makes another (network, policy) pair; absent when running
+            **({"inference": plan.inference} if plan.inference != "running" else {}),
         },
         sort_keys=True,
     )

@@ -7,6 +7,12 @@ once: the test accuracies: ``source`` (the sources' test splits together), each 
 ``test_mean``. A domain's val split only ever selects. A target is reported on its test split, or, where it
 was stored with a train split too (a folder domain, a source of another fold), on everything but its val
 split.
+
+Every accuracy is measured under the network's test-time statistics policy (`norm.inference`:
+running | batch | adabn | mix:alpha=A, `normsearch.norms.running`): ``batch`` and ``mix`` normalize each
+evaluation batch (`EVAL_BATCH` images of one domain) with its own statistics, ``adabn`` re-estimates them on
+all the evaluated images of that domain first (unlabelled), and each domain starts from the trained
+running statistics again.
 """
 
 from __future__ import annotations
@@ -26,8 +32,10 @@ from normsearch.metrics import (
     TARGET_SELECT_ACC,
     WORST_SOURCE_VAL_ACC,
 )
+from normsearch.norms.running import StatsPolicy, inference_statistics
 
 Pair = tuple[torch.Tensor, torch.Tensor]
+EVAL_BATCH = 500  # images per evaluation forward pass (and per test batch for the batch and mix policies)
 
 
 def evaluation_split(domain: Domain) -> Pair:
@@ -77,14 +85,22 @@ def correct_count(
     images: torch.Tensor,
     labels: torch.Tensor,
     standardize: Standardizer,
-    batch_size: int = 500,
+    batch_size: int = EVAL_BATCH,
+    policy: StatsPolicy | str = "running",
 ) -> int:
-    """How many of `images` the model (in eval mode) classifies right."""
+    """How many of `images` the model (in eval mode) classifies right, under the test-time statistics
+    `policy` (adabn re-estimates on these images, without their labels)."""
     device = next(model.parameters()).device
+
+    def batches():
+        for start in range(0, len(labels), batch_size):
+            yield standardize(images[start : start + batch_size]).to(device)
+
     correct = 0
-    for start in range(0, len(labels), batch_size):
-        logits = model(standardize(images[start : start + batch_size]).to(device))
-        correct += int((logits.argmax(1).cpu() == labels[start : start + batch_size]).sum())
+    with inference_statistics(model, policy, batches):
+        for start, x in zip(range(0, len(labels), batch_size), batches(), strict=True):
+            logits = model(x)
+            correct += int((logits.argmax(1).cpu() == labels[start : start + batch_size]).sum())
     return correct
 
 
@@ -92,9 +108,14 @@ def percent(correct: int, total: int) -> float:
     return 100.0 * correct / max(total, 1)
 
 
-def epoch_metrics(model: torch.nn.Module, sets: UnitSets, standardize: Standardizer) -> dict[str, float]:
+def epoch_metrics(
+    model: torch.nn.Module, sets: UnitSets, standardize: Standardizer, policy: StatsPolicy | str = "running"
+) -> dict[str, float]:
     """The per-epoch accuracies of the module docstring."""
-    counts = {name: (correct_count(model, x, y, standardize), len(y)) for name, (x, y) in sets.val.items()}
+    counts = {
+        name: (correct_count(model, x, y, standardize, policy=policy), len(y))
+        for name, (x, y) in sets.val.items()
+    }
     per_source = {name: percent(c, n) for name, (c, n) in counts.items()}
     out: dict[str, float] = {
         SOURCE_VAL_ACC: percent(sum(c for c, _ in counts.values()), sum(n for _, n in counts.values())),
@@ -104,7 +125,7 @@ def epoch_metrics(model: torch.nn.Module, sets: UnitSets, standardize: Standardi
     out[WORST_SOURCE_VAL_ACC] = min(per_source.values())
     if sets.select:
         accs = {
-            name: percent(correct_count(model, x, y, standardize), len(y))
+            name: percent(correct_count(model, x, y, standardize, policy=policy), len(y))
             for name, (x, y) in sets.select.items()
         }
         out[TARGET_SELECT_ACC] = sum(accs.values()) / len(accs)
@@ -118,20 +139,21 @@ def final_accuracies(
     unit: Unit,
     standardize: Standardizer,
     place: Callable[[torch.Tensor], torch.Tensor],
+    policy: StatsPolicy | str = "running",
 ) -> dict[str, float]:
     """The after-training accuracies of the module docstring."""
     correct = total = 0
     test: dict[str, float] = {}
     for name in unit.sources:
         x, y = data[name].split("test")
-        c = correct_count(model, place(x), y, standardize)
+        c = correct_count(model, place(x), y, standardize, policy=policy)
         correct, total = correct + c, total + len(y)
         if len(unit.sources) > 1:
             test[f"{SOURCE_PREFIX}{name}"] = percent(c, len(y))
     test = {"source": percent(correct, total), **test}
     for name in unit.targets:
         x, y = evaluation_split(data[name])
-        test[name] = percent(correct_count(model, place(x), y, standardize), len(y))
+        test[name] = percent(correct_count(model, place(x), y, standardize, policy=policy), len(y))
     if unit.test:
         test["test_mean"] = sum(test[n] for n in unit.test) / len(unit.test)
     return test

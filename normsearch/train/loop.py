@@ -42,12 +42,14 @@ from normsearch.data.domains import DomainSet
 from normsearch.data.pipeline import (
     Standardizer,
     balanced_batches,
+    domain_labels,
     make_augment,
 )
 from normsearch.data.protocol import Unit
 from normsearch.data.spec import DataConfig, group_means
 from normsearch.metrics import LOSS, PARAMS, TRAIN_ACC
 from normsearch.norms.crossnorm import CrossNormPolicy
+from normsearch.norms.domains import routed_layers, set_domains
 from normsearch.norms.running import recalibrate_bn
 from normsearch.norms.sparse_switchable import set_sparse_progress
 from normsearch.train.config import TrainConfig
@@ -125,6 +127,8 @@ class _Run:
     hard_epoch: int | None
     batch_average: bool
     sparse: bool
+    routed: bool  # DSON / cross-domain MixStyle: the layers read the batch's source-domain labels
+    inference: str  # the plan's test-time statistics policy (norms.running)
     history: list[dict[str, Any]] = field(default_factory=list)
     switched: int = 0
 
@@ -195,6 +199,8 @@ def _set_up(
         hard_epoch=_hard_epoch(plan, config),
         batch_average=bool(plan.switchable and plan.switchable.batch_average),
         sparse=set_sparse_progress(model, 0.0) > 0,
+        routed=routed_layers(model, len(train_parts)),
+        inference=plan.inference,
     )
 
 
@@ -251,6 +257,8 @@ def _train_epoch(run: _Run, epoch: int) -> tuple[float, float, int]:
     for step, (x, y) in enumerate(batches):
         if run.policy:
             run.policy.step()
+        if run.routed:
+            set_domains(run.model, domain_labels(len(y), len(run.train_parts)).to(run.dev))
         if run.sparse:  # Sparse SN anneals its radius over training (SSN §3.3)
             set_sparse_progress(run.model, (epoch * run.steps_per_epoch + step) / total_steps)
         loss, logits = _step(run, x, y)
@@ -302,7 +310,7 @@ def _run_epoch(run: _Run, epoch: int, data: DomainSet, unit: Unit) -> dict[str, 
     train_seconds = time.perf_counter() - tic
     _prepare_evaluation(run)
     with autocast(run.dev, run.config.precision):
-        measured = epoch_metrics(run.model, run.sets, run.standardize)
+        measured = epoch_metrics(run.model, run.sets, run.standardize, run.inference)
     metrics: dict[str, Any] = {
         "epoch": epoch + 1,
         LOSS: epoch_loss,
@@ -320,7 +328,7 @@ def _run_epoch(run: _Run, epoch: int, data: DomainSet, unit: Unit) -> dict[str, 
         # selection saw (the search's objectives never read these).
         with autocast(run.dev, run.config.precision):
             metrics["test"] = final_accuracies(
-                run.model, data, unit, run.standardize, lambda t: place(t, run.dev)
+                run.model, data, unit, run.standardize, lambda t: place(t, run.dev), run.inference
             )
     run.history.append(metrics)
     return metrics

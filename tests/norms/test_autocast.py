@@ -13,7 +13,8 @@ import copy
 import pytest
 import torch
 
-from normsearch.norms import CrossNorm, make_norm
+from normsearch.data.pipeline import domain_labels
+from normsearch.norms import CrossNorm, make_norm, set_domains
 from tests.norms.test_conformance import SPECS
 
 TOLERANCE = {"rtol": 1e-2, "atol": 1e-2}
@@ -28,6 +29,8 @@ def _pair(spec: str, device: str) -> tuple[torch.nn.Module, torch.nn.Module]:
             p.add_(0.2 * torch.randn(p.shape, generator=gen).to(device))
     if isinstance(layer, CrossNorm):
         layer.active = True
+    # Domain-routed layers (DSON, cross-domain MixStyle) get a balanced batch's labels (6 images).
+    set_domains(layer, domain_labels(6, 3 if "domains=3" in spec else 2).to(device))
     return layer, copy.deepcopy(layer)
 
 

@@ -8,7 +8,7 @@ import io
 import pytest
 import torch
 
-from normsearch.norms import REGISTRY, CrossNorm, make_norm
+from normsearch.norms import REGISTRY, CrossNorm, make_norm, set_domains
 
 # One spec per kind plus the variants with their own code paths.
 SPECS = sorted(
@@ -19,6 +19,10 @@ SPECS = sorted(
         "sn:mode=hard,mean=bn,var=bn,unbiased=false",
         "crossnorm:mode=1ins,crop=both",
         "selfnorm:form=two_branch",
+        "mixstyle:p=1.0",
+        "mixstyle:p=1.0,mix=crossdomain",
+        "dsu:p=1.0",
+        "dson:domains=3",
     }
 )
 
@@ -39,6 +43,8 @@ def _build(spec: str, dtype: torch.dtype, seed: int = 0) -> torch.nn.Module:
     layer = make_norm(spec, 8).to(dtype)
     if isinstance(layer, CrossNorm):
         layer.active = True
+    # Domain-routed layers (DSON, cross-domain MixStyle) get the labels of a balanced 4-image batch.
+    set_domains(layer, torch.tensor([0, 0, 1, 2]) if "domains=3" in spec else torch.tensor([0, 0, 1, 1]))
     return layer
 
 
