@@ -7,7 +7,7 @@ import torch
 
 from normsearch.arch import ArchConfig
 from normsearch.models import build_model
-from normsearch.models.inherit import added_modules, inherit
+from normsearch.models.inherit import inherit
 
 MINI = {"preset": "resnet-mini"}
 
@@ -29,7 +29,7 @@ def test_dson_takes_the_batchnorm_into_every_branch_and_inserts_are_new() -> Non
         {"backbone": MINI, "norm": {"dson": {"domains": 3, "stages": [2]}, "mixstyle": {}, "dsu": {}}}
     )
     model = build_model(arch)
-    report = inherit(model, state, added=added_modules(arch), strict=True)
+    report = inherit(model, state, added=arch.resolve().added, strict=True)
     slot = report.slots["layer2.0.bn1"]
     assert slot.status == "partly inherited" and slot.kind == "dson" and slot.source == "bn"
     layer = model.get_submodule("layer2.0.bn1")
