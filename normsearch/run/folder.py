@@ -37,6 +37,7 @@ from normsearch.run.files import atomic_write_text, first_line, os_errors
 if TYPE_CHECKING:
     from normsearch.recipe import Recipe
     from normsearch.run.records import TrialRecord
+    from normsearch.run.storage import Storage
     from normsearch.space import Space
 
 RECIPE = "recipe.yaml"
@@ -217,9 +218,12 @@ class RunFolder:
 
     def attempts(self, prefix: str = ATTEMPT_PREFIX) -> list[str]:
         """Names of the Tune experiments (one per driver; with CONFIRM_PREFIX, one per confirm) in order."""
-        if not self.tune_dir.is_dir():
+        if self.storage is not None:  # Tune's experiments live in the storage (run/storage.py)
+            names = self.storage.experiments(self.path.name, prefix)
+        elif not self.tune_dir.is_dir():
             return []
-        names = [p.name for p in self.tune_dir.iterdir() if p.name.startswith(prefix)]
+        else:
+            names = [p.name for p in self.tune_dir.iterdir() if p.name.startswith(prefix)]
         return sorted(names, key=lambda n: int(n.removeprefix(prefix) or 0))
 
     def new_attempt(self, prefix: str = ATTEMPT_PREFIX) -> str:
@@ -232,17 +236,30 @@ class RunFolder:
         """The folder name of a trial inside a Tune experiment ("t003/s1" is "t003-s1")."""
         return trial.replace("/", "-")
 
-    def last_checkpoint(self, trial: str) -> Path | None:
-        """The newest epoch checkpoint a trial left in any attempt (or confirm), or None."""
+    @property
+    def storage(self) -> Storage | None:
+        """The run's storage (`storage:` in its recipe), where Tune keeps its experiments; None: here."""
+        if not hasattr(self, "_storage"):
+            from normsearch.run.storage import storage_of
+
+            raw = yaml.safe_load((self.path / RECIPE).read_text()) if (self.path / RECIPE).is_file() else {}
+            self._storage = storage_of((raw or {}).get("storage"))
+        return self._storage
+
+    def last_checkpoint(self, trial: str) -> Path | str | None:
+        """The newest epoch checkpoint a trial left in any attempt (or confirm), or None; with storage,
+        its URI (run/storage.read_checkpoint reads either)."""
         from normsearch.run.checkpoints import newest_checkpoint
 
         experiments = self.attempts() + self.attempts(CONFIRM_PREFIX)
+        if self.storage is not None:
+            return self.storage.newest_checkpoint(self.path.name, experiments, self.trial_dirname(trial))
         found = [self.tune_dir / name / self.trial_dirname(trial) for name in experiments]
         return newest_checkpoint([p for p in found if p.is_dir()])
 
     def final_state(self, trial: str):
         """The TrainState of a trial's last checkpoint, which must be its final epoch."""
-        from normsearch.run.checkpoints import read_state
+        from normsearch.run.storage import read_checkpoint as read_state
 
         checkpoint = self.last_checkpoint(trial)
         if checkpoint is None:

@@ -62,6 +62,7 @@ def run_trial(config: dict[str, Any], recipe_json: str, space_json: str) -> None
     from ray import tune
 
     from normsearch.run.checkpoints import read_state, write_state
+    from normsearch.run.storage import read_checkpoint
     from normsearch.train import train_candidate
 
     recipe, space = _parsed(recipe_json, space_json)
@@ -80,7 +81,7 @@ def run_trial(config: dict[str, Any], recipe_json: str, space_json: str) -> None
             with restored.as_directory() as folder:
                 state = read_state(folder)
         elif config.get(RESUME_KEY):
-            state = read_state(config[RESUME_KEY])  # `normsearch resume` continuing this trial
+            state = read_checkpoint(config[RESUME_KEY])  # `resume` continuing it (a path or a URI)
         resumed = {"resumed_from": state.epoch} if state is not None else {}
         epoch = state.epoch if state is not None else 0
         values = {k: config[k] for k in space.params if k in config}

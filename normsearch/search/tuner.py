@@ -22,7 +22,7 @@ from normsearch.run.records import UNIT_SEPARATOR
 from normsearch.run.study import open_study
 from normsearch.search.ledger import Ledger, Progress, make_callback
 from normsearch.search.moasha import make_scheduler
-from normsearch.search.preflight import Preflight, preflight, trial_budget
+from normsearch.search.preflight import Preflight, check_nodes, preflight, trial_budget
 from normsearch.search.ray import check_cluster_resources, local_ray_processes, start_ray
 from normsearch.search.searcher import make_sampler, make_searcher
 from normsearch.search.trial import TRIAL_KEY, run_trial
@@ -151,6 +151,12 @@ def make_tuner(
     workers from the last epoch checkpoint, Tune's result files, the trial directory named by the trial."""
     from ray import tune
 
+    storage = folder.storage  # off the driver (run/storage.py): every node writes and reads it
+    place = (
+        {"storage_path": storage.tune_path(folder.path.name), "storage_filesystem": storage.filesystem}
+        if storage is not None
+        else {"storage_path": str(folder.tune_dir)}
+    )
     return tune.Tuner(
         _trainable(recipe, space),
         tune_config=tune.TuneConfig(
@@ -164,13 +170,37 @@ def make_tuner(
         ),
         run_config=tune.RunConfig(
             name=experiment,
-            storage_path=str(folder.tune_dir),
+            **place,
             verbose=0,
-            callbacks=[callback],
+            callbacks=[callback] if storage is None else [callback, mirror_callback(folder)],
             failure_config=tune.FailureConfig(max_failures=recipe.search.failures.retries),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),
     )
+
+
+def mirror_callback(folder: RunFolder) -> Any:
+    """A Tune callback, after the ledger's, that mirrors the run folder to its storage after each record
+    (so a new head node can resume); a failed copy is retried at the next record, not fatal."""
+    from ray.tune import Callback
+
+    class Mirror(Callback):
+        def _mirror(self) -> None:
+            try:
+                folder.storage.mirror(folder)
+            except OSError:
+                pass  # the next record (and the driver's last mirror) copies it again
+
+        def on_trial_result(self, *args: Any, **info: Any) -> None:
+            self._mirror()
+
+        def on_trial_complete(self, *args: Any, **info: Any) -> None:
+            self._mirror()
+
+        def on_trial_error(self, *args: Any, **info: Any) -> None:
+            self._mirror()
+
+    return Mirror()
 
 
 def _trial_name(trial) -> str:
@@ -203,9 +233,12 @@ def run_search(
     started = start_ray(recipe.ray.address)
     if recipe.ray.address is not None:
         check_cluster_resources(recipe.resources.cpu, recipe.resources.gpu)
+        check_nodes(recipe, folder.path)
     if not resume:
         folder = RunFolder.create(folder.path, recipe, space)
         folder.claim()
+    if folder.storage is not None:
+        folder.storage.mirror(folder)
     if started and recipe.ray.address is None:
         folder.record_processes(local_ray_processes())
 
@@ -262,4 +295,6 @@ def run_search(
         if outcome.interrupted:
             mark_interrupted(folder, study)
         folder.release()
+        if folder.storage is not None:
+            folder.storage.mirror(folder)
     return outcome
