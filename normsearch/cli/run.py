@@ -122,7 +122,7 @@ def resume(
         if not RunFolder.is_run(local):
             with console.status(f"restoring {run_dir} into {local}..."):
                 storage.probe()
-                storage.restore(name, local)
+                RunFolder.restore(storage, name, local)
         folder = Path(local)
     else:
         folder = Path(run_dir)

@@ -219,7 +219,7 @@ class RunFolder:
     def attempts(self, prefix: str = ATTEMPT_PREFIX) -> list[str]:
         """Names of the Tune experiments (one per driver; with CONFIRM_PREFIX, one per confirm) in order."""
         if self.storage is not None:  # Tune's experiments live in the storage (run/storage.py)
-            names = self.storage.experiments(self.path.name, prefix)
+            names = self.storage.experiments(self.storage_tune_path, prefix)
         elif not self.tune_dir.is_dir():
             return []
         else:
@@ -246,6 +246,30 @@ class RunFolder:
             self._storage = storage_of((raw or {}).get("storage"))
         return self._storage
 
+    @property
+    def storage_tune_path(self) -> str:
+        """Ray Tune's `storage_path` inside the storage's filesystem: `<storage>/<run>/tune`."""
+        assert self.storage is not None
+        return self.storage.path(self.path.name, TUNE)
+
+    def mirrored(self) -> list[str]:
+        """The run folder's own files that its storage keeps a copy of (run/storage.py), relative names;
+        recipe.yaml last, since its presence marks a complete run folder."""
+        names = [n for n in (STUDY, SPACE, TRIALS, WARM_START) if (self.path / n).is_file()]
+        names += [f"{PRETRAINED}/{p.name}" for p in sorted((self.path / PRETRAINED).glob("*.pt"))]
+        return [*names, RECIPE]
+
+    @staticmethod
+    def stored_run(storage: Storage, run: str) -> bool:
+        """Whether the storage already keeps a run of this name."""
+        return storage.holds(run, RECIPE)
+
+    @classmethod
+    def restore(cls, storage: Storage, run: str, local: Path) -> RunFolder:
+        """A run folder restored from its storage copy into `local` (`normsearch resume URI`)."""
+        storage.restore(run, local, marker=RECIPE, skip=TUNE)
+        return cls.open(local)
+
     def last_checkpoint(self, trial: str) -> Path | str | None:
         """The newest epoch checkpoint a trial left in any attempt (or confirm), or None; with storage,
         its URI (run/storage.read_checkpoint reads either)."""
@@ -253,7 +277,9 @@ class RunFolder:
 
         experiments = self.attempts() + self.attempts(CONFIRM_PREFIX)
         if self.storage is not None:
-            return self.storage.newest_checkpoint(self.path.name, experiments, self.trial_dirname(trial))
+            return self.storage.newest_checkpoint(
+                self.storage_tune_path, experiments, self.trial_dirname(trial)
+            )
         found = [self.tune_dir / name / self.trial_dirname(trial) for name in experiments]
         return newest_checkpoint([p for p in found if p.is_dir()])
 

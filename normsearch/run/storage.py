@@ -89,7 +89,7 @@ def _bounded(what: Callable[[], Any], seconds: float, where: str) -> Any:
     def target() -> None:
         try:
             box["value"] = what()
-        except BaseException as error:  # noqa: BLE001 - handed to the caller's thread
+        except BaseException as error:  # handed to the caller's thread
             box["error"] = error
 
     thread = threading.Thread(target=target, daemon=True)
@@ -140,7 +140,8 @@ class Storage:
                 return cls(path, fs.LocalFileSystem(), path, flag)
             filesystem, root = fs.FileSystem.from_uri(uri)
         except (ValueError, OSError, ImportError) as error:
-            raise NormsearchError(f"{flag} {uri}: not a storage URI pyarrow can open ({first_line(error)})") from None
+            detail = first_line(error)
+            raise NormsearchError(f"{flag} {uri}: not a storage URI pyarrow can open ({detail})") from None
         return cls(uri, filesystem, root.rstrip("/"), flag)
 
     # --- places ---------------------------------------------------------------------------------------
@@ -151,12 +152,6 @@ class Storage:
     def url(self, *parts: str) -> str:
         """The URI of a place inside the storage (for messages and `resume`)."""
         return "/".join([self.uri, *[p.strip("/") for p in parts if p]])
-
-    def tune_path(self, run: str) -> str:
-        """Ray Tune's `storage_path` for a run (used with `filesystem` as `storage_filesystem`)."""
-        from normsearch.run.folder import TUNE
-
-        return self.path(run, TUNE)
 
     # --- checks ---------------------------------------------------------------------------------------
     def probe(self, seconds: float = PROBE_SECONDS) -> None:
@@ -177,15 +172,12 @@ class Storage:
 
         _bounded(roundtrip, seconds, f"{self.flag} {self.uri}: cannot write, read and delete an object here")
 
-    def holds_run(self, run: str) -> bool:
-        """Whether a run of this name is already kept in the storage."""
+    def holds(self, *parts: str) -> bool:
+        """Whether the file root/parts... exists in the storage."""
         from pyarrow.fs import FileType
 
-        from normsearch.run.folder import RECIPE
-
-        info = _bounded(
-            lambda: self.filesystem.get_file_info(self.path(run, RECIPE)), PROBE_SECONDS, self.url(run)
-        )
+        where = self.path(*parts)
+        info = _bounded(lambda: self.filesystem.get_file_info(where), PROBE_SECONDS, self.url(*parts))
         return info.type == FileType.File
 
     # --- files ----------------------------------------------------------------------------------------
@@ -212,55 +204,49 @@ class Storage:
 
     # --- the mirrored run folder ----------------------------------------------------------------------
     def mirror(self, folder: RunFolder) -> None:
-        """Copy the run folder's own files (not Tune's, which are already here) to `<root>/<run>/`. The
-        study is copied through SQLite's backup API, so the copy is consistent while the driver writes."""
-        from normsearch.run.folder import PRETRAINED, RECIPE, SPACE, STUDY, TRIALS, WARM_START
-
+        """Copy the run folder's own files (`RunFolder.mirrored`; Tune's are already here) to
+        `<root>/<run>/`. A SQLite file (the study) is copied through SQLite's backup API, so the copy is
+        consistent while the driver writes to it."""
         run = folder.path.name
-        for name in (SPACE, TRIALS, WARM_START, RECIPE):
-            if (folder.path / name).is_file():
-                self.upload(folder.path / name, self.path(run, name))
-        if (folder.path / STUDY).is_file():
+        for name in folder.mirrored():
+            local = folder.path / name
+            if local.suffix != ".db":
+                self.upload(local, self.path(run, name))
+                continue
             with tempfile.TemporaryDirectory(prefix="normsearch-study-") as tmp:
-                copy = Path(tmp) / STUDY
-                with sqlite3.connect(folder.path / STUDY) as src, sqlite3.connect(copy) as dst:
+                copy = Path(tmp) / local.name
+                with sqlite3.connect(local) as src, sqlite3.connect(copy) as dst:
                     src.backup(dst)
-                self.upload(copy, self.path(run, STUDY))
-        for base in sorted((folder.path / PRETRAINED).glob("*.pt")):
-            self.upload(base, self.path(run, PRETRAINED, base.name))
+                self.upload(copy, self.path(run, name))
 
-    def restore(self, run: str, local: Path) -> None:
-        """Download a mirrored run folder into `local` (recipe.yaml last: it marks a complete folder)."""
-        from normsearch.run.folder import RECIPE, TUNE
-
+    def restore(self, run: str, local: Path, marker: str, skip: str) -> None:
+        """Download a mirrored run folder into `local`, leaving out the folder `skip` (Tune's, read in
+        place), the file `marker` last (its presence marks a complete run folder)."""
         prefix = self.path(run)
-        files = [p for p in self.listing(prefix) if not p.startswith(f"{prefix}/{TUNE}/")]
+        files = [p for p in self.listing(prefix) if not p.startswith(f"{prefix}/{skip}/")]
         names = [p.removeprefix(prefix + "/") for p in files]
-        if RECIPE not in names:
-            raise NormsearchError(f"{self.url(run)}: no run kept here (no {RECIPE}); is the URI right?")
+        if marker not in names:
+            raise NormsearchError(f"{self.url(run)}: no run kept here (no {marker}); is the URI right?")
         local.mkdir(parents=True, exist_ok=True)
-        for name in sorted(names, key=lambda n: n == RECIPE):
+        for name in sorted(names, key=lambda n: n == marker):
             self.download(self.path(run, name), local / name)
 
     # --- Tune's experiments and checkpoints -----------------------------------------------------------
-    def experiments(self, run: str, prefix: str) -> list[str]:
-        """Names of the Tune experiments of a run whose name starts with `prefix`."""
+    def experiments(self, base: str, prefix: str) -> list[str]:
+        """Names of the Tune experiments under `base` (a run's Tune path) that start with `prefix`."""
         from pyarrow.fs import FileSelector, FileType
 
-        base = self.tune_path(run)
         infos = self.filesystem.get_file_info(FileSelector(base, allow_not_found=True))
-        return [
-            i.base_name for i in infos if i.type == FileType.Directory and i.base_name.startswith(prefix)
-        ]
+        return [i.base_name for i in infos if i.type == FileType.Directory and i.base_name.startswith(prefix)]
 
-    def newest_checkpoint(self, run: str, experiments: list[str], trial_dir: str) -> str | None:
+    def newest_checkpoint(self, base: str, experiments: list[str], trial_dir: str) -> str | None:
         """The URI-less path of the newest epoch checkpoint a trial left in the given experiments (the
         later experiment on a tie), read from each checkpoint's small summary file; None when none."""
         from normsearch.run.checkpoints import SUMMARY
 
         best: tuple[int, int, str] | None = None
         for order, name in enumerate(experiments):
-            for path in self.listing(f"{self.tune_path(run)}/{name}/{trial_dir}"):
+            for path in self.listing(f"{base}/{name}/{trial_dir}"):
                 folder, _, leaf = path.rpartition("/")
                 if leaf != SUMMARY or not folder.rpartition("/")[2].startswith("checkpoint_"):
                     continue
@@ -295,13 +281,10 @@ def read_checkpoint(location: str | Path) -> TrainState:
 
     if not is_uri(location):
         return read_state(location)
-    base, _, rest = str(location).rpartition("/tune/")
-    run_base, _, run = base.rpartition("/")
-    storage = Storage.parse(run_base)
-    remote = storage.path(run, "tune", rest)
+    storage = Storage.parse(str(location))  # its root is the checkpoint folder itself
     with tempfile.TemporaryDirectory(prefix="normsearch-ckpt-") as tmp:
-        for path in storage.listing(remote):
-            storage.download(path, Path(tmp) / path.removeprefix(remote + "/"))
+        for path in storage.listing(storage.root):
+            storage.download(path, Path(tmp) / path.removeprefix(storage.root + "/"))
         return read_state(tmp)
 
 

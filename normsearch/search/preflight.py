@@ -19,7 +19,7 @@ from typing import Any
 
 from normsearch.errors import NormsearchError
 from normsearch.recipe import Recipe
-from normsearch.run.folder import check_new_output
+from normsearch.run.folder import RunFolder, check_new_output
 from normsearch.space import Space
 
 SAMPLED_CONFIGS = 16  # an infinite space is checked on this many random configurations (plus its probes)
@@ -123,7 +123,7 @@ def check_storage(recipe: Recipe, output: Path | None) -> None:
         return
     storage = Storage.parse(recipe.storage)
     storage.probe()
-    if output is not None and storage.holds_run(output.name):
+    if output is not None and RunFolder.stored_run(storage, output.name):
         raise NormsearchError(
             f"storage {recipe.storage}: already holds a run named {output.name}; use `normsearch resume "
             f"{storage.url(output.name)}` or another --output"
@@ -285,9 +285,9 @@ def check_nodes(recipe: Recipe, output: Path) -> int:
     task = ray.remote(num_cpus=0, max_retries=0)(node_report)
     try:
         refs = [
-            task.options(
-                scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
-            ).remote(recipe.storage, marker, token, root)
+            task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(
+                recipe.storage, marker, token, root
+            )
             for n in nodes
         ]
         try:

@@ -10,6 +10,7 @@ from their last epoch checkpoint under their own study trial.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,7 +154,7 @@ def make_tuner(
 
     storage = folder.storage  # off the driver (run/storage.py): every node writes and reads it
     place = (
-        {"storage_path": storage.tune_path(folder.path.name), "storage_filesystem": storage.filesystem}
+        {"storage_path": folder.storage_tune_path, "storage_filesystem": storage.filesystem}
         if storage is not None
         else {"storage_path": str(folder.tune_dir)}
     )
@@ -186,10 +187,9 @@ def mirror_callback(folder: RunFolder) -> Any:
 
     class Mirror(Callback):
         def _mirror(self) -> None:
-            try:
+            # A failed copy: the next record (and the driver's last mirror) copies it again.
+            with contextlib.suppress(OSError):
                 folder.storage.mirror(folder)
-            except OSError:
-                pass  # the next record (and the driver's last mirror) copies it again
 
         def on_trial_result(self, *args: Any, **info: Any) -> None:
             self._mirror()
