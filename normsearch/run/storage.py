@@ -76,8 +76,11 @@ def _error_reason(error: BaseException) -> str:
         ("curlCode: 6", "the endpoint's host name does not resolve (AWS_ENDPOINT_URL)"),
         ("Couldn't connect", "nothing answers at the endpoint (AWS_ENDPOINT_URL)"),
     ]
+    def squeeze(words: str) -> str:  # NoSuchBucket, NO_SUCH_BUCKET and "no such bucket" alike
+        return "".join(c for c in words.lower() if c.isalnum())
+
     for needle, meaning in known:
-        if needle.lower() in text.lower():
+        if squeeze(needle) in squeeze(text):
             return f"{meaning}; {text[:200]}"
     return text[:300]
 
@@ -161,7 +164,8 @@ class Storage:
         where = self.path(f".normsearch-probe-{token.decode()[:12]}")
 
         def roundtrip() -> None:
-            self.filesystem.create_dir(self.root, recursive=True)
+            if self.filesystem.type_name == "local":  # object stores have no folders to make
+                self.filesystem.create_dir(self.root, recursive=True)
             with self.filesystem.open_output_stream(where) as out:
                 out.write(token)
             with self.filesystem.open_input_stream(where) as src:
