@@ -1,116 +1,58 @@
-"""A real S3-compatible server for the storage and cluster tests: moto in server mode on 127.0.0.1, with IAM
-authentication on (wrong keys and a read-only user are refused as S3 would refuse them)."""
+"""Fixtures of the storage and cluster tests: real S3-compatible servers (moto, s3_server.py), each its own
+process on 127.0.0.1, for the session."""
 
 from __future__ import annotations
 
 import json
 import os
-import threading
+import subprocess
+import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
+from s3_server import S3
 
-BUCKET = "normsearch-runs"
-READ_ONLY_POLICY = {
-    "Version": "2012-10-17",
-    "Statement": [{"Effect": "Allow", "Action": ["s3:GetObject", "s3:ListBucket"], "Resource": "*"}],
-}
-ALL_POLICY = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
+HERE = Path(__file__).resolve().parent
 
 
-@dataclass(frozen=True)
-class S3:
-    """The server's endpoint, the bucket, and the keys of a user who may write and of one who may only read."""
-
-    endpoint: str
-    bucket: str
-    writer: tuple[str, str]
-    reader: tuple[str, str]
-
-    def env(self, keys: tuple[str, str] | None = None) -> dict[str, str]:
-        """The AWS variables a process needs to use this server (the writer's keys unless told)."""
-        key, secret = keys or self.writer
-        return {
-            "AWS_ENDPOINT_URL": self.endpoint,
-            "AWS_ACCESS_KEY_ID": key,
-            "AWS_SECRET_ACCESS_KEY": secret,
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_EC2_METADATA_DISABLED": "true",
-        }
-
-    def client(self):
-        import boto3
-
-        key, secret = self.writer
-        return boto3.client(
-            "s3",
-            endpoint_url=self.endpoint,
-            aws_access_key_id=key,
-            aws_secret_access_key=secret,
-            region_name="us-east-1",
-        )
-
-    def keys_under(self, prefix: str) -> list[str]:
-        """Every object key under a prefix of the bucket (the listing the tests assert)."""
-        pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
-        return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
-
-
-def _moto_app():
-    """moto's S3 WSGI app. moto 5.2 answers CompleteMultipartUpload with a `CompleteMultipartUploadResponse`
-    root element where S3 (and so pyarrow >= 20, which checks for an error embedded in the 200 reply) expects
-    `CompleteMultipartUploadResult`; the reply is renamed on its way out, so that multipart uploads (how
-    pyarrow writes every object) complete as they do on S3."""
-    from moto.server import DomainDispatcherApplication, create_backend_app
-    from werkzeug.wrappers import Response
-
-    app = DomainDispatcherApplication(create_backend_app)
-
-    def fixed(environ, start_response):
-        response = Response.from_app(app, environ)
-        body = response.get_data()
-        if b"CompleteMultipartUploadResponse" in body:
-            response.set_data(body.replace(b"CompleteMultipartUploadResponse", b"CompleteMultipartUploadResult"))
-        return response(environ, start_response)
-
-    return fixed
+def _serve(auth: bool) -> Iterator[S3]:
+    command = [sys.executable, str(HERE / "s3_server.py"), *(["--auth"] if auth else [])]
+    process = subprocess.Popen(
+        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    try:
+        line = process.stdout.readline()
+        assert line, "the S3 server did not start"
+        found = json.loads(line)
+        yield S3(found["endpoint"], found["bucket"], tuple(found["writer"]), tuple(found["reader"]))
+    finally:
+        process.stdin.close()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 @pytest.fixture(scope="session")
 def s3() -> Iterator[S3]:
-    """The session's S3 server: a bucket, a writer and a read-only user; authentication enforced."""
-    import boto3
-    import requests
-    from werkzeug.serving import make_server
+    """An S3 server for searches (no authentication; see s3_server.py)."""
+    yield from _serve(auth=False)
 
-    server = make_server("127.0.0.1", 0, _moto_app(), threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    endpoint = f"http://127.0.0.1:{server.port}"
-    setup = {"endpoint_url": endpoint, "region_name": "us-east-1"}
-    setup |= {"aws_access_key_id": "setup", "aws_secret_access_key": "setup"}
-    iam = boto3.client("iam", **setup)
-    keys = {}
-    for user, policy in (("writer", ALL_POLICY), ("reader", READ_ONLY_POLICY)):
-        iam.create_user(UserName=user)
-        iam.put_user_policy(UserName=user, PolicyName="p", PolicyDocument=json.dumps(policy))
-        made = iam.create_access_key(UserName=user)["AccessKey"]
-        keys[user] = (made["AccessKeyId"], made["SecretAccessKey"])
-    boto3.client("s3", **setup).create_bucket(Bucket=BUCKET)
-    requests.post(f"{endpoint}/moto-api/reset-auth", data=b"0", timeout=10).raise_for_status()
-    try:
-        yield S3(endpoint, BUCKET, keys["writer"], keys["reader"])
-    finally:
-        server.shutdown()
+
+@pytest.fixture(scope="session")
+def s3_auth() -> Iterator[S3]:
+    """An S3 server that authenticates every request: a writer and a read-only user."""
+    yield from _serve(auth=True)
 
 
 @pytest.fixture
-def s3_env(s3: S3, monkeypatch: pytest.MonkeyPatch) -> S3:
-    """This process's AWS variables pointed at the session's server, with the writer's keys."""
-    for key, value in s3.env().items():
+def s3_env(s3_auth: S3, monkeypatch: pytest.MonkeyPatch) -> S3:
+    """This process's AWS variables pointed at the authenticating server, with the writer's keys."""
+    for key, value in s3_auth.env().items():
         monkeypatch.setenv(key, value)
     for key in ("AWS_PROFILE", "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN"):
         monkeypatch.delenv(key, raising=False)
-    assert os.environ["AWS_ENDPOINT_URL"] == s3.endpoint
-    return s3
+    assert os.environ["AWS_ENDPOINT_URL"] == s3_auth.endpoint
+    return s3_auth
