@@ -64,7 +64,7 @@ def reconcile(
 ) -> Recovery:
     """Close or continue every study trial left RUNNING by an earlier driver (see the module docstring).
     `units` are the names of the protocol's training units ([""] for one)."""
-    from normsearch.run.checkpoints import checkpoint_epoch
+    from normsearch.run.storage import checkpoint_epoch  # a local checkpoint or one in the storage
 
     units = units or [""]
     records = {t.trial_id: t for t in folder.trials()} if folder.records_path.is_file() else {}

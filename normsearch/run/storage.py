@@ -292,6 +292,17 @@ def read_checkpoint(location: str | Path) -> TrainState:
         return read_state(tmp)
 
 
+def checkpoint_epoch(location: str | Path) -> int:
+    """The epoch a checkpoint folder holds, given by local path or by storage URI (-1: incomplete)."""
+    from normsearch.run.checkpoints import SUMMARY
+    from normsearch.run.checkpoints import checkpoint_epoch as local_epoch
+
+    if not is_uri(location):
+        return local_epoch(Path(location))
+    storage = Storage.parse(str(location))
+    return _summary_epoch(storage, storage.path(SUMMARY))
+
+
 def storage_of(recipe_storage: str | None) -> Storage | None:
     """The storage a recipe names (`storage:`), or None for a run kept in its local folder only."""
     return Storage.parse(recipe_storage) if recipe_storage else None

@@ -1,0 +1,173 @@
+"""A real two-node Ray cluster on loopback whose nodes share no disk where the run folder is: the head
+(127.0.0.1, no CPUs, so every trial runs on the worker) and a worker (127.0.0.2, 2 CPUs) started in its own
+mount namespace (`unshare -m`) with an empty tmpfs over the driver's runs folder. With `--storage s3://...`
+(a real S3 server, s3_server.py) a search completes there and the bucket holds every trial's checkpoints;
+without it, the preflight names the worker and says to give --storage, before anything is written."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+
+from normsearch.run.folder import RunFolder
+from normsearch.run.records import FINISHED
+
+ROOT = Path(__file__).resolve().parents[2]
+QUICK = str(ROOT / "recipes" / "quickstart.yaml")
+TINY = ["--set", "data.n_train=200", "--set", "data.n_val=40", "--set", "data.n_test=40"]
+
+pytestmark = pytest.mark.slow  # needs `unshare -m` and `mount` (root), as the test machines have
+
+
+def _ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def _node_flags(ip: str, temp: Path) -> list[str]:
+    """Every port a node listens on, picked free (other Ray instances may run on this machine)."""
+    node, objects, agent, agent_grpc, metrics, runtime_env = _ports(6)
+    low = _ports(1)[0]
+    return [
+        f"--node-ip-address={ip}", f"--node-manager-port={node}", f"--object-manager-port={objects}",
+        f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
+        f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={runtime_env}",
+        f"--min-worker-port={low}", f"--max-worker-port={low + 40}", "--object-store-memory=80000000",
+        "--disable-usage-stats", "--include-log-monitor=false", "--block", f"--temp-dir={temp}",
+    ]  # fmt: skip
+
+
+@dataclass
+class Cluster:
+    address: str
+    runs: Path  # where the driver keeps run folders; an empty tmpfs on the worker
+    env: dict[str, str]
+    processes: list[subprocess.Popen]
+
+    def worker_node_ids(self) -> set[str]:
+        import json
+
+        out = subprocess.run(
+            [sys.executable, "-c", f"import ray, json; ray.init(address={self.address!r}, log_to_driver=False); "
+             "print(json.dumps([n['NodeID'] for n in ray.nodes() if n['Alive'] "
+             "and n['NodeManagerAddress'] == '127.0.0.2']))"],
+            env=self.env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        return set(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """End one `ray start --block` and every process it started (by pid; no global `ray stop`)."""
+    try:
+        tree = psutil.Process(process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        tree = []
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    for child in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
+
+
+def _wait_nodes(env: dict[str, str], address: str, count: int) -> None:
+    code = (
+        "import ray, time; ray.init(address=%r, log_to_driver=False)\n"
+        "for _ in range(120):\n"
+        "    if sum(n['Alive'] for n in ray.nodes()) >= %d: break\n"
+        "    time.sleep(0.5)\n"
+        "else: raise SystemExit('nodes missing')" % (address, count)
+    )
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=180, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, s3) -> Iterator[Cluster]:
+    base = tmp_path_factory.mktemp("cluster")
+    runs = base / "runs"
+    runs.mkdir()
+    env = {**os.environ, **s3.env(), "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    gcs, client = _ports(2)
+    address = f"127.0.0.1:{gcs}"
+    temp = Path(f"/tmp/nsr{os.getpid()}")  # short: Ray's unix socket paths must fit 107 bytes
+    head = subprocess.Popen(
+        ["ray", "start", "--head", f"--port={gcs}", f"--ray-client-server-port={client}", "--num-cpus=0",
+         "--include-dashboard=false", *_node_flags("127.0.0.1", temp / "h")],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    processes = [head]
+    try:
+        _wait_nodes(env, address, 1)
+        flags = " ".join(_node_flags("127.0.0.2", temp / "w"))
+        worker = subprocess.Popen(
+            ["unshare", "-m", "--propagation", "private", "sh", "-c",
+             f"mount -t tmpfs tmpfs {runs} && exec ray start --address={address} --num-cpus=2 {flags}"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+        processes.append(worker)
+        _wait_nodes(env, address, 2)
+        yield Cluster(address, runs, env, processes)
+    finally:
+        for process in reversed(processes):
+            _stop(process)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _normsearch(cluster: Cluster, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "normsearch", *args], env=cluster.env, cwd=cwd, capture_output=True,
+        text=True, timeout=600,
+    )  # fmt: skip
+
+
+def test_without_storage_the_preflight_names_the_node_that_cannot_see_the_run_folder(cluster) -> None:
+    out = cluster.runs / "no-storage"
+    for extra in (["--dry-run"], []):
+        done = _normsearch(cluster, "run", QUICK, "--address", cluster.address, "--output", str(out), *TINY,
+                           *extra)  # fmt: skip
+        lines = done.stdout.strip().splitlines()
+        assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+        assert re.search(r"error: node 127\.0\.0\.2 .*cannot see .*runs.* give --storage", lines[-1]), lines
+        assert "Traceback" not in done.stdout + done.stderr
+        assert not out.exists()
+        assert not [p for p in cluster.runs.iterdir() if p.name.startswith(".normsearch-nodes-")]
+
+
+def test_a_search_with_s3_storage_completes_on_the_two_nodes(cluster, s3) -> None:
+    out = cluster.runs / "with-storage"
+    done = _normsearch(
+        cluster, "run", QUICK, "--address", cluster.address, "--output", str(out), "--storage",
+        f"s3://{s3.bucket}/cluster", "--num-samples", "2", "--max-concurrent", "2", "--set",
+        "train.epochs=1", *TINY,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    records = RunFolder(out).records()
+    finished = sorted({r["trial_id"] for r in records if r["status"] in FINISHED})
+    assert len(finished) == 2
+    workers = cluster.worker_node_ids()
+    assert {r.get("node_id") for r in records if r["status"] in FINISHED} <= workers  # trained on the worker
+    keys = s3.keys_under("cluster/with-storage/tune/")
+    trained = {
+        m.group(1) for k in keys if (m := re.search(r"/attempt-1/([^/]+)/checkpoint_\d+/state\.pt$", k))
+    }
+    assert sorted(trained) == finished, keys
