@@ -125,12 +125,12 @@ def pretrained_bases(
     return paths
 
 
-def _trainable(recipe: Recipe, space: Space):
+def _trainable(recipe: Recipe, space: Space, trainable: Callable[..., None] = run_trial):
     from ray import tune
 
     return tune.with_resources(
         tune.with_parameters(
-            run_trial, recipe_json=recipe.model_dump_json(), space_json=space.model_dump_json()
+            trainable, recipe_json=recipe.model_dump_json(), space_json=space.model_dump_json()
         ),
         {"cpu": recipe.resources.cpu, "gpu": recipe.resources.gpu},
     )
@@ -146,6 +146,7 @@ def make_tuner(
     num_samples: int,
     trial_name: Callable[[Any], str],
     scheduler: Any = None,
+    trainable: Callable[..., None] = run_trial,
 ) -> Any:
     """One Ray Tune experiment `tune/<experiment>` in the run folder, the way every driver runs one (a
     search attempt, a confirmation): the recipe's trainable and resources, concurrency, retries of lost
@@ -159,7 +160,7 @@ def make_tuner(
         else {"storage_path": str(folder.tune_dir)}
     )
     return tune.Tuner(
-        _trainable(recipe, space),
+        _trainable(recipe, space, trainable),
         tune_config=tune.TuneConfig(
             search_alg=searcher,
             scheduler=scheduler,
@@ -214,10 +215,12 @@ def run_search(
     on_change: Callable[[Progress], None] | None = None,
     resume: bool = False,
     checked: Preflight | None = None,
+    trainable: Callable[..., None] = run_trial,
 ) -> SearchOutcome:
     """Run (or, with `resume`, continue) the search of `recipe` over `space` in `run_dir`.
 
-    `checked` is the result of `preflight` when the caller already ran it (the CLI shows it first)."""
+    `checked` is the result of `preflight` when the caller already ran it (the CLI shows it first);
+    `trainable` is what each trial runs (`bench driver` gives one that trains nothing)."""
 
     if resume:
         folder = RunFolder.open(run_dir)
@@ -284,6 +287,7 @@ def run_search(
         num_samples=budget * len(recipe.data.units()),
         trial_name=_trial_name,
         scheduler=make_scheduler(recipe),
+        trainable=trainable,
     )
     try:
         tuner.fit()
