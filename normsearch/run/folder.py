@@ -255,7 +255,8 @@ class RunFolder:
     def mirrored(self) -> list[str]:
         """The run folder's own files that its storage keeps a copy of (run/storage.py), relative names;
         recipe.yaml last, since its presence marks a complete run folder."""
-        names = [n for n in (STUDY, SPACE, TRIALS, WARM_START) if (self.path / n).is_file()]
+        # The records first: what a resume reconciles the study with (run/reconcile.py).
+        names = [n for n in (TRIALS, STUDY, SPACE, WARM_START) if (self.path / n).is_file()]
         names += [f"{PRETRAINED}/{p.name}" for p in sorted((self.path / PRETRAINED).glob("*.pt"))]
         return [*names, RECIPE]
 
