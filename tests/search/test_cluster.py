@@ -118,13 +118,16 @@ def _came_up(env: dict[str, str], address: str, count: int, node: subprocess.Pop
 def _start(
     command: Callable[[], list[str]], env: dict[str, str], address: str, count: int
 ) -> subprocess.Popen:
+    log = Path(env["NORMSEARCH_TEST_LOGS"]) / f"node{count}.log"
     for _ in range(3):
-        node = subprocess.Popen(command(), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True)  # fmt: skip
+        with log.open("w") as out:
+            node = subprocess.Popen(command(), env=env, stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True)  # fmt: skip
         if _came_up(env, address, count, node):
             return node
         _stop(node)
-    raise AssertionError(f"a Ray node did not start three times: {command()}")
+    tail = "\n".join(line for line in log.read_text().splitlines() if not line.startswith(" "))[-2000:]
+    raise AssertionError(f"a Ray node did not start three times: {command()}\n{tail}")
 
 
 @pytest.fixture(scope="module")
@@ -134,6 +137,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, s3) -> Iterator[Cluster]:
     runs.mkdir()
     env = {**os.environ, **s3.env(), "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
+    # normsearch's own "0" (search/ray.py, set by tests/conftest.py) makes `ray start` refuse to join a node.
+    env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
+    env["NORMSEARCH_TEST_LOGS"] = str(base)
     gcs = _ports(1)[0]
     address = f"127.0.0.1:{gcs}"
     temp = Path(f"/tmp/nsr{os.getpid()}")  # short: Ray's unix socket paths must fit 107 bytes
