@@ -174,9 +174,10 @@ def test_without_storage_the_preflight_names_the_node_that_cannot_see_the_run_fo
     for extra in (["--dry-run"], []):
         done = _normsearch(cluster, "run", QUICK, "--address", cluster.address, "--output", str(out), *TINY,
                            *extra)  # fmt: skip
-        lines = done.stdout.strip().splitlines()
+        errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
         assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
-        assert re.search(r"error: node 127\.0\.0\.2 .*cannot see .*runs.* give --storage", lines[-1]), lines
+        assert len(errors) == 1, done.stderr[-3000:]
+        assert re.search(r"^error: node 127\.0\.0\.2 .*cannot see .*runs.* give --storage", errors[0]), errors
         assert "Traceback" not in done.stdout + done.stderr
         assert not out.exists()
         assert not [p for p in cluster.runs.iterdir() if p.name.startswith(".normsearch-nodes-")]
