@@ -201,3 +201,29 @@ def test_a_search_with_s3_storage_completes_on_the_two_nodes(cluster, s3) -> Non
         m.group(1) for k in keys if (m := re.search(r"/attempt-1/([^/]+)/checkpoint_\d+/state\.pt$", k))
     }
     assert sorted(trained) == finished, keys
+
+
+def test_a_data_root_missing_on_a_node_is_named_before_anything_runs(
+    cluster, s3, make_image_folder, tmp_path: Path
+) -> None:
+    import json
+
+    root = make_image_folder(
+        cluster.runs / "pacs", ["art", "photo"], ["dog", "cat"], 6
+    )  # tmpfs on the worker
+    recipe = tmp_path / "folder.yaml"
+    recipe.write_text(json.dumps({
+        "name": "folder", "model": {"backbone": {"preset": "resnet-mini"}},
+        "data": {"dataset": "folder", "root": str(root), "size": 16, "source": "art", "select": ["photo"],
+                 "test": [], "val_fraction": 0.2, "test_fraction": 0.2},
+        "search": {"space": "quickstart", "algorithm": "grid", "num_samples": 1},
+    }))  # fmt: skip
+    env = {**cluster.env, "NORMSEARCH_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run(
+        [sys.executable, "-m", "normsearch", "run", str(recipe), "--dry-run", "--address", cluster.address,
+         "--output", str(tmp_path / "out"), "--storage", f"s3://{s3.bucket}/folder"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert done.returncode == 2 and len(errors) == 1, done.stdout[-2000:] + done.stderr[-2000:]
+    assert re.search(rf"^error: node 127\.0\.0\.2 .*data\.root {re.escape(str(root))}: not there", errors[0])
