@@ -13,10 +13,10 @@ from typer.testing import CliRunner
 from normsearch.cli import app
 from normsearch.run.folder import RunFolder
 
-pytestmark = pytest.mark.slow
 runner = CliRunner()
 
 
+@pytest.mark.slow
 def test_bench_driver_runs_null_cost_trials_and_times_the_commands(tmp_path: Path) -> None:
     result = runner.invoke(
         app, ["bench", "driver", "--trials", "3", "--trials", "6", "--concurrency", "2", "--algorithm",
@@ -38,3 +38,18 @@ def test_bench_driver_runs_null_cost_trials_and_times_the_commands(tmp_path: Pat
     study = optuna.load_study(study_name="driver-random", storage=largest.study_url)
     assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) == 6
     assert "peak RSS grew" in result.output and "show" in result.output
+
+
+def test_the_front_sweep_equals_the_first_front_of_the_full_sort() -> None:
+    """`non_dominated` (the per-trial front the driver keeps, made a sweep after `bench driver` profiled the
+    full sort) against the first front of Deb's fast non-dominated sort, with ties and mixed directions."""
+    import random
+
+    from normsearch.results.pareto import non_dominated, non_dominated_sort
+
+    rng = random.Random(0)
+    for _ in range(300):
+        k = rng.choice([2, 3])
+        directions = [rng.choice(["max", "min"]) for _ in range(k)]
+        points = [[float(rng.randint(0, 4)) for _ in range(k)] for _ in range(rng.randint(1, 40))]
+        assert non_dominated(points, directions) == non_dominated_sort(points, directions)[0]
