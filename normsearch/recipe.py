@@ -192,6 +192,8 @@ class Recipe(_Strict):
     resources: Resources = Resources()
     ray: RayConfig = RayConfig()
     output: str | None = None
+    # Where Ray Tune keeps checkpoints and the run folder is mirrored (run/storage.py): s3://, gs://, a path.
+    storage: str | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -275,6 +277,7 @@ def load_recipe(
     address: str | None = None,
     output: str | None = None,
     overrides: list[str] | None = None,
+    storage: str | None = None,
 ) -> tuple[Recipe, Space]:
     """Read and validate a recipe with CLI flags laid over it; returns the recipe and its search space
     (loaded and checked against the recipe's model). `overrides` are ``key.path=value`` strings (the value
@@ -289,6 +292,7 @@ def load_recipe(
         "search.max_concurrent": max_concurrent,
         "ray.address": address,
         "output": output,
+        "storage": storage,
     }
     for item in overrides or []:
         key, sep, text = item.partition("=")

@@ -32,6 +32,13 @@ def run(
     output: Annotated[
         Path | None, typer.Option(help="Run folder (default: runs/<name>-<timestamp>).")
     ] = None,
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            help="Where checkpoints go and the run folder is mirrored: s3://bucket/prefix, gs://..., or a "
+            "path every node mounts (needed on a cluster whose nodes share no disk)."
+        ),
+    ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Resolve and print; train nothing.")] = False,
     overrides: Annotated[
         list[str] | None,
@@ -51,6 +58,7 @@ def run(
         address=address,
         output=str(output) if output else None,
         overrides=overrides,
+        storage=storage,
     )
     run_dir = default_output(recipe)
     from normsearch.search.preflight import describe, estimate_seconds, preflight
@@ -59,6 +67,9 @@ def run(
         checked = preflight(recipe, space, run_dir)
     if dry_run:
         import yaml
+
+        if recipe.ray.address is not None:
+            _check_cluster(recipe, run_dir)
 
         console.print(yaml.safe_dump(recipe.model_dump(mode="json", exclude_none=True), sort_keys=False))
         console.print(space_table(space))
@@ -82,10 +93,32 @@ def run(
     _search(recipe, space, run_dir, resume=False, checked=checked, startup_timeout=ray_startup_timeout)
 
 
+def _check_cluster(recipe: Any, run_dir: Path) -> None:
+    """The dry run's cluster checks: join it, fit one trial on a node, and check every node."""
+    import ray
+
+    from normsearch.search.preflight import check_nodes
+    from normsearch.search.ray import check_cluster_resources, start_ray
+
+    with console.status("joining the cluster and checking every node..."):
+        start_ray(recipe.ray.address)
+        try:
+            check_cluster_resources(recipe.resources.cpu, recipe.resources.gpu)
+            nodes = check_nodes(recipe, run_dir)
+        finally:
+            ray.shutdown()
+    console.print(f"nodes checked: {nodes}", highlight=False)
+
+
 @app.command("resume")
 @user_errors
 def resume(
-    run_dir: Annotated[Path, typer.Argument(help="A run folder.")],
+    run_dir: Annotated[
+        str, typer.Argument(metavar="RUN", help="A run folder, or its storage URI (s3://bucket/prefix/run).")
+    ],
+    output: Annotated[
+        Path | None, typer.Option(help="With a URI: where to restore the run folder (default: ./<run>).")
+    ] = None,
     repair: Annotated[
         bool,
         typer.Option(
@@ -95,12 +128,24 @@ def resume(
     ray_startup_timeout: Annotated[float | None, STARTUP_TIMEOUT] = None,
 ) -> None:
     """Continue a run that was interrupted or killed: finished trials stay, unfinished ones continue from
-    their last epoch checkpoint, and the study is reconciled with the records."""
+    their last epoch checkpoint, and the study is reconciled with the records. Given the run's storage
+    URI (another machine, a new head node), the folder is restored from the storage first."""
     # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
     from normsearch.run.folder import RunFolder
+    from normsearch.run.storage import is_uri, split_run_uri
 
-    recipe, space = RunFolder.open(run_dir).load()
-    _search(recipe, space, run_dir, resume=True, repair=repair, startup_timeout=ray_startup_timeout)
+    if is_uri(run_dir):
+        storage, name = split_run_uri(run_dir)
+        local = (output or Path.cwd() / name).resolve()
+        if not RunFolder.is_run(local):
+            with console.status(f"restoring {run_dir} into {local}..."):
+                storage.probe()
+                RunFolder.restore(storage, name, local)
+        folder = Path(local)
+    else:
+        folder = Path(run_dir)
+    recipe, space = RunFolder.open(folder).load()
+    _search(recipe, space, folder, resume=True, repair=repair, startup_timeout=ray_startup_timeout)
 
 
 def _search(

@@ -320,3 +320,49 @@ def bench_search(
             f"[yellow]the target is stated for >= {TARGET_TRIALS} trials of >= {TARGET_TRIAL_SECONDS:.0f} s "
             "each; this run is smaller, so its verdict is not the target's[/yellow]"
         )
+
+
+@bench_app.command("driver")
+@user_errors
+def bench_driver(
+    trials: Annotated[
+        list[int] | None, typer.Option("--trials", min=2, help="N (repeatable; default 100, 300, 1000).")
+    ] = None,
+    concurrency: Annotated[
+        list[int] | None, typer.Option("--concurrency", min=1, help="Trials at once (default 1 and 8).")
+    ] = None,
+    algorithms: Annotated[
+        list[str] | None, typer.Option("--algorithm", help="nsga2, tpe, random (default: all three).")
+    ] = None,
+    output: Annotated[
+        Path, typer.Option("-o", "--output", help="Where the run folders and driver.json go.")
+    ] = Path("benchmarks/driver"),
+) -> None:
+    """The driver's cost at many trials: null-cost trials through the real search path (Ray, Tune, the
+    study on disk, records), per algorithm and concurrency: CPU and ask time per trial, peak RSS; then
+    show, collect and report on the largest run folder."""
+    from normsearch.bench.driver import ALGORITHMS, verdicts
+    from normsearch.bench.driver import bench_driver as run_bench
+
+    chosen = algorithms or list(ALGORITHMS)
+    unknown = sorted(set(chosen) - set(ALGORITHMS))
+    if unknown:
+        raise NormsearchError(f"--algorithm {unknown[0]}: allowed {', '.join(ALGORITHMS)}")
+    sizes = sorted(set(trials or [100, 300, 1000]))
+    at_once = sorted(set(concurrency or [1, 8]))
+    with console.status("bench driver...") as status:
+        result = run_bench(sizes, at_once, chosen, output, on_step=status.update)
+    title = f"null-cost trials; load average {result.load} (shared machine)"
+    table = Table(title=title, title_justify="left")
+    columns = ("algorithm", "at once", "trials", "finished", "wall s", "CPU ms/trial", "ask ms", "peak MB")
+    for column in columns:
+        table.add_column(column, justify="right")
+    for r in result.runs:
+        cells = (r.algorithm, r.concurrency, r.trials, r.finished, f"{r.wall_s:.1f}")
+        table.add_row(
+            *map(str, cells), f"{r.cpu_ms_per_trial:.1f}", f"{r.ask_ms:.2f}", f"{r.peak_rss_mb:.0f}"
+        )
+    console.print(table)
+    for line in verdicts(result):
+        console.print(line, highlight=False)
+    console.print(f"results in {output / 'driver.json'}", highlight=False)

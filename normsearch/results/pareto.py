@@ -54,10 +54,21 @@ def non_dominated_sort(points: Sequence[Point], directions: Sequence[str]) -> li
 
 
 def non_dominated(points: Sequence[Point], directions: Sequence[str]) -> list[int]:
-    """Indices of the first front (duplicates of a front point are all kept)."""
+    """Indices of the first front (duplicates of a front point are all kept), in index order.
+
+    A sweep in descending lexicographic order (objectives turned to maximise): a point can only be
+    dominated by one before it, and if by any, then by one already on the front (dominance is transitive),
+    so each point is compared with the front only: O(n log n + n * front) instead of the full sort's
+    O(n^2), which the driver pays after every trial (`bench driver`)."""
     if not points:
         return []
-    return non_dominated_sort(points, directions)[0]
+    maxed = [_as_max(p, directions) for p in points]
+    front: list[int] = []
+    for i in sorted(range(len(maxed)), key=lambda k: maxed[k], reverse=True):
+        p = maxed[i]
+        if not any(maxed[f] != p and all(x >= y for x, y in zip(maxed[f], p, strict=True)) for f in front):
+            front.append(i)
+    return sorted(front)
 
 
 def front_ranks(points: Sequence[Point], directions: Sequence[str]) -> list[int]:

@@ -40,6 +40,7 @@ from normsearch.run.files import atomic_write_text, first_line, os_errors
 if TYPE_CHECKING:
     from normsearch.recipe import Recipe
     from normsearch.run.records import TrialRecord
+    from normsearch.run.storage import Storage
     from normsearch.space import Space
 
 RECIPE = "recipe.yaml"
@@ -256,9 +257,12 @@ class RunFolder:
 
     def attempts(self, prefix: str = ATTEMPT_PREFIX) -> list[str]:
         """Names of the Tune experiments (one per driver; with CONFIRM_PREFIX, one per confirm) in order."""
-        if not self.tune_dir.is_dir():
+        if self.storage is not None:  # Tune's experiments live in the storage (run/storage.py)
+            names = self.storage.experiments(self.storage_tune_path, prefix)
+        elif not self.tune_dir.is_dir():
             return []
-        names = [p.name for p in self.tune_dir.iterdir() if p.name.startswith(prefix)]
+        else:
+            names = [p.name for p in self.tune_dir.iterdir() if p.name.startswith(prefix)]
         return sorted(names, key=lambda n: int(n.removeprefix(prefix) or 0))
 
     def new_attempt(self, prefix: str = ATTEMPT_PREFIX) -> str:
@@ -271,17 +275,57 @@ class RunFolder:
         """The folder name of a trial inside a Tune experiment ("t003/s1" is "t003-s1")."""
         return trial.replace("/", "-")
 
-    def last_checkpoint(self, trial: str) -> Path | None:
-        """The newest epoch checkpoint a trial left in any attempt (or confirm), or None."""
+    @property
+    def storage(self) -> Storage | None:
+        """The run's storage (`storage:` in its recipe), where Tune keeps its experiments; None: here."""
+        if not hasattr(self, "_storage"):
+            from normsearch.run.storage import storage_of
+
+            raw = yaml.safe_load((self.path / RECIPE).read_text()) if (self.path / RECIPE).is_file() else {}
+            self._storage = storage_of((raw or {}).get("storage"))
+        return self._storage
+
+    @property
+    def storage_tune_path(self) -> str:
+        """Ray Tune's `storage_path` inside the storage's filesystem: `<storage>/<run>/tune`."""
+        assert self.storage is not None
+        return self.storage.path(self.path.name, TUNE)
+
+    def mirrored(self) -> list[str]:
+        """The run folder's own files that its storage keeps a copy of (run/storage.py), relative names;
+        recipe.yaml last, since its presence marks a complete run folder."""
+        # The records first: what a resume reconciles the study with (run/reconcile.py).
+        names = [n for n in (TRIALS, STUDY, SPACE, WARM_START) if (self.path / n).is_file()]
+        names += [f"{PRETRAINED}/{p.name}" for p in sorted((self.path / PRETRAINED).glob("*.pt"))]
+        return [*names, RECIPE]
+
+    @staticmethod
+    def stored_run(storage: Storage, run: str) -> bool:
+        """Whether the storage already keeps a run of this name."""
+        return storage.holds(run, RECIPE)
+
+    @classmethod
+    def restore(cls, storage: Storage, run: str, local: Path) -> RunFolder:
+        """A run folder restored from its storage copy into `local` (`normsearch resume URI`)."""
+        storage.restore(run, local, marker=RECIPE, skip=TUNE)
+        return cls.open(local)
+
+    def last_checkpoint(self, trial: str) -> Path | str | None:
+        """The newest epoch checkpoint a trial left in any attempt (or confirm), or None; with storage,
+        its URI (run/storage.read_checkpoint reads either)."""
         from normsearch.run.checkpoints import newest_checkpoint
 
         experiments = self.attempts() + self.attempts(CONFIRM_PREFIX)
+        if self.storage is not None:
+            return self.storage.newest_checkpoint(
+                self.storage_tune_path, experiments, self.trial_dirname(trial)
+            )
         found = [self.tune_dir / name / self.trial_dirname(trial) for name in experiments]
         return newest_checkpoint([p for p in found if p.is_dir()])
 
     def final_state(self, trial: str):
         """The TrainState of a trial's last checkpoint, which must be its final epoch."""
-        from normsearch.run.checkpoints import read_state
+        from normsearch.run.storage import read_checkpoint as read_state
 
         checkpoint = self.last_checkpoint(trial)
         if checkpoint is None:

@@ -73,7 +73,9 @@ def reconcile(
 ) -> Recovery:
     """Close or continue every study trial left RUNNING by an earlier driver (see the module docstring).
     `units` are the names of the protocol's training units ([""] for one)."""
-    from normsearch.run.checkpoints import check_state, checkpoint_epoch
+    # A local checkpoint or one in the storage; read (safely) in the driver so that a planted file is one
+    # line before any trial is handed it.
+    from normsearch.run.storage import checkpoint_epoch, read_checkpoint
 
     units = units or [""]
     recovery = Recovery()
@@ -100,7 +102,9 @@ def reconcile(
             if done is not None and done.finished and uid != key:
                 finished[unit] = done
                 continue
-            checkpoint = check_state(folder.last_checkpoint(uid))
+            checkpoint = folder.last_checkpoint(uid)
+            if checkpoint is not None:
+                read_checkpoint(checkpoint)
             jobs.append((unit, checkpoint, checkpoint_epoch(checkpoint) if checkpoint else 0))
         recovery.continued.append(Continued(frozen.number, key, dict(frozen.params), jobs, finished))
     for number, twin in waiting:

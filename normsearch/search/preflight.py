@@ -19,7 +19,7 @@ from typing import Any
 
 from normsearch.errors import NormsearchError
 from normsearch.recipe import Recipe
-from normsearch.run.folder import check_new_output
+from normsearch.run.folder import RunFolder, check_new_output
 from normsearch.space import Space
 
 SAMPLED_CONFIGS = 16  # an infinite space is checked on this many random configurations (plus its probes)
@@ -115,12 +115,29 @@ def check_data(recipe: Recipe) -> tuple[dict[str, int], int, float]:
     return {name: len(d) for name, d in data.domains.items()}, data.num_classes, time.perf_counter() - tic
 
 
+def check_storage(recipe: Recipe, output: Path | None) -> None:
+    """`storage:` opens and takes a small object written, read back and deleted (run/storage.py), and holds
+    no run of this name yet; each failure is one line before Ray starts."""
+    from normsearch.run.storage import Storage
+
+    if not recipe.storage:
+        return
+    storage = Storage.parse(recipe.storage)
+    storage.probe()
+    if output is not None and RunFolder.stored_run(storage, output.name):
+        raise NormsearchError(
+            f"storage {recipe.storage}: already holds a run named {output.name}; use `normsearch resume "
+            f"{storage.url(output.name)}` or another --output"
+        )
+
+
 def preflight(recipe: Recipe, space: Space, output: Path | None) -> Preflight:
     """Run every check (see the module docstring); `output` None skips the output check (resume)."""
     from normsearch.search.ray import check_local_resources, probe_address
 
     if output is not None:
         check_new_output(output)
+    check_storage(recipe, output)
     if recipe.ray.address is None:
         check_local_resources(recipe.resources.cpu, recipe.resources.gpu)
     else:
@@ -177,3 +194,123 @@ def describe(pre: Preflight) -> dict[str, Any]:
         "domains": ", ".join(f"{k} ({v})" for k, v in pre.domains.items()),
         "data loaded in": f"{pre.data_seconds:.1f} s",
     }
+
+
+# --- every node of a cluster ----------------------------------------------------------------------------
+NODE_CHECK_SECONDS = 120.0
+
+
+def file_list_hash(root: str) -> tuple[int, str]:
+    """(files, sha256 of the sorted relative paths and sizes) under a data root: two nodes whose roots
+    hash alike hold the same domains and files."""
+    import hashlib
+    import os
+
+    digest = hashlib.sha256()
+    entries = []
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in files:
+            path = os.path.join(folder, name)
+            entries.append(f"{os.path.relpath(path, root)}\t{os.path.getsize(path)}")
+    for entry in sorted(entries):
+        digest.update(entry.encode() + b"\n")
+    return len(entries), digest.hexdigest()[:16]
+
+
+def node_report(storage: str | None, marker: str | None, token: str, root: str | None) -> dict[str, Any]:
+    """Run on one node (a Ray task): what it could not see or use of the run; see `check_nodes`."""
+    import os
+    import socket
+    import tempfile
+
+    from normsearch.data.cache import cache_dir
+    from normsearch.run.storage import Storage
+
+    problems: list[str] = []
+    if storage:
+        try:
+            Storage.parse(storage).probe()
+        except NormsearchError as error:
+            problems.append(str(error))
+    elif marker is not None:
+        try:
+            seen = Path(marker).read_text() == token
+        except OSError:
+            seen = False
+        if not seen:
+            problems.append(
+                f"cannot see {Path(marker).parent} (where the driver keeps the run folder: this node does "
+                "not share that disk); give --storage s3://bucket/prefix (or a path every node mounts)"
+            )
+    data = None
+    if root:
+        if not Path(root).is_dir():
+            problems.append(f"data.root {root}: not there (every node must hold the data at the same path)")
+        else:
+            data = file_list_hash(root)
+    try:
+        cache = cache_dir()
+        cache.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=cache, prefix=".probe-"):
+            pass
+    except OSError as error:
+        problems.append(f"image cache {cache_dir()}: cannot write there ({error.strerror or error})")
+    return {"host": socket.gethostname(), "pid": os.getpid(), "problems": problems, "data": data}
+
+
+def check_nodes(recipe: Recipe, output: Path) -> int:
+    """Before the first trial, a tiny Ray task on every alive node of the joined cluster checks what a
+    trial there will need: the storage writable and readable (or, with no storage, the driver's run-folder
+    place visible there: a marker written here must read back there), the data root holding the same files
+    (hash of the file list) and the image cache writable. The first node that fails is one line naming it.
+    Returns how many nodes were checked."""
+    import shutil
+    import tempfile
+    import uuid
+
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    marker_dir = None
+    marker = None
+    token = uuid.uuid4().hex
+    if not recipe.storage:
+        existing = output if output.is_dir() else output.parent
+        while not existing.is_dir():
+            existing = existing.parent
+        marker_dir = tempfile.mkdtemp(dir=existing, prefix=".normsearch-nodes-")
+        marker = str(Path(marker_dir) / "marker")
+        Path(marker).write_text(token)
+    root = recipe.data.root if recipe.data.dataset == "folder" else None
+    expected = file_list_hash(root) if root and Path(root).is_dir() else None
+    task = ray.remote(num_cpus=0, max_retries=0)(node_report)
+    try:
+        refs = [
+            task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(
+                recipe.storage, marker, token, root
+            )
+            for n in nodes
+        ]
+        try:
+            reports = ray.get(refs, timeout=NODE_CHECK_SECONDS)
+        except ray.exceptions.GetTimeoutError:
+            raise NormsearchError(
+                f"ray.address {recipe.ray.address}: the nodes' checks did not finish in "
+                f"{NODE_CHECK_SECONDS:.0f} s (a node without the Python environment?)"
+            ) from None
+    finally:
+        if marker_dir is not None:
+            shutil.rmtree(marker_dir, ignore_errors=True)
+    for node, report in zip(nodes, reports, strict=True):
+        name = f"node {node.get('NodeManagerAddress')} ({report['host']}, id {node['NodeID'][:8]})"
+        if report["problems"]:
+            raise NormsearchError(f"{name}: {report['problems'][0]}")
+        if expected is not None and report["data"] != expected:
+            files, _ = report["data"]
+            raise NormsearchError(
+                f"{name}: data.root {root} holds other files than on the driver ({files} files there, "
+                f"{expected[0]} here); every node must hold the same data at the same path"
+            )
+    return len(nodes)

@@ -23,6 +23,7 @@ from normsearch.data.spec import DataConfig, load_data
 from normsearch.errors import NormsearchError
 from normsearch.recipe import Recipe
 from normsearch.run.checkpoints import read_state, write_state
+from normsearch.run.storage import read_checkpoint
 from normsearch.space import Space
 from normsearch.train import Diverged, train_from_recipe
 
@@ -77,7 +78,7 @@ def run_trial(config: dict[str, Any], recipe_json: str, space_json: str) -> None
             with restored.as_directory() as folder:
                 state = read_state(folder)
         elif config.get(RESUME_KEY):
-            state = read_state(config[RESUME_KEY])  # `normsearch resume` continuing this trial
+            state = read_checkpoint(config[RESUME_KEY])  # `resume` continuing it (a path or a URI)
         resumed = {"resumed_from": state.epoch} if state is not None else {}
         epoch = state.epoch if state is not None else 0
         values = {k: config[k] for k in space.params if k in config}

@@ -13,6 +13,7 @@ Tune's tools and never read by normsearch: no driver restores a Tune experiment 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,7 @@ from normsearch.run.reconcile import Recovery, end_orphans, mark_interrupted, re
 from normsearch.run.records import UNIT_SEPARATOR
 from normsearch.run.study import check_study, open_study, rebuild_study, require_sound_study
 from normsearch.search.ledger import Ledger, Progress, make_callback
-from normsearch.search.preflight import Preflight, preflight, trial_budget
+from normsearch.search.preflight import Preflight, check_nodes, preflight, trial_budget
 from normsearch.search.ray import (
     RayStartTimeout,
     check_cluster_resources,
@@ -124,12 +125,12 @@ def pretrained_bases(
     return paths
 
 
-def _trainable(recipe: Recipe, space: Space):
+def _trainable(recipe: Recipe, space: Space, trainable: Callable[..., None] = run_trial):
     from ray import tune
 
     return tune.with_resources(
         tune.with_parameters(
-            run_trial, recipe_json=recipe.model_dump_json(), space_json=space.model_dump_json()
+            trainable, recipe_json=recipe.model_dump_json(), space_json=space.model_dump_json()
         ),
         {"cpu": recipe.resources.cpu, "gpu": recipe.resources.gpu},
     )
@@ -145,14 +146,21 @@ def make_tuner(
     num_samples: int,
     trial_name: Callable[[Any], str],
     scheduler: Any = None,
+    trainable: Callable[..., None] = run_trial,
 ) -> Any:
     """One Ray Tune experiment `tune/<experiment>` in the run folder, the way every driver runs one (a
     search attempt, a confirmation): the recipe's trainable and resources, concurrency, retries of lost
     workers from the last epoch checkpoint, Tune's result files, the trial directory named by the trial."""
     from ray import tune
 
+    storage = folder.storage  # off the driver (run/storage.py): every node writes and reads it
+    place = (
+        {"storage_path": folder.storage_tune_path, "storage_filesystem": storage.filesystem}
+        if storage is not None
+        else {"storage_path": str(folder.tune_dir)}
+    )
     return tune.Tuner(
-        _trainable(recipe, space),
+        _trainable(recipe, space, trainable),
         tune_config=tune.TuneConfig(
             search_alg=searcher,
             scheduler=scheduler,
@@ -164,9 +172,9 @@ def make_tuner(
         ),
         run_config=tune.RunConfig(
             name=experiment,
-            storage_path=str(folder.tune_dir),
+            **place,
             verbose=0,
-            callbacks=[callback],
+            callbacks=[callback] if storage is None else [callback, mirror_callback(folder)],
             failure_config=tune.FailureConfig(max_failures=recipe.search.failures.retries),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),
@@ -195,9 +203,33 @@ def start_run_ray(folder: RunFolder, recipe: Recipe, timeout: float) -> bool:
     started = start_ray(recipe.ray.address, timeout=timeout, temp_dir=temp_dir)
     if recipe.ray.address is not None:
         check_cluster_resources(recipe.resources.cpu, recipe.resources.gpu)
+        check_nodes(recipe, folder.path)  # every node sees the storage (or the run folder) and the data
     if started and recipe.ray.address is None:
         folder.record_processes(local_ray_processes())
     return started
+
+
+def mirror_callback(folder: RunFolder) -> Any:
+    """A Tune callback, after the ledger's, that mirrors the run folder to its storage after each record
+    (so a new head node can resume); a failed copy is retried at the next record, not fatal."""
+    from ray.tune import Callback
+
+    class Mirror(Callback):
+        def _mirror(self) -> None:
+            # A failed copy: the next record (and the driver's last mirror) copies it again.
+            with contextlib.suppress(OSError):
+                folder.storage.mirror(folder)
+
+        def on_trial_result(self, *args: Any, **info: Any) -> None:
+            self._mirror()
+
+        def on_trial_complete(self, *args: Any, **info: Any) -> None:
+            self._mirror()
+
+        def on_trial_error(self, *args: Any, **info: Any) -> None:
+            self._mirror()
+
+    return Mirror()
 
 
 def _trial_name(trial) -> str:
@@ -214,13 +246,15 @@ def run_search(
     on_folder: Callable[[RunFolder], None] | None = None,
     repair: bool = False,
     startup_timeout: float | None = None,
+    trainable: Callable[..., None] = run_trial,
 ) -> SearchOutcome:
     """Run (or, with `resume`, continue) the search of `recipe` over `space` in `run_dir`.
 
     `checked` is the result of `preflight` when the caller already ran it (the CLI shows it first).
     `on_folder` is called once the run folder exists (the CLI prints its path then, not before). With
     `repair`, a damaged study.db is rebuilt from the records (run/study.py `rebuild_study`).
-    `startup_timeout` replaces the recipe's `ray.startup_timeout` for this driver (not saved with the run)."""
+    `startup_timeout` replaces the recipe's `ray.startup_timeout` for this driver (not saved with the run).
+    `trainable` is what each trial runs (`bench driver` gives one that trains nothing)."""
 
     if resume:
         folder = RunFolder.open(run_dir)
@@ -249,6 +283,8 @@ def run_search(
         if not resume:
             folder.discard(made)  # a cluster that cannot be used: nothing ran, nothing is left behind
         raise
+    if folder.storage is not None:
+        folder.storage.mirror(folder)
 
     bases = pretrained_bases(folder, recipe, on_change)
     objectives = recipe.search.objectives
@@ -292,6 +328,7 @@ def run_search(
         num_samples=budget * len(recipe.data.units()),
         trial_name=_trial_name,
         scheduler=make_scheduler(recipe),
+        trainable=trainable,
     )
     try:
         tuner.fit()
@@ -303,4 +340,6 @@ def run_search(
         if outcome.interrupted:
             mark_interrupted(folder, study)
         folder.release()
+        if folder.storage is not None:
+            folder.storage.mirror(folder)
     return outcome
