@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from normsearch.metrics import SOURCE_VAL_ACC, TARGET_SELECT_ACC
+
 ALGORITHMS = ("nsga2", "tpe", "random")
 TARGET_CPU_MS = 50.0  # per trial at 1000 trials, NSGA-II and random
 TARGET_GROWTH_MB = 50.0  # peak RSS from 100 to 1000 trials
@@ -42,8 +44,8 @@ def null_trial(config: dict[str, Any], recipe_json: str, space_json: str) -> Non
         {
             "epoch": 1,
             "final": True,
-            "source_val_acc": 90.0 - 20.0 * ratio**2,
-            "target_select_acc": 40.0 + 30.0 * ratio - 10.0 * ratio**2,
+            SOURCE_VAL_ACC: 90.0 - 20.0 * ratio**2,
+            TARGET_SELECT_ACC: 40.0 + 30.0 * ratio - 10.0 * ratio**2,
         }
     )
 

@@ -18,6 +18,7 @@ from rich.console import Console
 from normsearch.cli.common import app, console, err_console, user_errors
 from normsearch.cli.inspect import Pick
 from normsearch.cli.report import CollectFormat
+from normsearch.metrics import SOURCE_VAL_ACC
 
 HEARTBEAT_SECONDS = 30.0  # piped output: a line at least this often while a command works
 
@@ -163,7 +164,7 @@ def _describe_model(output: Path) -> None:
     for uid, final in provenance.get("final", {}).items():
         tests = ", ".join(f"{k} {v:.1f}" for k, v in (final.get("test") or {}).items())
         console.print(
-            f"  {uid}: source val {final.get('source_val_acc') or float('nan'):.1f}"
+            f"  {uid}: source val {final.get(SOURCE_VAL_ACC) or float('nan'):.1f}"
             + (f"; reported {tests}" if tests else ""),
             highlight=False,
         )

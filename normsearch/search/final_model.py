@@ -7,10 +7,11 @@ from typing import Any
 
 from normsearch.arch import ArchConfig
 from normsearch.errors import NormsearchError
+from normsearch.metrics import SOURCE_VAL_ACC, is_metric
 from normsearch.recipe import Recipe
 from normsearch.results.front import RunSummary
 from normsearch.run.finalized import FinalFolder
-from normsearch.run.records import TrialRecord, confirm_trial_id, is_metric
+from normsearch.run.records import TrialRecord, confirm_trial_id
 
 PREPROCESSING_FORMAT = "normsearch-preprocessing"
 RESIZE_RULE = (
@@ -94,7 +95,7 @@ def write_model(
         record = records.get(uid)
         if record is not None:
             finals[uid] = {
-                "source_val_acc": record.metrics.get("source_val_acc"),
+                SOURCE_VAL_ACC: record.metrics.get(SOURCE_VAL_ACC),
                 "test": record.test,
                 "started_from": record.extra.get("init"),
             }

@@ -28,6 +28,7 @@ from typing import Any
 
 from normsearch.data.spec import DataConfig
 from normsearch.errors import NormsearchError
+from normsearch.metrics import SOURCE_VAL_ACC
 from normsearch.recipe import Recipe
 from normsearch.results.front import RunSummary, choose, find_trial, summarize
 from normsearch.run.finalized import FinalFolder
@@ -188,7 +189,7 @@ class FinalBook:
         self.live[uid]["last"] = result
         if result.get("epoch") is not None and FAILED not in result:
             self.progress.epoch[uid] = int(result["epoch"])
-            acc = result.get("source_val_acc")
+            acc = result.get(SOURCE_VAL_ACC)
             self.progress.message = f"{uid}: epoch {result['epoch']}/{self.progress.epochs}" + (
                 f", source val {acc:.1f}" if isinstance(acc, int | float) else ""
             )
