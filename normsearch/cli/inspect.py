@@ -22,6 +22,8 @@ class Pick(str, enum.Enum):
     knee = "knee"
     max_target = "max-target"
     max_source = "max-source"
+    max_heldout_avg = "max-heldout-avg"
+    max_worst_domain = "max-worst-domain"
 
 
 class RowFormat(str, enum.Enum):
@@ -153,8 +155,12 @@ def show(
     summary = summarize(run_dir)
     head, rows = trials_rows(summary)
     rows = [r for r, t in zip(rows, summary.candidates, strict=True) if show_all or t.status != "repeat"]
-    key = head.index("target_select_acc" if sort is Sort.target else "source_val_acc")
-    rows.sort(key=lambda r: (r[2] == "complete", r[key] if r[key] is not None else -1.0), reverse=True)
+    wanted = "target_select_acc" if sort is Sort.target and "target_select_acc" in head else "source_val_acc"
+    key, status = head.index(wanted), head.index("status")
+    rows.sort(
+        key=lambda r: (str(r[status]).startswith("complete"), r[key] if r[key] is not None else -1.0),
+        reverse=True,
+    )
     _rows_out(head, rows[:top] if top else rows, fmt, header(summary.recipe))
 
 
@@ -206,7 +212,14 @@ def export(
     run_dir: Annotated[Path, typer.Argument(help="A run folder.")],
     out: Annotated[Path, typer.Option("-o", "--output", help="Where to write the ArchConfig YAML.")],
     trial: Annotated[str | None, typer.Option(help="A trial id.")] = None,
-    pick_rule: Annotated[Pick | None, typer.Option("--pick", help="How to choose from the front.")] = None,
+    pick_rule: Annotated[
+        Pick | None,
+        typer.Option(
+            "--pick",
+            help="How to choose from the front; the rules a run accepts depend on its selection rule "
+            "(docs/guide/results.md).",
+        ),
+    ] = None,
     max_source_drop: Annotated[
         float | None,
         typer.Option(help="With max-target: only trials within this many points of the best source."),
@@ -226,15 +239,19 @@ def export(
     from normsearch.results.front import export_trial, summarize
 
     if (trial is None) == (pick_rule is None):
-        raise NormsearchError("export: give exactly one of --trial ID or --pick knee|max-target|max-source")
+        raise NormsearchError(
+            "export: give exactly one of --trial ID or --pick RULE (knee, max-source, max-target; "
+            "rotated runs also max-heldout-avg, max-worst-domain)"
+        )
     summary = summarize(run_dir)
     rule = pick_rule.value if pick_rule is not None else None
     chosen = export_trial(summary, out, trial, rule, max_source_drop, weights)
     metrics = chosen.metrics
+    shown = ", ".join(
+        f"{name} {float(metrics[name]):.1f}" for name in summary.front.objectives if name in metrics
+    )
     console.print(
-        f"wrote {out}: trial {chosen.trial_id} ({chosen.status}), source val "
-        f"{metrics.get('source_val_acc', float('nan')):.1f}, select target "
-        f"{metrics.get('target_select_acc', float('nan')):.1f}"
+        f"wrote {out}: trial {chosen.trial_id} ({chosen.status}), {shown}"
         + (f"; weights {weights}" if weights is not None else ""),
         highlight=False,
     )

@@ -13,6 +13,7 @@ from rich.text import Text
 
 from normsearch.recipe import Recipe
 from normsearch.results.front import Front, RunSummary
+from normsearch.run.records import TrialRecord
 
 STATUS_STYLE = {
     "complete": "green",
@@ -42,6 +43,37 @@ def header(recipe: Recipe) -> str:
     return f"{recipe.name}: {recipe.data.describe()}"
 
 
+def _metric_columns(recipe: Recipe, objectives: dict[str, str]) -> list[tuple[str, str]]:
+    """(rich label, metric key) of the trials table's number columns, the same for every format: source
+    val, worst source when several sources train, the select-target mean when a target select split
+    exists, each fixed select domain, then any other objective of the run (e.g. a parameter count)."""
+    units = recipe.data.units()
+    oracle = " ORACLE" if recipe.data.selection == "oracle" else ""
+    columns = [("source val", "source_val_acc")]
+    if len(units[0].sources) > 1:
+        columns.append(("worst source", "worst_source_val_acc"))
+    if units[0].select:
+        columns.append(("target (select)" + oracle, "target_select_acc"))
+    columns += [(d, f"select/{d}") for d in recipe.data.select if all(d in u.select for u in units)]
+    columns += [(name, name) for name in objectives if name not in {key for _, key in columns}]
+    return columns
+
+
+def not_converged(trial: TrialRecord) -> bool:
+    """A complete trial flagged not converged: its own flag, or (trained once per protocol unit, whose
+    combined metrics keep numbers only) any unit's."""
+    if not trial.complete:
+        return False
+    if trial.metrics.get("converged") is False:
+        return True
+    units = trial.extra.get("units") or {}
+    return any((u.get("metrics") or {}).get("converged") is False for u in units.values())
+
+
+def _status(trial: TrialRecord) -> str:
+    return trial.status + (" (not converged)" if not_converged(trial) else "")
+
+
 def trials_table(
     summary: RunSummary, sort: str = "target", top: int | None = None, show_all: bool = False
 ) -> Table:
@@ -55,39 +87,24 @@ def trials_table(
     rows.sort(key=lambda t: (t.complete, float(t.metrics.get(key, -1.0))), reverse=True)
     if top is not None:
         rows = rows[:top]
-    oracle = recipe.data.selection == "oracle"
     table = Table(title=header(recipe), title_justify="left", show_lines=False)
     table.add_column("trial")
     table.add_column("config", overflow="fold")
-    several = len(recipe.data.units()[0].sources) > 1
-    selects = bool(recipe.data.units()[0].select)
-    fixed = [d for d in recipe.data.select if all(d in u.select for u in recipe.data.units())]
-    table.add_column("source val", justify="right")
-    if several:
-        table.add_column("worst source", justify="right")
-    if selects:
-        table.add_column("target (select)" + (" ORACLE" if oracle else ""), justify="right")
-    for domain in fixed:
-        table.add_column(domain, justify="right")
+    columns = _metric_columns(recipe, front.objectives)
+    for label, _ in columns:
+        table.add_column(label, justify="right")
     table.add_column("epochs", justify="right")
     table.add_column("status")
     table.add_column("front", justify="center")
     if any(t.reason for t in rows):
         table.add_column("reason", overflow="fold", max_width=60)
     for t in rows:
-        m = t.metrics
         cells = [
             t.trial_id,
             arch_summary(t.arch, t.config),
-            _pct(m.get("source_val_acc")),
-            *([_pct(m.get("worst_source_val_acc"))] if several else []),
-            *([_pct(m.get("target_select_acc"))] if selects else []),
-            *[_pct(m.get(f"select/{d}")) for d in fixed],
+            *[_pct(t.metrics.get(name)) for _, name in columns],
             str(t.epoch or "-"),
-            Text(
-                t.status + (" (not converged)" if t.complete and t.metrics.get("converged") is False else ""),
-                style=STATUS_STYLE.get(t.status, ""),
-            ),
+            Text(_status(t), style=STATUS_STYLE.get(t.status, "")),
             "★" if t.trial_id in members else "",
         ]
         if any(r.reason for r in rows):
@@ -335,26 +352,23 @@ def plot_confirmed(confirmed: Any, search: Front, path: Path, title: str) -> Non
 
 
 def trials_rows(summary: RunSummary) -> tuple[list[str], list[list[Any]]]:
-    """The trials table as plain rows (for --format csv|json|markdown)."""
+    """The trials table as plain rows (for --format csv|json|markdown): the rich table's columns, by
+    metric name, so a format shows exactly the run's objectives and nothing that is always empty."""
     members = summary.front.member_ids()
-    selects = [d for d in summary.recipe.data.select]
-    header = ["trial", "config", "status", "epochs", "source_val_acc", "target_select_acc"]
-    header += [f"select/{d}" for d in selects] + ["front", "reason"]
-    rows = []
-    for t in summary.candidates:
-        m = t.metrics
-        rows.append(
-            [
-                t.trial_id,
-                arch_summary(t.arch, t.config),
-                t.status,
-                t.epoch,
-                m.get("source_val_acc"),
-                m.get("target_select_acc"),
-            ]
-            + [m.get(f"select/{d}") for d in selects]
-            + [t.trial_id in members, t.reason or ""]
-        )
+    columns = _metric_columns(summary.recipe, summary.front.objectives)
+    header = ["trial", "config", *[name for _, name in columns], "epochs", "status", "front", "reason"]
+    rows = [
+        [
+            t.trial_id,
+            arch_summary(t.arch, t.config),
+            *[t.metrics.get(name) for _, name in columns],
+            t.epoch,
+            _status(t),
+            t.trial_id in members,
+            t.reason or "",
+        ]
+        for t in summary.candidates
+    ]
     return header, rows
 
 
