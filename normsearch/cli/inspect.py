@@ -183,7 +183,7 @@ def pareto(
 ) -> None:
     """The front, its hypervolume and a terminal scatter; plot files with -o (.png or .html)."""
     from normsearch.results.front import summarize
-    from normsearch.results.tables import front_rows, front_table, header, plot_front, scatter
+    from normsearch.results.tables import front_rows, front_table, header, knee_line, plot_front, scatter
 
     files = [(p, p.suffix) for p in output or []]
     for path in files:
@@ -199,6 +199,8 @@ def pareto(
         console.print(front_table(front, recipe))
         if front.hypervolume is not None:
             console.print(f"hypervolume {front.hypervolume:.1f} against reference {front.reference}")
+        if front.members:
+            console.print(knee_line(front), highlight=False)
         console.print(scatter(front), highlight=False)
     for path, suffix in files:
         plot_front(front, path, header(recipe), suffix)

@@ -199,6 +199,16 @@ def front_table(front: Front, recipe: Recipe) -> Table:
     return table
 
 
+def knee_line(front: Front) -> str:
+    """The knee of the front in one line (`export --pick knee` writes this trial): id, config, objectives."""
+    from normsearch.results.front import choose
+
+    trial = choose(front, "knee")
+    point = next(front.points[i] for i, group in enumerate(front.trials) if trial in group)
+    values = ", ".join(f"{name} {v:.1f}" for name, v in zip(front.objectives, point, strict=True))
+    return f"knee: {trial.trial_id} {arch_summary(trial.arch, trial.config)} ({values})"
+
+
 def scatter(front: Front, width: int = 60, height: int = 16) -> str:
     """A terminal scatter of the first two objectives: `*` front members, `.` other configurations."""
     if len(front.objectives) < 2 or not front.points:
@@ -255,11 +265,13 @@ def _pyplot() -> Any:
 
 def front_figure(front: Front, title: str) -> Any:
     """The plotly figure of the front (first two objectives): dominated points grey, the front in red,
-    each point labelled with its trial on hover."""
+    each point labelled with its trial id, and with its id and configuration on hover."""
     import plotly.graph_objects as go
 
     names = list(front.objectives)
     members = set(front.members)
+    # Each point carries its trial id as a visible label, and id + config on hover.
+    ids = [t[0].trial_id for t in front.trials]
     labels = [t[0].trial_id + " " + arch_summary(t[0].arch, t[0].config) for t in front.trials]
     fig = go.Figure()
     for on_front, name in ((False, "dominated"), (True, "Pareto front")):
@@ -270,8 +282,10 @@ def front_figure(front: Front, title: str) -> Any:
             go.Scatter(
                 x=[front.points[i][0] for i in idx],
                 y=[front.points[i][1] for i in idx],
-                text=[labels[i] for i in idx],
-                mode="lines+markers" if on_front else "markers",
+                text=[ids[i] for i in idx],
+                hovertext=[labels[i] for i in idx],
+                textposition="top center",
+                mode="lines+markers+text" if on_front else "markers+text",
                 name=name,
                 marker={"color": "#d62728" if on_front else "#999999", "size": 9},
             )
