@@ -24,6 +24,8 @@ class Pick(str, enum.Enum):
     knee = "knee"
     max_target = "max-target"
     max_source = "max-source"
+    max_heldout_avg = "max-heldout-avg"
+    max_worst_domain = "max-worst-domain"
 
 
 class RowFormat(str, enum.Enum):
@@ -175,8 +177,12 @@ def show(
     summary = summarize(run_dir)
     head, rows = trials_rows(summary)
     rows = [r for r, t in zip(rows, summary.candidates, strict=True) if show_all or t.status != "repeat"]
-    key = head.index(TARGET_SELECT_ACC if sort is Sort.target else SOURCE_VAL_ACC)
-    rows.sort(key=lambda r: (r[2] == "complete", r[key] if r[key] is not None else -1.0), reverse=True)
+    wanted = TARGET_SELECT_ACC if sort is Sort.target and TARGET_SELECT_ACC in head else SOURCE_VAL_ACC
+    key, status = head.index(wanted), head.index("status")
+    rows.sort(
+        key=lambda r: (str(r[status]).startswith("complete"), r[key] if r[key] is not None else -1.0),
+        reverse=True,
+    )
     _rows_out(head, rows[:top] if top else rows, fmt, header(summary.recipe, summary.space))
 
 
@@ -200,7 +206,7 @@ def pareto(
     """The front, its hypervolume and a terminal scatter; plot files with -o (.png or .html)."""
     # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
     from normsearch.results.front import summarize
-    from normsearch.results.tables import front_rows, front_table, header, plot_front, scatter
+    from normsearch.results.tables import front_rows, front_table, header, knee_line, plot_front, scatter
 
     files = [(p, p.suffix) for p in output or []]
     for path in files:
@@ -216,6 +222,8 @@ def pareto(
         console.print(front_table(front, recipe))
         if front.hypervolume is not None:
             console.print(f"hypervolume {front.hypervolume:.1f} against reference {front.reference}")
+        if front.members:
+            console.print(knee_line(front), highlight=False)
         console.print(scatter(front), highlight=False)
     for path, suffix in files:
         plot_front(front, path, header(recipe, summary.space), suffix)
@@ -229,7 +237,14 @@ def export(
     run_dir: Annotated[Path, typer.Argument(help="A run folder.")],
     out: Annotated[Path, typer.Option("-o", "--output", help="Where to write the ArchConfig YAML.")],
     trial: Annotated[str | None, typer.Option(help="A trial id.")] = None,
-    pick_rule: Annotated[Pick | None, typer.Option("--pick", help="How to choose from the front.")] = None,
+    pick_rule: Annotated[
+        Pick | None,
+        typer.Option(
+            "--pick",
+            help="How to choose from the front; the rules a run accepts depend on its selection rule "
+            "(docs/guide/results.md).",
+        ),
+    ] = None,
     max_source_drop: Annotated[
         float | None,
         typer.Option(help="With max-target: only trials within this many points of the best source."),
@@ -253,7 +268,10 @@ def export(
     from normsearch.results.front import export_trial, find_trial, summarize
 
     if (trial is None) == (pick_rule is None):
-        raise NormsearchError("export: give exactly one of --trial ID or --pick knee|max-target|max-source")
+        raise NormsearchError(
+            "export: give exactly one of --trial ID or --pick RULE (knee, max-source, max-target; "
+            "rotated runs also max-heldout-avg, max-worst-domain)"
+        )
     summary = summarize(run_dir)
     if trial is not None and not force:
         # A failed or pruned configuration is not a result: exporting it must be asked for.
@@ -266,10 +284,11 @@ def export(
     rule = pick_rule.value if pick_rule is not None else None
     chosen = export_trial(summary, out, trial, rule, max_source_drop, weights)
     metrics = chosen.metrics
+    shown = ", ".join(
+        f"{name} {float(metrics[name]):.1f}" for name in summary.front.objectives if name in metrics
+    )
     console.print(
-        f"wrote {out}: trial {chosen.trial_id} ({chosen.status}), source val "
-        f"{metrics.get(SOURCE_VAL_ACC, float('nan')):.1f}, select target "
-        f"{metrics.get(TARGET_SELECT_ACC, float('nan')):.1f}"
+        f"wrote {out}: trial {chosen.trial_id} ({chosen.status}), {shown}"
         + (f"; weights {weights}" if weights is not None else ""),
         highlight=False,
     )

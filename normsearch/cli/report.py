@@ -297,7 +297,7 @@ def dashboard(
     host: Annotated[str, typer.Option(help="Address to serve on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port to serve on.")] = 8080,
 ) -> None:
-    """Open the run's study in optuna-dashboard (`pip install 'normsearch[dashboard]'`); without it,
+    """Open the run's study in optuna-dashboard (`pip install 'normsearch\\[dashboard]'`); without it,
     print the exact command."""
     # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
     from normsearch.run.folder import RunFolder
@@ -308,7 +308,7 @@ def dashboard(
     command = f"optuna-dashboard {folder.study_url} --host {host} --port {port}"
     if importlib.util.find_spec("optuna_dashboard") is None:
         console.print(
-            "optuna-dashboard is not installed (pip install 'normsearch[dashboard]' or pip install "
+            "optuna-dashboard is not installed (pip install 'normsearch\\[dashboard]' or pip install "
             f"optuna-dashboard); then run:\n{command}",
             highlight=False,
             soft_wrap=True,

@@ -50,20 +50,45 @@ def domain_rows(data: DomainSet, config: DataConfig) -> list[tuple[str, ...]]:
     return rows
 
 
+def spread_over_classes(labels: torch.Tensor, count: int) -> list[int]:
+    """The indices of `count` images taken in turn from each class (the first of every class, then the
+    second, ...), so a grid row shows several classes even when the data is stored class by class.
+    Depends on the labels alone, so domains paired image by image (synthetic) stay paired in columns."""
+    queues = [torch.nonzero(labels == c).flatten().tolist() for c in sorted(set(labels.tolist()))]
+    picked: list[int] = []
+    depth = 0
+    while len(picked) < count and any(depth < len(q) for q in queues):
+        picked += [q[depth] for q in queues if depth < len(q)][: count - len(picked)]
+        depth += 1
+    return picked
+
+
 def save_grid(data: DomainSet, config: DataConfig, path: Path, per_row: int = 12) -> None:
-    """A PNG with one row per domain: the first `per_row` evaluation images (paired across synthetic
-    domains, so each column shows one glyph in every style)."""
-    from torchvision.utils import save_image
+    """A PNG with one row per domain, the domain's name at the left of its row: `per_row` evaluation
+    images taken in turn from each class (paired across synthetic domains, so each column shows one glyph
+    in every style)."""
+    from PIL import Image, ImageDraw
+    from torchvision.utils import make_grid
 
     rows = []
     for domain in data.domains.values():
         split = "val" if "val" in domain.splits else "train"
-        images, _ = domain.split(split) if domain.splits else (domain.images, domain.labels)
-        take = images[:per_row]
+        images, labels = domain.split(split) if domain.splits else (domain.images, domain.labels)
+        take = images[spread_over_classes(labels, per_row)]
         if len(take) < per_row:
             pad = torch.zeros((per_row - len(take), *take.shape[1:]), dtype=take.dtype)
             take = torch.cat([take, pad])
         rows.append(take)
-    grid = torch.cat(rows).float() / 255
+    grid = make_grid(torch.cat(rows).float() / 255, nrow=per_row, padding=2, pad_value=1.0)
+    picture = Image.fromarray(grid.mul(255).round().byte().permute(1, 2, 0).numpy())
+    names = list(data.domains)
+    draw = ImageDraw.Draw(picture)
+    margin = int(max(draw.textlength(n) for n in names)) + 8
+    labelled = Image.new("RGB", (picture.width + margin, picture.height), "white")
+    labelled.paste(picture, (margin, 0))
+    draw = ImageDraw.Draw(labelled)
+    side = rows[0].shape[-2] + 2  # one image and its padding
+    for i, name in enumerate(names):
+        draw.text((4, 2 + i * side + side // 2), name, fill="black", anchor="lm")
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(grid, str(path), nrow=per_row, padding=2, pad_value=1.0)
+    labelled.save(path, format="PNG")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -232,7 +233,9 @@ def _latex(text: str) -> str:
         ("}", r"\}"),
     ):
         text = text.replace(char, escaped)
-    return text.replace("±", "$\\pm$").replace("—", "---")
+    text = text.replace("±", "$\\pm$").replace("—", "---")
+    # Markdown `code` spans (the legend names commands) become \texttt{} in LaTeX, not literal backticks.
+    return re.sub(r"`([^`]*)`", r"\\texttt{\1}", text)
 
 
 def render_latex(tables: list[CollectedTable]) -> str:

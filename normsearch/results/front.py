@@ -87,17 +87,73 @@ def compute_front(trials: list[TrialRecord], objectives: dict[str, str]) -> Fron
     return Front(objectives, points, list(groups.values()), members, hv, reference)
 
 
-def choose(front: Front, rule: str, max_source_drop: float | None = None) -> TrialRecord:
-    """The trial a pick rule selects (among front members for `knee`, among all complete for the rest)."""
-    names = list(front.objectives)
-    if (SOURCE_VAL_ACC not in names or TARGET_SELECT_ACC not in names) and rule != "knee":
+HELDOUT_RULES = ("max-heldout-avg", "max-worst-domain")
+
+
+def pick_rules(objectives: dict[str, str], rotate: bool) -> tuple[str, ...]:
+    """The `--pick` rules that mean something for a run: `knee` always; `max-source` when the source's
+    val accuracy is an objective; `max-target` only when a target select split is (not under
+    training-domain or leave-one-domain-out validation); under rotation also `max-heldout-avg` and
+    `max-worst-domain`, read from the held-out domains' test accuracies (DomainBed's table row), so
+    choosing by them is test-domain (oracle) selection and reads as optimistic."""
+    rules = ["knee"]
+    if SOURCE_VAL_ACC in objectives:
+        rules.append("max-source")
+    if SOURCE_VAL_ACC in objectives and TARGET_SELECT_ACC in objectives:
+        rules.append("max-target")
+    if rotate:
+        rules.extend(HELDOUT_RULES)
+    return tuple(rules)
+
+
+def _heldout_score(group: list[TrialRecord], rule: str, held_out: list[str]) -> float | None:
+    """A configuration's mean held-out average, or its mean worst held-out domain (None when unknown)."""
+    values = []
+    for trial in group:
+        domains = [trial.test[d] for d in held_out if d in trial.test]
+        if len(domains) != len(held_out) or not domains:
+            return None
+        values.append(sum(domains) / len(domains) if rule == "max-heldout-avg" else min(domains))
+    return sum(values) / len(values)
+
+
+def choose(
+    front: Front,
+    rule: str,
+    max_source_drop: float | None = None,
+    rotate: bool = False,
+    held_out: list[str] | None = None,
+) -> TrialRecord:
+    """The trial a pick rule selects (among front members for `knee`, among all complete for the rest).
+    A rule that does not apply to the run (see `pick_rules`) is one line naming the ones that do."""
+    allowed = pick_rules(front.objectives, rotate)
+    if rule not in allowed:
         raise NormsearchError(
-            f"--pick {rule}: needs source_val_acc and target_select_acc among the objectives ({names})"
+            f"--pick {rule}: not available for this run (objectives {', '.join(front.objectives)}"
+            f"{', rotated' if rotate else ''}); allowed: {', '.join(allowed)}"
         )
+    if not front.points:
+        raise NormsearchError("no completed trials to pick from")
+    if rule in HELDOUT_RULES:
+        scores = [_heldout_score(group, rule, held_out or []) for group in front.trials]
+        known = [i for i, v in enumerate(scores) if v is not None]
+        if not known:
+            raise NormsearchError(
+                f"--pick {rule}: no complete trial has test accuracies for every held-out domain"
+            )
+        return front.trials[max(known, key=lambda i: (scores[i], -i))][0]
+    names = list(front.objectives)
     s = names.index(SOURCE_VAL_ACC) if SOURCE_VAL_ACC in names else 0
     t = names.index(TARGET_SELECT_ACC) if TARGET_SELECT_ACC in names else min(1, len(names) - 1)
     index = pick(front.points, list(front.objectives.values()), rule, s, t, max_source_drop)
     return front.trials[index][0]
+
+
+def choose_for(summary: RunSummary, rule: str, max_source_drop: float | None = None) -> TrialRecord:
+    """`choose` with the run's own rotation and held-out domains."""
+    data = summary.recipe.data
+    sources = [data.source] if isinstance(data.source, str) else list(data.source)
+    return choose(summary.front, rule, max_source_drop, data.rotate, sources if data.rotate else [])
 
 
 def export(
@@ -143,7 +199,7 @@ def export_trial(
     if trial_id is not None:
         chosen = find_trial(summary.trials, trial_id)
     else:
-        chosen = choose(summary.front, rule or "knee", max_source_drop)
+        chosen = choose_for(summary, rule or "knee", max_source_drop)
     document = export(summary.folder.path, summary.recipe, chosen, rule, str(weights) if weights else None)
     if weights is not None:
         units = chosen.extra.get("units")

@@ -16,10 +16,11 @@ import plotly.graph_objects as go
 from rich.table import Table
 from rich.text import Text
 
-from normsearch.metrics import PARAMS, SOURCE_VAL_ACC, TARGET_SELECT_ACC, WORST_SOURCE_VAL_ACC
+from normsearch.metrics import PARAMS, SELECT_PREFIX, SOURCE_VAL_ACC, TARGET_SELECT_ACC, WORST_SOURCE_VAL_ACC
 from normsearch.recipe import Recipe
 from normsearch.results.front import Front, RunSummary
 from normsearch.run.files import atomic_write_bytes, atomic_write_text
+from normsearch.run.records import TrialRecord
 
 STATUS_STYLE = {
     "complete": "green",
@@ -65,6 +66,37 @@ def space_policies(recipe: Recipe, space: Any = None) -> list[str]:
     return found
 
 
+def _metric_columns(recipe: Recipe, objectives: dict[str, str]) -> list[tuple[str, str]]:
+    """(rich label, metric key) of the trials table's number columns, the same for every format: source
+    val, worst source when several sources train, the select-target mean when a target select split
+    exists, each fixed select domain, then any other objective of the run (e.g. a parameter count)."""
+    units = recipe.data.units()
+    oracle = " ORACLE" if recipe.data.selection == "oracle" else ""
+    columns = [("source val", SOURCE_VAL_ACC)]
+    if len(units[0].sources) > 1:
+        columns.append(("worst source", WORST_SOURCE_VAL_ACC))
+    if units[0].select:
+        columns.append(("target (select)" + oracle, TARGET_SELECT_ACC))
+    columns += [(d, f"{SELECT_PREFIX}{d}") for d in recipe.data.select if all(d in u.select for u in units)]
+    columns += [(name, name) for name in objectives if name not in {key for _, key in columns}]
+    return columns
+
+
+def not_converged(trial: TrialRecord) -> bool:
+    """A complete trial flagged not converged: its own flag, or (trained once per protocol unit, whose
+    combined metrics keep numbers only) any unit's."""
+    if not trial.complete:
+        return False
+    if trial.metrics.get("converged") is False:
+        return True
+    units = trial.extra.get("units") or {}
+    return any((u.get("metrics") or {}).get("converged") is False for u in units.values())
+
+
+def _status(trial: TrialRecord) -> str:
+    return trial.status + (" (not converged)" if not_converged(trial) else "")
+
+
 def trials_table(
     summary: RunSummary, sort: str = "target", top: int | None = None, show_all: bool = False
 ) -> Table:
@@ -78,39 +110,24 @@ def trials_table(
     rows.sort(key=lambda t: (t.complete, float(t.metrics.get(key, -1.0))), reverse=True)
     if top is not None:
         rows = rows[:top]
-    oracle = recipe.data.selection == "oracle"
     table = Table(title=header(recipe, summary.space), title_justify="left", show_lines=False)
     table.add_column("trial")
     table.add_column("config", overflow="fold")
-    several = len(recipe.data.units()[0].sources) > 1
-    selects = bool(recipe.data.units()[0].select)
-    fixed = [d for d in recipe.data.select if all(d in u.select for u in recipe.data.units())]
-    table.add_column("source val", justify="right")
-    if several:
-        table.add_column("worst source", justify="right")
-    if selects:
-        table.add_column("target (select)" + (" ORACLE" if oracle else ""), justify="right")
-    for domain in fixed:
-        table.add_column(domain, justify="right")
+    columns = _metric_columns(recipe, front.objectives)
+    for label, _ in columns:
+        table.add_column(label, justify="right")
     table.add_column("epochs", justify="right")
     table.add_column("status")
     table.add_column("front", justify="center")
     if any(t.reason for t in rows):
         table.add_column("reason", overflow="fold", max_width=60)
     for t in rows:
-        m = t.metrics
         cells = [
             t.trial_id,
             arch_summary(t.arch, t.config),
-            _pct(m.get(SOURCE_VAL_ACC)),
-            *([_pct(m.get(WORST_SOURCE_VAL_ACC))] if several else []),
-            *([_pct(m.get(TARGET_SELECT_ACC))] if selects else []),
-            *[_pct(m.get(f"select/{d}")) for d in fixed],
+            *[_pct(t.metrics.get(name)) for _, name in columns],
             str(t.epoch or "-"),
-            Text(
-                t.status + (" (not converged)" if t.complete and t.metrics.get("converged") is False else ""),
-                style=STATUS_STYLE.get(t.status, ""),
-            ),
+            Text(_status(t), style=STATUS_STYLE.get(t.status, "")),
             "★" if t.trial_id in members else "",
         ]
         if any(r.reason for r in rows):
@@ -207,6 +224,16 @@ def front_table(front: Front, recipe: Recipe) -> Table:
     return table
 
 
+def knee_line(front: Front) -> str:
+    """The knee of the front in one line (`export --pick knee` writes this trial): id, config, objectives."""
+    from normsearch.results.front import choose
+
+    trial = choose(front, "knee")
+    point = next(front.points[i] for i, group in enumerate(front.trials) if trial in group)
+    values = ", ".join(f"{name} {v:.1f}" for name, v in zip(front.objectives, point, strict=True))
+    return f"knee: {trial.trial_id} {arch_summary(trial.arch, trial.config)} ({values})"
+
+
 def scatter(front: Front, width: int = 60, height: int = 16) -> str:
     """A terminal scatter of the first two objectives: `*` front members, `.` other configurations."""
     if len(front.objectives) < 2 or not front.points:
@@ -257,9 +284,12 @@ def _pyplot() -> Any:
 
 def front_figure(front: Front, title: str) -> Any:
     """The plotly figure of the front (first two objectives): dominated points grey, the front in red,
-    each point labelled with its trial on hover."""
+    each point labelled with its trial id, and with its id and configuration on hover."""
+
     names = list(front.objectives)
     members = set(front.members)
+    # Each point carries its trial id as a visible label, and id + config on hover.
+    ids = [t[0].trial_id for t in front.trials]
     labels = [t[0].trial_id + " " + arch_summary(t[0].arch, t[0].config) for t in front.trials]
     fig = go.Figure()
     for on_front, name in ((False, "dominated"), (True, "Pareto front")):
@@ -270,8 +300,10 @@ def front_figure(front: Front, title: str) -> Any:
             go.Scatter(
                 x=[front.points[i][0] for i in idx],
                 y=[front.points[i][1] for i in idx],
-                text=[labels[i] for i in idx],
-                mode="lines+markers" if on_front else "markers",
+                text=[ids[i] for i in idx],
+                hovertext=[labels[i] for i in idx],
+                textposition="top center",
+                mode="lines+markers+text" if on_front else "markers+text",
                 name=name,
                 marker={"color": "#d62728" if on_front else "#999999", "size": 9},
             )
@@ -350,26 +382,23 @@ def plot_confirmed(confirmed: Any, search: Front, path: Path, title: str) -> Non
 
 
 def trials_rows(summary: RunSummary) -> tuple[list[str], list[list[Any]]]:
-    """The trials table as plain rows (for --format csv|json|markdown)."""
+    """The trials table as plain rows (for --format csv|json|markdown): the rich table's columns, by
+    metric name, so a format shows exactly the run's objectives and nothing that is always empty."""
     members = summary.front.member_ids()
-    selects = [d for d in summary.recipe.data.select]
-    header = ["trial", "config", "status", "epochs", SOURCE_VAL_ACC, TARGET_SELECT_ACC]
-    header += [f"select/{d}" for d in selects] + ["front", "reason"]
-    rows = []
-    for t in summary.candidates:
-        m = t.metrics
-        rows.append(
-            [
-                t.trial_id,
-                arch_summary(t.arch, t.config),
-                t.status,
-                t.epoch,
-                m.get(SOURCE_VAL_ACC),
-                m.get(TARGET_SELECT_ACC),
-            ]
-            + [m.get(f"select/{d}") for d in selects]
-            + [t.trial_id in members, t.reason or ""]
-        )
+    columns = _metric_columns(summary.recipe, summary.front.objectives)
+    header = ["trial", "config", *[name for _, name in columns], "epochs", "status", "front", "reason"]
+    rows = [
+        [
+            t.trial_id,
+            arch_summary(t.arch, t.config),
+            *[t.metrics.get(name) for _, name in columns],
+            t.epoch,
+            _status(t),
+            t.trial_id in members,
+            t.reason or "",
+        ]
+        for t in summary.candidates
+    ]
     return header, rows
 
 
