@@ -88,9 +88,9 @@ def sample_crops(n: int, height: int, width: int, generator: torch.Generator) ->
     # The central fallback (torchvision's), for the images none of whose tries fit.
     ratio = width / height
     if ratio < RATIO[0]:
-        fw, fh = width, int(round(width / RATIO[0]))
+        fw, fh = width, round(width / RATIO[0])
     elif ratio > RATIO[1]:
-        fw, fh = int(round(height * RATIO[1])), height
+        fw, fh = round(height * RATIO[1]), height
     else:
         fw, fh = width, height
     h = torch.where(found, h, fh)

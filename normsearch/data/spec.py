@@ -99,6 +99,9 @@ class DataConfig(BaseModel):
     test_fraction: float = Field(default=0.1, gt=0.0, lt=0.5)
     skip_unreadable: bool = False
     seed: int = 0
+    # Image data a trial may copy to its device, GiB; more streams from the host (data/stream.py).
+    # None: half the device's free memory, shared by the trials on it.
+    device_cache_gb: float | None = Field(default=None, gt=0)
 
     @model_validator(mode="before")
     @classmethod

@@ -47,6 +47,7 @@ from normsearch.data.pipeline import (
 )
 from normsearch.data.protocol import Unit
 from normsearch.data.spec import DataConfig, group_means
+from normsearch.data.stream import DevicePlacer, cache_budget, epoch_batches
 from normsearch.norms.sparse_switchable import set_sparse_progress
 from normsearch.train.evaluation import UnitSets, epoch_metrics, final_accuracies, unit_sets
 from normsearch.train.initialise import starting_model, trained_checkpoint
@@ -176,12 +177,13 @@ def train_candidate(
     params = sum(p.numel() for p in model.parameters())
 
     unit = unit or data_config.units()[0]
-    sets = unit_sets(data, unit, lambda t: place(t, dev))
+    # Resident on the device within the budget; a domain over it streams (normsearch.data.stream).
+    sets = unit_sets(data, unit, DevicePlacer(dev, cache_budget(dev, data_config.device_cache_gb)))
     standardize = _standardizer(arch, data_config, sets)
     if dev.type != "cpu":  # batches are sliced, augmented and standardised on the device
         standardize = Standardizer(place(standardize.mean, dev), place(standardize.std, dev))
     train_parts = list(sets.train.values())
-    augment = make_augment(config.augment, train_parts[0][0].shape[-1])
+    augment = make_augment(config.augment, train_parts[0][0].shape[-1], dev)
     n_train = sum(len(y) for _, y in train_parts)
     generator = torch.Generator().manual_seed(seed)
     scaler = grad_scaler(dev, config.precision)
@@ -238,7 +240,8 @@ def train_candidate(
         # Accumulated on the device and read once per epoch: a `.item()` per step would stall a GPU.
         loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
         correct = torch.zeros((), dtype=torch.long, device=dev)
-        for step, (x, y) in enumerate(balanced_batches(train_parts, config.batch_size, generator, augment)):
+        batches = epoch_batches(train_parts, config.batch_size, generator, augment, dev)
+        for step, (x, y) in enumerate(batches):
             if policy:
                 policy.step()
             if sparse:  # Sparse SN anneals its radius over training (SSN §3.3)

@@ -151,6 +151,7 @@ def test_parameter_distributions_match_the_per_image_path(shape):
         pooled = (a + b) / 2
         assert abs(a - b) / math.sqrt(2 * pooled * (1 - pooled) / N) < 3.3, name
         assert abs(a - rate) < 0.02
+
     # The 24 orders: chi-square of both samples' counts (23 dof; 49.7 is the 0.001 critical value).
     def counts(order: torch.Tensor) -> torch.Tensor:
         code = (order * torch.tensor([64, 16, 4, 1])).sum(1)
