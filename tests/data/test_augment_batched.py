@@ -174,3 +174,27 @@ def test_a_shifted_sampler_fails_the_distribution_bound():
     finally:
         ab.SCALE = old
     assert _ks(p.height * p.width, ref["h"] * ref["w"]) > KS_BOUND
+
+
+@pytest.mark.slow
+def test_training_with_batched_augmentation_is_deterministic_and_resumes_exactly():
+    """train_candidate with `engine: batched`: same seed, same numbers; resumed from epoch 1, the same
+    numbers as uninterrupted (the parameters come from the trial's generator, which the state keeps)."""
+    from normsearch.arch import ArchConfig
+    from normsearch.data.spec import DataConfig, load_data
+    from normsearch.train import TrainConfig, train_candidate
+
+    data_config = DataConfig(select=["texture"], test=["fog"], n_train=120, n_val=20, n_test=20)
+    data = load_data(data_config)
+    config = TrainConfig(epochs=2, batch_size=40, augment=AugmentConfig(preset="domainbed", engine="batched"))
+    arch = ArchConfig.from_dict({"backbone": {"preset": "resnet-mini"}})
+    states = []
+    first = train_candidate(arch, data, data_config, config, seed=2, threads=1, snapshot=states.append)
+    again = train_candidate(arch, data, data_config, config, seed=2, threads=1)
+    resumed = train_candidate(arch, data, data_config, config, seed=2, threads=1, resume=states[0])
+    assert first.final["loss"] == again.final["loss"] == resumed.final["loss"]
+    per_image = config.model_copy(update={"augment": AugmentConfig(preset="domainbed", engine="per_image")})
+    assert (
+        train_candidate(arch, data, data_config, per_image, seed=2, threads=1).final["loss"]
+        != first.final["loss"]
+    )
