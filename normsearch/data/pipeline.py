@@ -6,7 +6,9 @@ with ImageNet's for a pretrained backbone, and the same constants apply to every
 augmented per image with torchvision transforms v2 on uint8 tensors: the built-in benchmark's translation
 (random crop with edge padding) and flip, or DomainBed's augmentation (`preset: domainbed`:
 RandomResizedCrop scale 0.7-1, horizontal flip, ColorJitter 0.3, RandomGrayscale 0.1, as in DomainBed's
-`datasets.py`); v2 applied to a whole batch would draw one crop for all of its images.
+`datasets.py`); v2 applied to a whole batch would draw one crop for all of its images. The same
+augmentation batched (`augment_batched`, `AugmentConfig.engine`) draws every image's parameters from the
+trial's generator and applies them to the whole batch in a few tensor ops, for a GPU.
 
 With several source domains each batch is balanced: an equal share of the batch from every source (DomainBed
 draws one minibatch per training domain), each domain's order reshuffled whenever it runs out; an epoch is

@@ -164,15 +164,11 @@ def test_parameter_distributions_match_the_per_image_path(shape):
     assert chi2 < 49.7
 
 
-def test_a_shifted_sampler_fails_the_distribution_bound():
+def test_a_shifted_sampler_fails_the_distribution_bound(monkeypatch):
     """The bound can fail: crops drawn at scale 0.6-1 instead of 0.7-1 are caught."""
     ref = _per_image_params(40, 36)
-    old = ab.SCALE
-    ab.SCALE = (0.6, 1.0)
-    try:
-        p = ab.BatchedAugment("domainbed", 24).sample(N, 40, 36, torch.Generator().manual_seed(1))
-    finally:
-        ab.SCALE = old
+    monkeypatch.setattr(ab, "SCALE", (0.6, 1.0))
+    p = ab.BatchedAugment("domainbed", 24).sample(N, 40, 36, torch.Generator().manual_seed(1))
     assert _ks(p.height * p.width, ref["h"] * ref["w"]) > KS_BOUND
 
 
