@@ -62,3 +62,15 @@ def test_epoch_batches_picks_resident_on_the_cpu():
     a = list(epoch_batches(domains, 4, torch.Generator().manual_seed(3), None, "cpu"))
     b = list(balanced_batches(domains, 4, torch.Generator().manual_seed(3), None))
     assert all(torch.equal(p[0], q[0]) for p, q in zip(a, b, strict=True))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_streamed_batches_through_pinned_buffers_equal_resident_ones():
+    domains = _domains((40, 30), side=16)
+    augment = make_augment(AugmentConfig(preset="domainbed", engine="batched"), 12)
+    on_device = [(x.cuda(), y.cuda()) for x, y in domains]
+    resident = list(balanced_batches(on_device, 8, torch.Generator().manual_seed(2), augment))
+    streamed = list(epoch_batches(domains, 8, torch.Generator().manual_seed(2), augment, "cuda"))
+    assert len(resident) == len(streamed)
+    for (xr, yr), (xs, ys) in zip(resident, streamed, strict=True):
+        assert xs.is_cuda and torch.equal(xr, xs) and torch.equal(yr, ys)
