@@ -1,9 +1,13 @@
 """`normsearch bench data RECIPE`: can the input pipeline keep the recipe's training step fed?
 
 Both sides run in this process at the same torch thread count, alternately: the pipeline (batches sliced
-from the decoded, memory-mapped domains, augmented per image with transforms v2, standardised) and the
-train step of the recipe's base network (forward, loss, backward, optimizer step) on batches it was given.
+from the decoded, memory-mapped domains, augmented, standardised) and the train step of the recipe's base
+network (forward, loss, backward, optimizer step) on batches it was given.
 The pipeline must not be what limits training: its images/s should be a multiple of the step's.
+
+The pipeline is timed both ways, on the same batches' sizes: augmented per image (transforms v2 in a
+Python loop) and batched (`data.augment_batched`); `train.augment.engine: auto` picks between them by
+device, and these two numbers are what that choice rests on.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from normsearch.train.evaluation import unit_sets
 class DataBench:
     """Medians over the measured batches, images per second, and what was measured."""
 
-    pipeline_images_per_s: float
+    pipeline_images_per_s: float  # per-image augmentation
     step_images_per_s: float
     batch_size: int
     size: int
@@ -34,6 +38,7 @@ class DataBench:
     batches: int
     augment: str
     load_seconds: float
+    batched_images_per_s: float | None = None  # batched augmentation (None: nothing to augment)
 
     @property
     def ratio(self) -> float:
@@ -53,7 +58,10 @@ def bench_data(recipe: Recipe, batches: int = 5, threads: int | None = None, war
         sets = unit_sets(data, unit, lambda t: t)
         parts = list(sets.train.values())
         standardize = Standardizer.fit(sets.train_images())
-        augment = make_augment(recipe.train.augment, recipe.data.size)
+        per_image = recipe.train.augment.model_copy(update={"engine": "per_image"})
+        batched = recipe.train.augment.model_copy(update={"engine": "batched"})
+        augment = make_augment(per_image, recipe.data.size)
+        augment_batched = make_augment(batched, recipe.data.size)
         batch = recipe.train.batch_size
         arch = recipe.model.model_copy(
             update={
@@ -67,13 +75,18 @@ def bench_data(recipe: Recipe, batches: int = 5, threads: int | None = None, war
         loss_fn = nn.CrossEntropyLoss()
         generator = torch.Generator().manual_seed(recipe.seed)
 
-        def batches_forever():
+        def batches_forever(aug, gen):
             while True:
-                yield from balanced_batches(parts, batch, generator, augment)
+                yield from balanced_batches(parts, batch, gen, aug)
 
-        stream = batches_forever()
-        pipeline, step = [], []
+        stream = batches_forever(augment, generator)
+        stream_batched = batches_forever(augment_batched, torch.Generator().manual_seed(recipe.seed))
+        pipeline, step, fast = [], [], []
         for k in range(warmup + batches):
+            if augment_batched is not None:
+                tic = time.perf_counter()
+                standardize(next(stream_batched)[0])
+                fast.append(batch / (time.perf_counter() - tic))
             tic = time.perf_counter()
             x, y = next(stream)
             x = standardize(x)
@@ -98,4 +111,5 @@ def bench_data(recipe: Recipe, batches: int = 5, threads: int | None = None, war
         batches,
         recipe.train.augment.preset if recipe.train.augment.preset != "none" else "translate/flip",
         load_seconds,
+        statistics.median(fast[warmup:]) if fast else None,
     )

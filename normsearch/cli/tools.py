@@ -49,7 +49,13 @@ def bench_data(
     )
     for column in ("stage", "images/s"):
         table.add_column(column, justify="left" if column == "stage" else "right")
-    table.add_row("input pipeline (slice, augment, standardise)", f"{result.pipeline_images_per_s:,.0f}")
+    table.add_row(
+        "input pipeline (slice, augment per image, standardise)", f"{result.pipeline_images_per_s:,.0f}"
+    )
+    if result.batched_images_per_s is not None:
+        table.add_row(
+            "input pipeline (slice, augment batched, standardise)", f"{result.batched_images_per_s:,.0f}"
+        )
     table.add_row("train step (forward, backward, optimizer)", f"{result.step_images_per_s:,.1f}")
     console.print(table)
     verdict = (
@@ -58,6 +64,34 @@ def bench_data(
         else "[red]the pipeline limits training[/red]"
     )
     console.print(f"pipeline / train step = {result.ratio:.1f}x: {verdict} (target >= 3x)")
+    if result.batched_images_per_s is not None:
+        faster = "batched" if result.batched_images_per_s > result.pipeline_images_per_s else "per-image"
+        console.print(
+            f"batched / per-image augmentation = "
+            f"{result.batched_images_per_s / result.pipeline_images_per_s:.2f}x here: {faster} is faster"
+        )
+
+
+@bench_app.command("gpu")
+@user_errors
+def bench_gpu(
+    device: Annotated[
+        str, typer.Option(help="cuda (cuda:N), or cpu: the same code paths at toy sizes (a dry run).")
+    ] = "cuda",
+    out: Annotated[Path | None, typer.Option(help="Also write the Markdown table to this file.")] = None,
+) -> None:
+    """On a CUDA device: normalizers vs BatchNorm (fp32/bf16, channels_last), the input pipeline vs the
+    ResNet-18/50 train steps, four trials sharing the device vs one; a Markdown table with the targets."""
+    from normsearch.bench.gpu import bench_gpu as run_bench
+    from normsearch.bench.gpu import markdown, require_cuda
+
+    require_cuda(device)  # before any work: no CUDA is one line
+    with console.status(f"benchmarking on {device}..."):
+        table = markdown(run_bench(device))
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(table + "\n")
+    print(table)
 
 
 @bench_app.command("norms")

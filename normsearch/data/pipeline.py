@@ -6,7 +6,9 @@ with ImageNet's for a pretrained backbone, and the same constants apply to every
 augmented per image with torchvision transforms v2 on uint8 tensors: the built-in benchmark's translation
 (random crop with edge padding) and flip, or DomainBed's augmentation (`preset: domainbed`:
 RandomResizedCrop scale 0.7-1, horizontal flip, ColorJitter 0.3, RandomGrayscale 0.1, as in DomainBed's
-`datasets.py`); v2 applied to a whole batch would draw one crop for all of its images.
+`datasets.py`); v2 applied to a whole batch would draw one crop for all of its images. The same
+augmentation batched (`augment_batched`, `AugmentConfig.engine`) draws every image's parameters from the
+trial's generator and applies them to the whole batch in a few tensor ops, for a GPU.
 
 With several source domains each batch is balanced: an equal share of the batch from every source (DomainBed
 draws one minibatch per training domain), each domain's order reshuffled whenever it runs out; an epoch is
@@ -18,7 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -36,6 +38,9 @@ class AugmentConfig(BaseModel):
     preset: Literal["none", "domainbed"] = "none"
     translate: int = Field(default=2, ge=0)
     hflip: bool = False
+    # per_image: transforms v2 image by image; batched: `augment_batched`, the whole batch in a few ops;
+    # auto: batched on a CUDA device, per_image on the CPU (where `normsearch bench data` measures it faster).
+    engine: Literal["auto", "per_image", "batched"] = "auto"
 
 
 @dataclass(frozen=True)
@@ -57,14 +62,24 @@ class Standardizer:
         return cls(torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD))
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.float().div_(255)
+        # A split left on the host (over the device cache budget, data.stream) is standardised on the
+        # constants' device: the uint8 batch crosses, not four times its bytes in float.
+        x = images.to(self.mean.device, non_blocking=True).float().div_(255)
         return (x - self.mean.view(1, -1, 1, 1)) / self.std.view(1, -1, 1, 1)
 
 
-def make_augment(config: AugmentConfig, size: int):
-    """A per-image transforms-v2 pipeline on uint8 images, or None when nothing is enabled."""
+def make_augment(config: AugmentConfig, size: int, device: torch.device | str = "cpu"):
+    """The training augmentation on uint8 images, or None when nothing is enabled: a per-image
+    transforms-v2 pipeline, or a `BatchedAugment` (``engine``; auto picks batched on CUDA)."""
     from torchvision.transforms import v2
 
+    engine = config.engine
+    if engine == "auto":
+        engine = "batched" if torch.device(device).type == "cuda" else "per_image"
+    if engine == "batched" and (config.preset == "domainbed" or config.translate or config.hflip):
+        from normsearch.data.augment_batched import BatchedAugment
+
+        return BatchedAugment(config.preset, size, config.translate, config.hflip)
     if config.preset == "domainbed":
         return v2.Compose(
             [
@@ -82,6 +97,67 @@ def make_augment(config: AugmentConfig, size: int):
     return v2.Compose(steps) if steps else None
 
 
+def index_batches(
+    lengths: list[int], batch_size: int, generator: torch.Generator
+) -> Iterator[list[torch.Tensor]]:
+    """One epoch of batches as each domain's indices (see the module docstring): one domain gives
+    shuffled batches, a last batch of one image dropped (BatchNorm cannot train on one); several give
+    balanced batches. Every random draw is from `generator`."""
+    if len(lengths) == 1:
+        order = torch.randperm(lengths[0], generator=generator)
+        for start in range(0, len(order), batch_size):
+            index = order[start : start + batch_size]
+            if len(index) < 2:
+                break
+            yield [index]
+        return
+    shares = [batch_size // len(lengths) + (k < batch_size % len(lengths)) for k in range(len(lengths))]
+    orders = [torch.randperm(n, generator=generator) for n in lengths]
+    cursors = [0] * len(lengths)
+    for _ in range(math.ceil(sum(lengths) / batch_size)):
+        batch = []
+        for k, share in enumerate(shares):
+            taken = []
+            while share > 0:
+                if cursors[k] >= len(orders[k]):
+                    orders[k] = torch.randperm(lengths[k], generator=generator)
+                    cursors[k] = 0
+                chunk = orders[k][cursors[k] : cursors[k] + share]
+                cursors[k] += len(chunk)
+                share -= len(chunk)
+                taken.append(chunk)
+            batch.append(torch.cat(taken))
+        yield batch
+
+
+def sliced_batches(
+    domains: list[tuple[torch.Tensor, torch.Tensor]],
+    batch_size: int,
+    generator: torch.Generator,
+    augment=None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, Any]]:
+    """One epoch of (uint8 images, labels, augmentation parameters or None), sliced wherever the domains'
+    tensors live. A batched augmentation's parameters are drawn right after the batch's indices, from the
+    same generator, so the draws do not depend on when the batch is augmented (`data.stream`)."""
+    for indices in index_batches([len(y) for _, y in domains], batch_size, generator):
+        parts = [(images[i], labels[i]) for (images, labels), i in zip(domains, indices, strict=True)]
+        x = parts[0][0] if len(parts) == 1 else torch.cat([p[0] for p in parts])
+        y = parts[0][1] if len(parts) == 1 else torch.cat([p[1] for p in parts])
+        params = None
+        if getattr(augment, "batched", False):
+            params = augment.sample(len(y), x.shape[-2], x.shape[-1], generator)
+        yield x, y, params
+
+
+def augmented(x: torch.Tensor, params: Any, augment=None) -> torch.Tensor:
+    """`x` augmented: a batched augmentation with its drawn parameters, else per image."""
+    if augment is None:
+        return x
+    if params is not None:
+        return augment(x, params.to(x.device))
+    return torch.stack([augment(image) for image in x])
+
+
 def train_batches(
     images: torch.Tensor,
     labels: torch.Tensor,
@@ -89,17 +165,8 @@ def train_batches(
     generator: torch.Generator,
     augment=None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """One epoch of shuffled (uint8 images, labels) batches, augmented per image; a last batch of one image
-    is dropped (BatchNorm cannot train on one)."""
-    order = torch.randperm(len(labels), generator=generator)
-    for start in range(0, len(order), batch_size):
-        index = order[start : start + batch_size]
-        if len(index) < 2:
-            break
-        x = images[index]
-        if augment is not None:
-            x = torch.stack([augment(image) for image in x])
-        yield x, labels[index]
+    """One epoch of shuffled (uint8 images, labels) batches of one domain, augmented."""
+    return balanced_batches([(images, labels)], batch_size, generator, augment)
 
 
 def domain_labels(batch_size: int, domains: int) -> torch.Tensor:
@@ -115,31 +182,7 @@ def balanced_batches(
     generator: torch.Generator,
     augment=None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """One epoch of batches drawn equally from every source domain (see the module docstring); with one
-    domain, exactly `train_batches`."""
-    if len(domains) == 1:
-        yield from train_batches(*domains[0], batch_size, generator, augment)
-        return
-    total = sum(len(labels) for _, labels in domains)
-    shares = [batch_size // len(domains) + (k < batch_size % len(domains)) for k in range(len(domains))]
-    orders = [torch.randperm(len(labels), generator=generator) for _, labels in domains]
-    cursors = [0] * len(domains)
-    for _ in range(math.ceil(total / batch_size)):
-        xs, ys = [], []
-        for k, ((images, labels), share) in enumerate(zip(domains, shares, strict=True)):
-            taken = []
-            while share > 0:
-                if cursors[k] >= len(orders[k]):
-                    orders[k] = torch.randperm(len(labels), generator=generator)
-                    cursors[k] = 0
-                chunk = orders[k][cursors[k] : cursors[k] + share]
-                cursors[k] += len(chunk)
-                share -= len(chunk)
-                taken.append(chunk)
-            index = torch.cat(taken)
-            xs.append(images[index])
-            ys.append(labels[index])
-        x = torch.cat(xs)
-        if augment is not None:
-            x = torch.stack([augment(image) for image in x])
-        yield x, torch.cat(ys)
+    """One epoch of batches drawn equally from every source domain (see the module docstring), augmented
+    where the images live; with one domain, shuffled batches of it."""
+    for x, y, params in sliced_batches(domains, batch_size, generator, augment):
+        yield augmented(x, params, augment), y

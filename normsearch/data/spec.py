@@ -107,6 +107,9 @@ class DataConfig(BaseModel):
     skip_unreadable: bool = False  # skip (and name) unreadable, non-regular or oversized image files
     max_pixels: int = Field(default=MAX_PIXELS, ge=1, le=2**31 - 1)  # per image, checked before decoding
     seed: int = Field(default=0, ge=0, le=SEED_MAX)
+    # Image data a trial may copy to its device, GiB; more streams from the host (data/stream.py).
+    # None: half the device's free memory, shared by the trials on it.
+    device_cache_gb: float | None = Field(default=None, gt=0)
 
     @model_validator(mode="before")
     @classmethod

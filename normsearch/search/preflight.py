@@ -2,6 +2,9 @@
 these and prints what they found.
 
 - the output folder can be made (not a file, not an existing run, a place this process may write);
+- a trial fits in its GPU fraction: a probe forward+backward of the network at the recipe's batch and
+  image size measures its device memory (`train.probe`; `NORMSEARCH_DEVICE_MEMORY_GB` plans for a device
+  this machine does not have);
 - the per-trial resources fit this machine (local Ray) and a given cluster address answers in time;
 - every configuration of a finite space (a sample of an infinite one) resolves to a NormPlan *and* builds as
   a network, so that no trial fails on its architecture; the weights training starts from can be read;
@@ -106,6 +109,40 @@ def check_weights(recipe: Recipe) -> None:
         load_weights(recipe.train.init_from, recipe.model.backbone, "train.init_from")
 
 
+def check_gpu_fraction(recipe: Recipe, capacity: int | None = None) -> int | None:
+    """One line when a trial's probed device memory (plus `data.device_cache_gb`) exceeds its
+    `resources.gpu` share of the device (`capacity` bytes, default `train.probe.device_capacity`), naming
+    the fraction that fits; returns the bytes needed, None when nothing was checked (no GPU asked for, or
+    no capacity known)."""
+    from normsearch.models import build_model
+    from normsearch.train.probe import GiB, Probe, check_fraction, device_capacity, probe_step_memory
+
+    if recipe.resources.gpu <= 0:
+        return None
+    capacity = capacity or device_capacity()
+    if capacity is None:
+        return None
+    arch = recipe.model.model_copy(
+        update={"backbone": recipe.model.backbone.model_copy(update={"weights": None})}
+    )
+    batch, size = recipe.train.batch_size, recipe.data.size
+    probe = probe_step_memory(
+        lambda: build_model(arch),
+        batch,
+        size,
+        arch.backbone.in_channels,
+        arch.backbone.num_classes,
+        recipe.train.precision,
+        recipe.train.channels_last,
+    )
+    cache = int((recipe.data.device_cache_gb or 0) * GiB)
+    probe = Probe(probe.need + cache, probe.how)
+    name = arch.backbone.preset or "the model"
+    what = f"probe of {name} at batch {batch}, {size} px, {recipe.train.precision}"
+    check_fraction(recipe.resources.gpu, probe, capacity, what)
+    return probe.need
+
+
 def check_data(recipe: Recipe) -> tuple[dict[str, int], int, float]:
     """Load (and for folders, decode into the cache) every domain the recipe uses, with its checks."""
     from normsearch.data.spec import load_data
@@ -138,6 +175,7 @@ def preflight(recipe: Recipe, space: Space, output: Path | None) -> Preflight:
     if output is not None:
         check_new_output(output)
     check_storage(recipe, output)
+    check_gpu_fraction(recipe)
     if recipe.ray.address is None:
         check_local_resources(recipe.resources.cpu, recipe.resources.gpu)
     else:

@@ -47,6 +47,7 @@ from normsearch.data.pipeline import (
 )
 from normsearch.data.protocol import Unit
 from normsearch.data.spec import DataConfig, group_means
+from normsearch.data.stream import DevicePlacer, cache_budget, epoch_batches
 from normsearch.metrics import LOSS, PARAMS, TRAIN_ACC
 from normsearch.norms.crossnorm import CrossNormPolicy
 from normsearch.norms.domains import routed_layers, set_domains
@@ -166,7 +167,8 @@ def _set_up(
     model, started_from = starting_model(plan, config, init, resume.init if resume else None)
     model = model.to(dev, memory_format=torch.channels_last) if config.channels_last else model.to(dev)
     params = sum(p.numel() for p in model.parameters())
-    sets = unit_sets(data, unit, lambda t: place(t, dev))
+    # Resident on the device within the budget; a domain over it streams (normsearch.data.stream).
+    sets = unit_sets(data, unit, DevicePlacer(dev, cache_budget(dev, data_config.device_cache_gb)))
     standardize = _standardizer(arch, data_config, sets)
     if dev.type != "cpu":  # batches are sliced, augmented and standardised on the device
         standardize = Standardizer(place(standardize.mean, dev), place(standardize.std, dev))
@@ -184,7 +186,7 @@ def _set_up(
         sets=sets,
         standardize=standardize,
         train_parts=train_parts,
-        augment=make_augment(config.augment, train_parts[0][0].shape[-1]),
+        augment=make_augment(config.augment, train_parts[0][0].shape[-1], dev),
         generator=torch.Generator().manual_seed(seed),
         scaler=grad_scaler(dev, config.precision),
         steps_per_epoch=steps_per_epoch,
@@ -253,7 +255,7 @@ def _train_epoch(run: _Run, epoch: int) -> tuple[float, float, int]:
     loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
     correct = torch.zeros((), dtype=torch.long, device=dev)
     total_steps = config.epochs * run.steps_per_epoch
-    batches = balanced_batches(run.train_parts, config.batch_size, run.generator, run.augment)
+    batches = epoch_batches(run.train_parts, config.batch_size, run.generator, run.augment, dev)
     for step, (x, y) in enumerate(batches):
         if run.policy:
             run.policy.step()

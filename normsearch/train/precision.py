@@ -9,6 +9,8 @@ path that the CPU test suite runs.
 - Placement: the model, the standardisation constants and the uint8 image tensors move to the device once
   (from pinned host memory, non-blocking), so batches are sliced, augmented and standardised on the device
   and nothing crosses PCIe per step but the shuffled indices. On the CPU every one of these is a no-op.
+  Image data over the device cache budget (`data.device_cache_gb`) stays on the host and streams
+  (`normsearch.data.stream`).
 - `cudnn.benchmark` (on CUDA, `train.cudnn_benchmark`): cuDNN times its convolution algorithms once per input
   shape and keeps the fastest; off, it picks deterministically.
 """
@@ -63,4 +65,6 @@ def place(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     """`tensor` on `device`, copied once from pinned host memory without blocking; itself on the CPU."""
     if device.type == "cpu":
         return tensor
+    if device.type != "cuda":  # only CUDA pins host memory
+        return tensor.to(device)
     return tensor.pin_memory().to(device, non_blocking=True)
