@@ -5,7 +5,7 @@ device through pinned host buffers, one batch in flight.
 The budget (`data.device_cache_gb`; default `FREE_FRACTION` of the device's free memory divided by the
 trials that share it, read from the Ray resources this process was given) is spent in the order the
 tensors are placed (each source's train split first, then the val splits): what fits is copied to the
-device once (`precision.place`), what does not stays on the host.
+device once (`place`), what does not stays on the host.
 
 Streaming keeps the resident path's numbers: the indices and a batched augmentation's parameters of batch
 k+1 are drawn (from the trial's generator) and its images gathered on the host and copied, on a side CUDA
@@ -52,6 +52,15 @@ def cache_budget(
     return int(free * FREE_FRACTION * (device_share() if share is None else share))
 
 
+def place(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`tensor` on `device`, copied once from pinned host memory without blocking; itself on the CPU."""
+    if device.type == "cpu":
+        return tensor
+    if device.type != "cuda":  # only CUDA pins host memory
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 class DevicePlacer:
     """`place` within a budget: each tensor goes to the device while the bytes placed so far fit, else it
     stays where it is (on the host, to be streamed)."""
@@ -61,8 +70,6 @@ class DevicePlacer:
         self.streamed: list[int] = []  # sizes in bytes of what stayed on the host
 
     def __call__(self, tensor: torch.Tensor) -> torch.Tensor:
-        from normsearch.train.precision import place
-
         if self.device.type == "cpu":
             return tensor
         nbytes = tensor.numel() * tensor.element_size()

@@ -23,6 +23,7 @@ from typing import Literal
 
 import torch
 
+from normsearch.data.stream import place as place  # data placement lives with the data (data/stream.py)
 from normsearch.errors import NormsearchError
 
 Precision = Literal["fp32", "bf16", "fp16"]
@@ -61,10 +62,3 @@ def layout(channels_last: bool) -> torch.memory_format:
     return torch.channels_last if channels_last else torch.contiguous_format
 
 
-def place(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """`tensor` on `device`, copied once from pinned host memory without blocking; itself on the CPU."""
-    if device.type == "cpu":
-        return tensor
-    if device.type != "cuda":  # only CUDA pins host memory
-        return tensor.to(device)
-    return tensor.pin_memory().to(device, non_blocking=True)
