@@ -183,6 +183,18 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+# YAML 1.1 (PyYAML) reads `1e-4` and `1e6` as strings: its float needs a dot. Recipes write learning rates
+# and weight decays that way, and the strict number fields would refuse them, so the loader also takes
+# YAML 1.2's exponent form as a float (`1`, `1.5` and `1.0e-4` are unchanged).
+_EXPONENT_FLOAT = re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
+_UniqueKeyLoader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+0123456789"))
+
+
+def parse_value(text: str) -> Any:
+    """One YAML value as a recipe file would read it (a `--set key=value`'s value)."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)
+
+
 def _decode_text(path: Path, raw: bytes) -> str:
     """UTF-8 (with or without a byte-order mark), or UTF-16/32 with one; anything else is one line."""
     for bom, codec in (

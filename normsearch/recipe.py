@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from normsearch.arch import ArchConfig
-from normsearch.config import assign_path, read_mapping, validate
+from normsearch.config import assign_path, parse_value, read_mapping, validate
 from normsearch.data.spec import DataConfig
 from normsearch.errors import NormsearchError
 from normsearch.metrics import (
@@ -304,7 +304,7 @@ def load_recipe(
                 f"--set {item!r}: no value after '='; write key.path=value (key.path=null removes the key)"
             )
         try:
-            value = yaml.safe_load(text)
+            value = parse_value(text)
         except yaml.YAMLError as error:
             detail = str(error).splitlines()[0]
             raise NormsearchError(f"--set {item!r}: the value is not valid YAML ({detail})") from None

@@ -208,3 +208,17 @@ def test_an_empty_set_value_is_refused_and_null_still_removes_a_key(tmp_path: Pa
         load_recipe(path, overrides=["train.epochs="])
     recipe, _ = load_recipe(path, overrides=["train.epochs=null"])
     assert recipe.train.epochs == 10  # the default, asked for explicitly
+
+
+def test_exponent_numbers_without_a_dot_are_floats_in_files_and_in_set(tmp_path: Path) -> None:
+    """PyYAML reads `1e-4` as a string (YAML 1.1 wants `1.0e-4`); strict number fields would then refuse the
+    way most people write a weight decay. The loader takes YAML 1.2's exponent form as a float."""
+    path = tmp_path / "r.yaml"
+    path.write_text("name: r\ntrain: {lr: 1e-3, weight_decay: 1e-4}\nsearch: {space: quickstart}\n")
+    recipe, _ = load_recipe(path, overrides=["train.epochs=2", "train.label_smoothing=1E-1"])
+    assert recipe.train.lr == 0.001 and recipe.train.weight_decay == 0.0001
+    assert recipe.train.label_smoothing == 0.1 and recipe.train.epochs == 2
+    bad = tmp_path / "b.yaml"
+    bad.write_text("name: b\ntrain: {epochs: 1.5e0}\nsearch: {space: quickstart}\n")  # 1.5: no integer
+    with pytest.raises(NormsearchError, match=r"train\.epochs"):
+        load_recipe(bad)
