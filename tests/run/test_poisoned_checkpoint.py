@@ -6,6 +6,7 @@ with exit code 2, and the payload's marker file never appears."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import pickle
 import sqlite3
@@ -100,7 +101,12 @@ def test_confirm_refuses_a_poisoned_interrupted_confirmation(run: Path, tmp_path
 def _unfinish(run: Path, trial: str, number: int) -> None:
     """A driver killed in `trial`'s last epoch leaves no terminal record and the study trial RUNNING."""
     lines = (run / "trials.jsonl").read_text().splitlines(keepends=True)
-    kept = [line for line in lines if not (f'"{trial}"' in line and '"running"' not in line)]
+    # By field, not by text: an ArchConfig's `inference: running` puts "running" in every record's text.
+    kept = [
+        line
+        for line in lines
+        if not (json.loads(line)["trial_id"] == trial and json.loads(line)["status"] != "running")
+    ]
     assert len(kept) < len(lines)
     (run / "trials.jsonl").write_text("".join(kept))
     with sqlite3.connect(run / "study.db") as db:
