@@ -17,7 +17,7 @@ from rich.console import Console
 
 from normsearch.cli.common import app, console, err_console, user_errors
 from normsearch.cli.inspect import Pick
-from normsearch.cli.report import CollectFormat
+from normsearch.cli.report import CollectFormat, show_tables
 from normsearch.metrics import SOURCE_VAL_ACC
 
 HEARTBEAT_SECONDS = 30.0  # piped output: a line at least this often while a command works
@@ -218,26 +218,7 @@ def evaluate(
     except KeyboardInterrupt:
         kept = f"results of {', '.join(measured) or 'no domain'} kept in {model_dir}/evaluations.jsonl"
         raise interrupted(kept, again) from None
-    _show_tables(evaluation_tables(evaluation, per_class), fmt, output)
-
-
-def _show_tables(tables: list[Any], fmt: CollectFormat, output: Path | None) -> None:
-    from normsearch.results.collect import _notes, render, rich_tables
-    from normsearch.run.files import atomic_write_text
-
-    if output is not None:
-        atomic_write_text(output, render(tables, fmt.value))
-        console.print(f"wrote {output}")
-    elif fmt is CollectFormat.table:
-        for table in rich_tables(tables):
-            console.print(table)
-        for t in tables:
-            for note in _notes(t):
-                console.print(note, highlight=False, soft_wrap=True)
-    else:
-        import sys
-
-        sys.stdout.write(render(tables, fmt.value))
+    show_tables(evaluation_tables(evaluation, per_class), fmt, output)
 
 
 @app.command("predict")

@@ -159,24 +159,28 @@ def collect(
     domain, mean ± s.e. where confirmed, the selection rule in the header, X with a reason."""
     # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
     from normsearch.results.collect import collect as collect_runs
-    from normsearch.results.collect import render, rich_tables
+
+    show_tables(collect_runs(run_dirs), fmt, output)
+
+
+def show_tables(tables: list[Any], fmt: CollectFormat, output: Path | None) -> None:
+    """Collected tables (`collect`, `evaluate`) to a file, as rich tables with their notes, or as text."""
+    # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
+    import sys
+
+    from normsearch.results.collect import _notes, render, rich_tables
     from normsearch.run.files import atomic_write_text
 
-    tables = collect_runs(run_dirs)
     if output is not None:
         atomic_write_text(output, render(tables, fmt.value))
         console.print(f"wrote {output}")
     elif fmt is CollectFormat.table:
-        from normsearch.results.collect import _notes
-
         for table in rich_tables(tables):
             console.print(table)
         for t in tables:
             for note in _notes(t):
                 console.print(note, highlight=False, soft_wrap=True)
     else:
-        import sys
-
         sys.stdout.write(render(tables, fmt.value))
 
 
