@@ -94,6 +94,22 @@ def _wait_for(path: Path, predicate, seconds: float = 300.0) -> None:
     raise AssertionError(f"timed out waiting on {path}")
 
 
+def _kill_tree(process: subprocess.Popen) -> None:
+    """SIGKILL a process and all its descendants in one sweep, as a machine that loses power would."""
+    import psutil
+
+    try:
+        tree = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        tree = []
+    for member in reversed(tree):  # the children first: none is left to outlive its parent's death
+        try:
+            member.kill()
+        except psutil.NoSuchProcess:
+            pass
+    process.wait(timeout=60)
+
+
 def test_a_killed_driver_resumes_from_the_bucket_in_an_empty_directory(tmp_path: Path, s3) -> None:
     out = tmp_path / "first-machine" / "killed"
     driver = subprocess.Popen(
@@ -103,9 +119,9 @@ def test_a_killed_driver_resumes_from_the_bucket_in_an_empty_directory(tmp_path:
     try:  # killed once a trial has finished and the next has checkpointed its first epoch (of three)
         _wait_for(out, lambda rs: any(r["status"] in FINISHED for r in rs)
                   and rs[-1]["status"] == "running" and rs[-1].get("epoch") == 1)  # fmt: skip
-    finally:
-        driver.kill()
-        driver.wait(timeout=60)
+    finally:  # the whole machine at once: the driver and every Ray process under it (a worker left
+        # running would go on training and checkpointing the trial after its driver died)
+        _kill_tree(driver)
     before = RunFolder(out).records()
     # The bucket's copy is mirrored after each record: at most the record being written at the kill is
     # missing from it (that trial then continues from its checkpoint).
