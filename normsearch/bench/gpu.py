@@ -98,7 +98,7 @@ def bench_norm_steps(dev: torch.device, sizes: Sizes) -> list[tuple[str, str, st
     """Each normalizer's train step over BatchNorm2d's at every shape, precision and layout."""
     from torch import nn
 
-    from normsearch.bench.norms import CASES, _paired_median_ms, _timers
+    from normsearch.bench.norms import CASES, paired_median_ms, step_timers
     from normsearch.norms import make_norm
 
     rows = []
@@ -107,15 +107,15 @@ def bench_norm_steps(dev: torch.device, sizes: Sizes) -> list[tuple[str, str, st
             for channels_last in (False, True):
                 fmt = torch.channels_last if channels_last else torch.contiguous_format
                 x = torch.randn(shape, device=dev).to(memory_format=fmt)
-                base = _timers(nn.BatchNorm2d(shape[1]).to(dev), x)[0]
+                base = step_timers(nn.BatchNorm2d(shape[1]).to(dev), x)[0]
                 for label, spec in CASES[1:][: sizes.norm_cases]:
                     if spec.startswith("gn"):
                         spec = f"gn:groups={min(16, shape[1])}"
                     torch.manual_seed(0)
-                    step = _timers(make_norm(spec, shape[1]).to(dev), x)[0]
+                    step = step_timers(make_norm(spec, shape[1]).to(dev), x)[0]
 
                     timed, based = _autocast(step, dev, precision), _autocast(base, dev, precision)
-                    _, _, ratio = _paired_median_ms(timed, based, sizes.repeats, 3, dev)
+                    _, _, ratio = paired_median_ms(timed, based, sizes.repeats, 3, dev)
                     rows.append((label, "×".join(map(str, shape)), precision, channels_last, ratio))
     return rows
 

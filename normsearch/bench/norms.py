@@ -101,7 +101,7 @@ def _target(label: str, targets: dict[str, float]) -> float | None:
     return None
 
 
-def _paired_median_ms(
+def paired_median_ms(
     fn: Callable[[], object], base: Callable[[], object], repeats: int, warmup: int, device: torch.device
 ) -> tuple[float, float, float]:
     """Median ms of `fn` and of `base`, timed alternately, and the median of the per-pair ratios."""
@@ -121,7 +121,7 @@ def _paired_median_ms(
     return 1e3 * statistics.median(times[0]), 1e3 * statistics.median(times[1]), ratio
 
 
-def _timers(layer: nn.Module, x: torch.Tensor) -> tuple[Callable[[], object], Callable[[], object]]:
+def step_timers(layer: nn.Module, x: torch.Tensor) -> tuple[Callable[[], object], Callable[[], object]]:
     if getattr(layer, "uses_domains", False):
         set_domains(layer, domain_labels(x.shape[0], getattr(layer, "num_domains", 2)).to(x.device))
     xg = x.clone().requires_grad_(True)
@@ -161,20 +161,20 @@ def bench_norms(
     gen = torch.Generator().manual_seed(0)
     for shape in shapes:
         x = torch.randn(shape, generator=gen).to(dev)
-        bn_train, bn_eval = _timers(nn.BatchNorm2d(shape[1]).to(dev), x)
-        baselines = {"in": _timers(make_norm("in", shape[1]).to(dev), x)[1]}
+        bn_train, bn_eval = step_timers(nn.BatchNorm2d(shape[1]).to(dev), x)
+        baselines = {"in": step_timers(make_norm("in", shape[1]).to(dev), x)[1]}
         for label, spec in cases:
             torch.manual_seed(0)
             if spec.startswith("gn"):
                 spec = f"gn:groups={math.gcd(16, shape[1])}"  # groups must divide C
             layer = make_norm(spec, shape[1]).to(dev)
-            train_step, eval_forward = _timers(layer, x)
-            train_ms, _, train_ratio = _paired_median_ms(train_step, bn_train, repeats, warmup, dev)
+            train_step, eval_forward = step_timers(layer, x)
+            train_ms, _, train_ratio = paired_median_ms(train_step, bn_train, repeats, warmup, dev)
             if label.startswith("sn hard bn/bn"):
                 layer.eval()
-                _, eval_forward = _timers(layer.fold().to(dev), x)
+                _, eval_forward = step_timers(layer.fold().to(dev), x)
             eval_base = baselines.get(_target(label, EVAL_BASELINES) or "", bn_eval)  # type: ignore[arg-type]
-            eval_ms, _, eval_ratio = _paired_median_ms(eval_forward, eval_base, repeats, warmup, dev)
+            eval_ms, _, eval_ratio = paired_median_ms(eval_forward, eval_base, repeats, warmup, dev)
             yield BenchRow(
                 label,
                 spec,

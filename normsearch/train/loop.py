@@ -329,9 +329,7 @@ def _run_epoch(run: _Run, epoch: int, data: DomainSet, unit: Unit) -> dict[str, 
         # Once, after training: the source's and every target's test split, kept apart from what
         # selection saw (the search's objectives never read these).
         with autocast(run.dev, run.config.precision):
-            metrics["test"] = final_accuracies(
-                run.model, data, unit, run.standardize, lambda t: place(t, run.dev), run.inference
-            )
+            metrics["test"] = final_accuracies(run.model, data, unit, run.standardize, run.inference)
     run.history.append(metrics)
     return metrics
 

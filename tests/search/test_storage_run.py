@@ -4,6 +4,7 @@ in an empty directory, and nothing is lost or trained twice; `export --weights` 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -103,10 +104,8 @@ def _kill_tree(process: subprocess.Popen) -> None:
     except psutil.NoSuchProcess:
         tree = []
     for member in reversed(tree):  # the children first: none is left to outlive its parent's death
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             member.kill()
-        except psutil.NoSuchProcess:
-            pass
     process.wait(timeout=60)
 
 

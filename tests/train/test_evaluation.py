@@ -41,7 +41,7 @@ def test_union_mean_and_worst_source_on_known_answers() -> None:
     assert metrics["source_val_acc"] == 100.0 * 3 / 6  # the union of the val splits, not a mean of means
     assert metrics["worst_source_val_acc"] == 0.0
     assert metrics["target_select_acc"] == metrics["select/c"] == 100.0
-    test = final_accuracies(AlwaysClass(0).eval(), data, unit, std, lambda t: t)
+    test = final_accuracies(AlwaysClass(0).eval(), data, unit, std)
     assert test["source"] == 100.0 and test["source/a"] == 100.0 and test["source/b"] == 100.0
     assert test["c"] == 0.0 and test["test_mean"] == 0.0
 
