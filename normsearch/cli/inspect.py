@@ -378,8 +378,10 @@ def data_show(
     with console.status(f"loading {spec} (decoding images the first time, then from the cache)..."):
         data = load_data(config)
     seconds = time.perf_counter() - tic
+    cap = f", at most {config.max_per_domain} images per domain" if config.max_per_domain else ""
     table = Table(
-        title=f"{spec}: {len(data.domains)} domains, {data.num_classes} classes, loaded in {seconds:.1f} s",
+        title=f"{spec}: {len(data.domains)} domains, {data.num_classes} classes{cap}, "
+        f"loaded in {seconds:.1f} s",
         title_justify="left",
     )
     for column in ("domain", "role", "train", "val", "test", "per class (min-max)"):

@@ -21,6 +21,7 @@ from PIL import Image, UnidentifiedImageError
 
 from normsearch.data.cache import cached
 from normsearch.data.domains import Domain, DomainSet
+from normsearch.data.subset import stratified_take
 from normsearch.errors import NormsearchError
 
 MAX_PIXELS = 50_000_000  # the default of data.max_pixels (data/spec.py says why)
@@ -113,10 +114,13 @@ def load_folder(
     skip_unreadable: bool = False,
     use_cache: bool = True,
     max_pixels: int = MAX_PIXELS,
+    max_per_domain: int | None = None,
+    seed: int = 0,
 ) -> tuple[DomainSet, FolderReport]:
     """Load the named domains (default: all) of a DomainBed-style folder as a DomainSet. An image file
     that is not a regular file, holds more than `max_pixels` pixels or does not decode is one error line,
-    or with `skip_unreadable` is skipped and named in the report."""
+    or with `skip_unreadable` is skipped and named in the report. `max_per_domain` keeps that many files
+    of each domain, chosen per class with `seed` (data/subset.py), before anything is decoded."""
     root = Path(root)
     if not root.is_dir():
         raise NormsearchError(f"data root {root}: no such folder")
@@ -145,6 +149,8 @@ def load_folder(
             if not paths:
                 raise NormsearchError(f"data root {root}: class {cls!r} of domain {name!r} has no images")
         class_sets[name] = list(files)
+        if max_per_domain is not None:
+            files = capped_files(files, max_per_domain, seed)
         first = next(iter(class_sets))
         if class_sets[name] != class_sets[first]:
             raise NormsearchError(
@@ -184,6 +190,19 @@ def load_folder(
         loaded[name] = Domain(name, images, labels)
         report.skipped[name] = skipped
     return DomainSet(class_sets[wanted[0]], loaded, class_sets), report
+
+
+def capped_files(files: dict[str, list[Path]], total: int, seed: int) -> dict[str, list[Path]]:
+    """The files of one domain (class -> sorted paths) that `data.max_per_domain` keeps: `total` chosen
+    per class with `seed` (data/subset.py). Every class stays, even one left with no file."""
+    labels = [k for k, paths in enumerate(files.values()) for _ in paths]
+    kept = set(stratified_take(labels, total, seed).tolist())
+    flat = [(cls, path) for cls, paths in files.items() for path in paths]
+    out: dict[str, list[Path]] = {cls: [] for cls in files}
+    for position, (cls, path) in enumerate(flat):
+        if position in kept:
+            out[cls].append(path)
+    return out
 
 
 def _decode_domain(

@@ -15,11 +15,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from normsearch.data.corruptions import CORRUPTIONS, corrupt_domain
 from normsearch.data.domains import Domain, DomainSet
 from normsearch.data.protocol import Unit, describe_rule, expand_units
+from normsearch.data.subset import cap_domain
 from normsearch.data.synthetic import STYLES, make_synthetic
 from normsearch.errors import NormsearchError
 
@@ -28,6 +37,14 @@ MAX_SYNTHETIC = 1_000_000  # images per split of a synthetic domain
 # Decoded pixels (width × height) an image file may hold, read from its header before decoding: a 30000×30000
 # PNG of a few kilobytes would otherwise take 2.7 GB to decode. 50 megapixels is a large photograph.
 MAX_PIXELS = 50_000_000
+MAX_PER_DOMAIN = 2**31 - 1
+
+# Keys that only one kind of dataset reads: the resolved recipe of the other kind leaves them out (they
+# are still accepted when read, so a recipe.yaml written before they were left out still loads).
+ONLY_FOR: dict[str, tuple[str, ...]] = {
+    "synthetic": ("n_train", "n_val", "n_test", "style_bias", "glyph_scale"),
+    "folder": ("root", "val_fraction", "test_fraction", "skip_unreadable", "max_pixels"),
+}
 
 _DERIVED = re.compile(r"^(?P<base>[^+@]+)\+(?P<corruption>[a-z_]+)@(?P<severity>\d)$")
 
@@ -107,6 +124,9 @@ class DataConfig(BaseModel):
     skip_unreadable: bool = False  # skip (and name) unreadable, non-regular or oversized image files
     max_pixels: int = Field(default=MAX_PIXELS, ge=1, le=2**31 - 1)  # per image, checked before decoding
     seed: int = Field(default=0, ge=0, le=SEED_MAX)
+    # At most this many images of every domain, chosen per class with `seed` before any split
+    # (data/subset.py): a budget knob. None: every image.
+    max_per_domain: int | None = Field(default=None, ge=1, le=MAX_PER_DOMAIN)
     # Image data a trial may copy to its device, GiB; more streams from the host (data/stream.py).
     # None: half the device's free memory, shared by the trials on it.
     device_cache_gb: float | None = Field(default=None, gt=0)
@@ -126,6 +146,24 @@ class DataConfig(BaseModel):
         if isinstance(data, dict) and data.get("rotate") and data.get("dataset", "synthetic") == "synthetic":
             data = {"select": [], "test": [], **data}
         return data
+
+    @model_serializer(mode="wrap")
+    def _applicable(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # The resolved recipe (dry run, recipe.yaml, exports) shows only the keys this dataset reads: a
+        # folder's `n_train: 4000` read as if the folder were subsampled.
+        values = handler(self)
+        other = "folder" if self.dataset == "synthetic" else "synthetic"
+        return {key: value for key, value in values.items() if key not in ONLY_FOR[other]}
+
+    def provenance(self) -> dict[str, Any]:
+        """What reproduces the images a run trained on, for an export's provenance: the dataset, its
+        root, the seed of its splits and of `max_per_domain`'s subset, and the cap."""
+        return {
+            "dataset": self.dataset,
+            **({"root": self.root} if self.dataset == "folder" else {}),
+            "seed": self.seed,
+            "max_per_domain": self.max_per_domain,
+        }
 
     @field_validator("source", mode="before")
     @classmethod
@@ -224,7 +262,8 @@ def load_data(config: DataConfig) -> DomainSet:
 
     Synthetic domains are generated from `config.seed`; folder domains are split per class with that seed,
     every domain the same way whatever its role (its val split selects, and only selects). Derived domains
-    corrupt their base's evaluation images with a seed of their own.
+    corrupt their base's evaluation images with a seed of their own. `max_per_domain` caps every stored
+    domain before a folder's split (and the benchmark's generated splits in proportion): data/subset.py.
     """
     trained = config.trained()
     stored = list(dict.fromkeys([*trained, *(base_of(d) for d in config.domains())]))
@@ -240,6 +279,9 @@ def load_data(config: DataConfig) -> DomainSet:
             seed=config.seed,
             glyph_scale=config.glyph_scale,
         )
+        if config.max_per_domain is not None:
+            capped = {n: cap_domain(d, config.max_per_domain, config.seed) for n, d in data.domains.items()}
+            data = DomainSet(data.classes, capped)
     else:
         from normsearch.data.folder import load_folder
 
@@ -249,6 +291,8 @@ def load_data(config: DataConfig) -> DomainSet:
             config.size,
             skip_unreadable=config.skip_unreadable,
             max_pixels=config.max_pixels,
+            max_per_domain=config.max_per_domain,
+            seed=config.seed,
         )
         _note_skipped(config.root or ".", report.skipped)
         fractions = {
@@ -259,7 +303,7 @@ def load_data(config: DataConfig) -> DomainSet:
         for domain in data.domains.values():
             domain.split_by_fractions(fractions, config.seed)
             used = fractions if domain.name in trained else {k: fractions[k] for k in ("val", "test")}
-            _check_splits(domain, data.classes, used, config.root or ".")
+            _check_splits(domain, data.classes, used, config.root or ".", config.max_per_domain)
     domains: dict[str, Domain] = dict(data.domains)
     for index, name in enumerate(config.targets):  # (the index seeds each corruption: keep the order)
         match = _DERIVED.match(name)
@@ -285,7 +329,9 @@ def _note_skipped(root: str, skipped: dict[str, list[str]]) -> None:
         )
 
 
-def _check_splits(domain: Domain, classes: list[str], fractions: dict[str, float], root: str) -> None:
+def _check_splits(
+    domain: Domain, classes: list[str], fractions: dict[str, float], root: str, cap: int | None = None
+) -> None:
     """Every split a folder domain is used through must hold images, and the source's train split every
     class: otherwise a trial would train or report on nothing (an accuracy of 0.0 without a word)."""
     counts = torch.bincount(domain.labels, minlength=len(classes))
@@ -298,11 +344,13 @@ def _check_splits(domain: Domain, classes: list[str], fractions: dict[str, float
             empty = bool((present == 0).any())
         if empty:
             what = "lacks a class" if split == "train" and len(index) else "is empty"
+            capped = f" (data.max_per_domain {cap} kept)" if cap is not None else ""
             raise NormsearchError(
-                f"data root {root}: domain {domain.name!r} has {len(domain)} images, "
+                f"data root {root}: domain {domain.name!r} has {len(domain)} images{capped}, "
                 f"{int(counts[smallest])} in class {classes[smallest]!r}; its {split} split "
-                f"({fraction:.0%} per class) {what}. Give each class more images (about 10 or more), or "
-                "change data.val_fraction / data.test_fraction"
+                f"({fraction:.0%} per class) {what}. Give each class more images (about 10 or more), "
+                + ("raise data.max_per_domain, " if cap is not None else "")
+                + "or change data.val_fraction / data.test_fraction"
             )
 
 

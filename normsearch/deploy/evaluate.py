@@ -21,6 +21,7 @@ import torch
 
 from normsearch.data.domains import Domain, DomainSet
 from normsearch.data.pipeline import Standardizer
+from normsearch.data.subset import cap_domain
 from normsearch.deploy.model import load_model
 from normsearch.errors import NormsearchError
 from normsearch.run.finalized import FinalFolder
@@ -104,7 +105,7 @@ def measure(
 
 def _trained_split(folder: FinalFolder, data: DomainSet, where: Path | None) -> set[str]:
     """The evaluated domains the model was trained on, given their test split (same folder as training's,
-    split with training's fractions and seed)."""
+    capped by training's `max_per_domain` and split with training's fractions and seed)."""
     from normsearch.data.spec import DataConfig
 
     trained = DataConfig.model_validate(folder.document()["provenance"]["data"])
@@ -118,6 +119,8 @@ def _trained_split(folder: FinalFolder, data: DomainSet, where: Path | None) -> 
             "test": trained.test_fraction,
         }
         for name in names:
+            if trained.max_per_domain is not None:  # training capped the domain before splitting it
+                data.domains[name] = cap_domain(data[name], trained.max_per_domain, trained.seed)
             data[name].split_by_fractions(fractions, trained.seed)
     return names
 

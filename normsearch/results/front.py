@@ -178,6 +178,7 @@ def export(
             },
             "selection": recipe.data.describe(),
             "selection_rule": recipe.data.selection,
+            "data": recipe.data.provenance(),  # reproduces the images trained on (max_per_domain's subset)
             "started_from": trial.extra.get("init"),
             "versions": trial.versions,
             "weights": weights,
