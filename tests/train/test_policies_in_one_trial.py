@@ -51,7 +51,9 @@ def test_recorded_policy_numbers_equal_evaluating_the_trained_network_under_each
     standardize = Standardizer.fit(sets.train_images())
     for policy in reversed(SPACE_POLICIES):
         assert epoch_metrics(model, sets, standardize, policy) == recorded[policy]["metrics"], policy
-        assert final_accuracies(model, one, unit, standardize, lambda t: t, policy) == recorded[policy]["test"]
+        assert (
+            final_accuracies(model, one, unit, standardize, lambda t: t, policy) == recorded[policy]["test"]
+        )
     # The policies measure differently here (or the comparison above could not tell them apart).
     assert len({json.dumps(r["test"], sort_keys=True) for r in recorded.values()}) >= 3
 
