@@ -81,6 +81,19 @@ def policy_cell(trial: TrialRecord) -> str:
     return f"{policy} (TTA: test images)" if policy.uses_test_images else str(policy)
 
 
+def has_policies(rows: list[TrialRecord]) -> bool:
+    """Whether a table of `rows` needs the policy column: some row was measured under other test-time
+    statistics than the running averages (a column that would only ever say ``running`` is left out; the
+    header's statement names the statistics either way)."""
+    from normsearch.run.records import own_policy
+
+    return any(own_policy(r) != "running" for r in rows)
+
+
+def _policy_cells(trial: TrialRecord, shown: bool) -> list[str]:
+    return [policy_cell(trial)] if shown else []
+
+
 def _metric_columns(recipe: Recipe, objectives: dict[str, str]) -> list[tuple[str, str]]:
     """(rich label, metric key) of the trials table's number columns, the same for every format: source
     val, worst source when several sources train, the select-target mean when a target select split
@@ -129,7 +142,9 @@ def trials_table(
     table = Table(title=header(recipe, summary.space), title_justify="left", show_lines=False)
     table.add_column("trial")
     table.add_column("config", overflow="fold")
-    table.add_column(POLICY_COLUMN, overflow="fold")
+    shown = has_policies(rows)
+    if shown:
+        table.add_column(POLICY_COLUMN, overflow="fold")
     columns = _metric_columns(recipe, front.objectives)
     for label, _ in columns:
         table.add_column(label, justify="right")
@@ -142,7 +157,7 @@ def trials_table(
         cells = [
             t.trial_id,
             arch_summary(t.arch, t.config),
-            policy_cell(t),
+            *_policy_cells(t, shown),
             *[_pct(t.metrics.get(name)) for _, name in columns],
             str(t.epoch or "-"),
             Text(_status(t), style=STATUS_STYLE.get(t.status, "")),
@@ -163,19 +178,21 @@ def domainbed_table(summary: RunSummary) -> Table:
     table = Table(
         title=f"test accuracy per held-out domain — {header(recipe, summary.space)}", title_justify="left"
     )
+    done = [t for t in summary.rows if t.complete]
+    shown = has_policies(done)
     table.add_column("trial")
     table.add_column("config", overflow="fold")
-    table.add_column(POLICY_COLUMN, overflow="fold")
+    if shown:
+        table.add_column(POLICY_COLUMN, overflow="fold")
     for domain in [*held, "Avg", *extra]:
         table.add_column(domain, justify="right")
-    done = [t for t in summary.rows if t.complete]
     done.sort(key=lambda t: float(t.test.get("avg", -1.0)), reverse=True)
     for t in done:
         cells = [_pct(t.test.get(d)) if d in t.test else "X" for d in held]
         table.add_row(
             t.trial_id,
             arch_summary(t.arch, t.config),
-            policy_cell(t),
+            *_policy_cells(t, shown),
             *cells,
             _pct(t.test.get("avg")),
             *[_pct(t.test.get(d)) for d in extra],
@@ -229,7 +246,9 @@ def front_table(front: Front, recipe: Recipe) -> Table:
     )
     table.add_column("trial")
     table.add_column("config", overflow="fold")
-    table.add_column(POLICY_COLUMN, overflow="fold")
+    shown = has_policies([group[0] for group in front.trials])
+    if shown:
+        table.add_column(POLICY_COLUMN, overflow="fold")
     for name, direction in front.objectives.items():
         table.add_column(f"{name} ({direction})", justify="right")
     table.add_column("seen", justify="right")
@@ -242,7 +261,7 @@ def front_table(front: Front, recipe: Recipe) -> Table:
         table.add_row(
             trial.trial_id,
             arch_summary(trial.arch, trial.config),
-            policy_cell(trial),
+            *_policy_cells(trial, shown),
             *values,
             str(len(front.trials[i])),
         )
@@ -257,7 +276,9 @@ def knee_line(front: Front) -> str:
     point = next(front.points[i] for i, group in enumerate(front.trials) if trial in group)
     values = ", ".join(f"{name} {v:.1f}" for name, v in zip(front.objectives, point, strict=True))
     config = arch_summary(trial.arch, trial.config)
-    return f"knee: {trial.trial_id} {config} [{policy_cell(trial)}] ({values})"
+    if has_policies([group[0] for group in front.trials]):
+        config += f", test-time statistics {policy_cell(trial)}"  # no [..]: rich would read it as markup
+    return f"knee: {trial.trial_id} {config} ({values})"
 
 
 def scatter(front: Front, width: int = 60, height: int = 16) -> str:
@@ -413,13 +434,14 @@ def trials_rows(summary: RunSummary) -> tuple[list[str], list[list[Any]]]:
     objectives and nothing that is always empty."""
     members = summary.front.member_rows()
     columns = _metric_columns(summary.recipe, summary.front.objectives)
-    header = ["trial", "config", "policy", *[name for _, name in columns]]
+    shown = has_policies(summary.rows)
+    header = ["trial", "config", *(["policy"] if shown else []), *[name for _, name in columns]]
     header += ["epochs", "status", "front", "reason"]
     rows = [
         [
             t.trial_id,
             arch_summary(t.arch, t.config),
-            policy_cell(t),
+            *_policy_cells(t, shown),
             *[t.metrics.get(name) for _, name in columns],
             t.epoch,
             _status(t),
@@ -433,7 +455,8 @@ def trials_rows(summary: RunSummary) -> tuple[list[str], list[list[Any]]]:
 
 def front_rows(front: Front) -> tuple[list[str], list[list[Any]]]:
     """The front's points as plain rows: trial, config, every objective, how many trials share the point."""
-    header = ["trial", "config", "policy", *front.objectives, "seen"]
+    shown = has_policies([group[0] for group in front.trials])
+    header = ["trial", "config", *(["policy"] if shown else []), *front.objectives, "seen"]
     rows = []
     for i in front.members:
         trial = front.trials[i][0]
@@ -441,7 +464,7 @@ def front_rows(front: Front) -> tuple[list[str], list[list[Any]]]:
             [
                 trial.trial_id,
                 arch_summary(trial.arch, trial.config),
-                policy_cell(trial),
+                *_policy_cells(trial, shown),
                 *front.points[i],
                 len(front.trials[i]),
             ]
