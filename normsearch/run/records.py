@@ -11,7 +11,11 @@ and, where they apply: ``epoch``, ``final``, ``metrics`` (what the trial reporte
 trained), ``repeat_of`` (the trial whose result a repeated configuration reuses), ``resumed_from`` (the
 epoch a continued trial started from), ``node_id``/``worker``/``device``, ``confirm_of`` (a confirmation
 run of a search trial: the same configuration re-trained with a new model seed by `normsearch confirm`,
-trial id ``t003/s<seed>``; never a search trial, see `RunFolder.trials`).
+trial id ``t003/s<seed>``; never a search trial, see `RunFolder.trials`), ``extra.policies`` (a network
+evaluated under several test-time statistics policies, a space's `policies`: {policy: {"metrics", "test"}}
+for each policy but the network's own, `arch.norm.inference`, whose numbers are the record's `metrics` and
+`test`; `policy_rows` turns a trial into one row per (trial, policy), what results tables and the front
+are made of).
 
 A trial's state is the fold of its records: the last status wins, except that a finished trial (complete,
 pruned, failed, repeat) never goes back to running; metrics and test accuracies carry forward. A candidate

@@ -168,17 +168,12 @@ def policy_results(
     standardize: Standardizer,
     place: Callable[[torch.Tensor], torch.Tensor],
     policies: list[str],
-    known: dict[str, dict[str, dict[str, float]]] | None = None,
 ) -> dict[str, dict[str, dict[str, float]]]:
     """{policy: {"metrics": `epoch_metrics`, "test": `final_accuracies`}} of the trained `model` under each
-    of `policies`, in order; `known` holds results already measured (the network's own policy), which are
-    not measured again. Every policy starts from the trained running statistics (`inference_statistics`
-    restores them), so the order does not change a number."""
+    of `policies`, in order. Every policy starts from the trained running statistics
+    (`inference_statistics` restores them), so the order does not change a number."""
     out = {}
     for policy in policies:
-        if known and policy in known:
-            out[policy] = known[policy]
-            continue
         out[policy] = {
             "metrics": epoch_metrics(model, sets, standardize, policy),
             "test": final_accuracies(model, data, unit, standardize, place, policy),

@@ -130,7 +130,7 @@ class _Run:
     sparse: bool
     routed: bool  # DSON / cross-domain MixStyle: the layers read the batch's source-domain labels
     inference: str  # the plan's test-time statistics policy (norms.running)
-    policies: list[str]  # the policies the final epoch is measured under (the plan's first; train_candidate)
+    policies: list[str]  # the other policies the final epoch is also measured under (train_candidate)
     history: list[dict[str, Any]] = field(default_factory=list)
     switched: int = 0
 
@@ -327,6 +327,11 @@ def _run_epoch(run: _Run, epoch: int, data: DomainSet, unit: Unit) -> dict[str, 
         "final": epoch + 1 == run.config.epochs,
     }
     metrics["converged"] = converged([*run.history, metrics])
+    if metrics["final"] and run.policies:  # the same trained weights under the space's other policies
+        with autocast(run.dev, run.config.precision):
+            metrics[POLICIES] = policy_results(
+                run.model, run.sets, data, unit, run.standardize, lambda t: place(t, run.dev), run.policies
+            )
     if metrics["final"]:
         # Once, after training: the source's and every target's test split, kept apart from what
         # selection saw (the search's objectives never read these).
@@ -334,30 +339,16 @@ def _run_epoch(run: _Run, epoch: int, data: DomainSet, unit: Unit) -> dict[str, 
             metrics["test"] = final_accuracies(
                 run.model, data, unit, run.standardize, lambda t: place(t, run.dev), run.inference
             )
-            if run.policies:  # the same weights under the other test-time statistics policies
-                own = {run.inference: {"metrics": measured, "test": metrics["test"]}}
-                metrics[POLICIES] = policy_results(
-                    run.model,
-                    run.sets,
-                    data,
-                    unit,
-                    run.standardize,
-                    lambda t: place(t, run.dev),
-                    run.policies,
-                    own,
-                )
     run.history.append(metrics)
     return metrics
 
 
 def _policies(policies: list[str] | None, own: str) -> list[str]:
-    """The policies to measure the final epoch under: none asked, none; else the network's own first."""
+    """The policies to measure the final epoch under besides the network's own, in the given order."""
     from normsearch.norms.running import StatsPolicy
 
-    if not policies:
-        return []
-    parsed = [str(StatsPolicy.parse(p)) for p in policies]
-    return [own, *(p for p in dict.fromkeys(parsed) if p != own)]
+    parsed = [str(StatsPolicy.parse(p)) for p in policies or []]
+    return [p for p in dict.fromkeys(parsed) if p != own]
 
 
 def train_candidate(
@@ -385,9 +376,10 @@ def train_candidate(
     `config.init` decides (see `init_mode`). `keep_weights` returns the trained weights as
     `result.checkpoint`. Raises `Diverged` on a NaN or infinite training loss. From a recipe, call
     `normsearch.train.train_from_recipe` instead (it fills seed, threads and data from the recipe).
-    `policies` (a space's test-time statistics policies, the first of them `arch.norm.inference`): after
-    the last epoch the same weights are also measured under each, and the final metrics dict carries
-    them under ``policies`` ({policy: {"metrics", "test"}}; `evaluation.policy_results`)."""
+    `policies` (a space's test-time statistics policies): after the last epoch the same weights are also
+    measured under each one but the network's own (`arch.norm.inference`, what every epoch and ``test``
+    report), and the final metrics dict carries them under ``policies`` ({policy: {"metrics", "test"}};
+    `evaluation.policy_results`)."""
     started = time.perf_counter()
     dev = resolve_device(device, config.cudnn_benchmark)
     if threads is not None:
