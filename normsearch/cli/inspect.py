@@ -312,7 +312,7 @@ def export(
         parts = ", ".join(f"{k} {v:.1f}" for k, v in chosen.test.items())
         console.print(f"test accuracy, {label}: {parts}")
         if weights is not None:  # rebuilt from what was written, evaluated under the row's policy
-            from normsearch.results.reevaluate import evaluate_export, policy_label
+            from normsearch.results.policies import evaluate_export, policy_label
 
             again = evaluate_export(summary.recipe, out, weights)
             parts = ", ".join(f"{k} {v:.1f}" for k, v in again.items())

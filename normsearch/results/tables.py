@@ -19,6 +19,8 @@ from rich.text import Text
 from normsearch.metrics import PARAMS, SELECT_PREFIX, SOURCE_VAL_ACC, TARGET_SELECT_ACC, WORST_SOURCE_VAL_ACC
 from normsearch.recipe import Recipe
 from normsearch.results.front import Front, RunSummary
+from normsearch.results.policies import POLICY_COLUMN, has_policies, policy_cell
+from normsearch.results.policies import policy_cells as _policy_cells
 from normsearch.run.files import atomic_write_bytes, atomic_write_text
 from normsearch.run.records import TrialRecord
 
@@ -66,32 +68,6 @@ def space_policies(recipe: Recipe, space: Any = None) -> list[str]:
                 found += [str(c) for c in param.choices or []]
             found += [str(v["norm.inference"]) for v in (param.sets or {}).values() if "norm.inference" in v]
     return found
-
-
-POLICY_COLUMN = "test-time stats"
-
-
-def policy_cell(trial: TrialRecord) -> str:
-    """A row's test-time statistics policy, marked when it reads unlabelled test-domain images (test-time
-    adaptation; the header's statement says so in full): never a silent plain-DG number."""
-    from normsearch.norms.running import StatsPolicy
-    from normsearch.run.records import own_policy
-
-    policy = StatsPolicy.parse(own_policy(trial))
-    return f"{policy} (TTA: test images)" if policy.uses_test_images else str(policy)
-
-
-def has_policies(rows: list[TrialRecord]) -> bool:
-    """Whether a table of `rows` needs the policy column: some row was measured under other test-time
-    statistics than the running averages (a column that would only ever say ``running`` is left out; the
-    header's statement names the statistics either way)."""
-    from normsearch.run.records import own_policy
-
-    return any(own_policy(r) != "running" for r in rows)
-
-
-def _policy_cells(trial: TrialRecord, shown: bool) -> list[str]:
-    return [policy_cell(trial)] if shown else []
 
 
 def _metric_columns(recipe: Recipe, objectives: dict[str, str]) -> list[tuple[str, str]]:

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from normsearch.cli import app
 from normsearch.metrics import POLICIES
 from normsearch.recipe import load_recipe
-from normsearch.results.reevaluate import evaluate_export
+from normsearch.results.policies import evaluate_export
 from normsearch.run.folder import RunFolder
 
 if TYPE_CHECKING:
