@@ -190,9 +190,9 @@ def export(
             "metrics": {
                 k: v for k, v in trial.metrics.items() if isinstance(v, int | float) and k != "final"
             },
+            "policy": own_policy(trial),  # the test-time statistics `metrics` were measured under
             "selection": recipe.data.describe(),
             "selection_rule": recipe.data.selection,
-            "policy": own_policy(trial),  # the test-time statistics `metrics` were measured under
             "started_from": trial.extra.get("init"),
             "versions": trial.versions,
             "weights": weights,
