@@ -19,6 +19,11 @@ TRAIN_ACC = "train_acc"
 
 Direction = Literal["max", "min"]
 
+# The final result's per-policy numbers: {policy: {"metrics": per-epoch metrics, "test": test accuracies}}
+# for a network evaluated under several test-time statistics policies (a space's `policies`), each but its
+# own (`norm.inference`), whose numbers are the result's own.
+POLICIES = "policies"
+
 SELECT_PREFIX = "select/"
 SOURCE_PREFIX = "source/"
 

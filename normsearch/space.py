@@ -14,6 +14,14 @@ A space file::
         choices: [none, "1-2"]
         sets: {none: {norm.ibn: null}, "1-2": {norm.ibn.stages: [1, 2]}}
 
+A space may also list test-time statistics policies (``policies: [running, batch, adabn, "mix:alpha=0.5"]``,
+norms/running.py): not a searched parameter but an evaluation-only dimension. Every trained network is
+evaluated under each of them after its last epoch, from the same weights (no retraining); the first one is
+the network's own (`norm.inference`: what every epoch and the study's objectives are measured under), the
+others are recorded beside it, and the results rows and the front are (trial, policy) pairs. A policy
+written by a parameter (``path: norm.inference``, the old form) still searches it as a separate trial per
+policy, but not together with ``policies``.
+
 Types map onto Optuna's distributions: ``float`` (low, high, log, step), ``int`` (low, high, log, step),
 ``categorical`` (choices: scalars), ``bool``. ``path`` writes the sampled value into the ArchConfig (``[i]``
 indexes a list); ``sets`` writes per-choice values (``null`` removes a rule). ``when`` makes a parameter
@@ -27,7 +35,7 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from normsearch.arch import ArchConfig
 from normsearch.config import assign_path, read_mapping, validate
@@ -35,6 +43,7 @@ from normsearch.errors import NormsearchError
 
 Scalar = bool | int | float | str | None
 MAX_ENUMERATION = 100_000
+INFERENCE_PATH = "norm.inference"  # the ArchConfig path of the test-time statistics policy
 
 
 class Param(BaseModel):
@@ -130,6 +139,8 @@ class Space(BaseModel):
     requires: dict[str, str] = Field(default_factory=dict)  # e.g. {block: bottleneck}, checked per recipe
     fixed: dict[str, Any] = Field(default_factory=dict)
     params: dict[str, Param] = Field(default_factory=dict)
+    # test-time statistics evaluated on every trained network, first = its own (module docstring)
+    policies: list[str] = Field(default_factory=list)
     _file: str | None = PrivateAttr(default=None)  # the file it was read from; None: inline
 
     @property
@@ -154,6 +165,34 @@ class Space(BaseModel):
                             f"({allowed})"
                         )
             seen.append(name)
+        return self
+
+    @field_validator("policies")
+    @classmethod
+    def _parse_policies(cls, value: list[str]) -> list[str]:
+        from normsearch.norms.running import StatsPolicy
+
+        try:
+            parsed = [str(StatsPolicy.parse(str(text))) for text in value]
+        except NormsearchError as error:
+            raise ValueError(str(error)) from None
+        if len(set(parsed)) != len(parsed):
+            raise ValueError(f"{value} lists a policy twice")
+        return parsed
+
+    @model_validator(mode="after")
+    def _policies_not_searched(self) -> Space:
+        writers = [f"fixed.{INFERENCE_PATH}"] if INFERENCE_PATH in self.fixed else []
+        writers += [
+            f"params.{name}"
+            for name, param in self.params.items()
+            if param.path == INFERENCE_PATH or any(INFERENCE_PATH in v for v in (param.sets or {}).values())
+        ]
+        if self.policies and writers:
+            raise ValueError(
+                f"{writers[0]} writes {INFERENCE_PATH} while `policies` evaluates every trained network "
+                f"under {self.policies}: drop {writers[0]} (policies are evaluated, not searched)"
+            )
         return self
 
     # --- sampling ----------------------------------------------------------------------------------
@@ -203,6 +242,8 @@ class Space(BaseModel):
 
         for path, value in self.fixed.items():
             assign("fixed", path, value)
+        if self.policies:  # the network's own policy: the first evaluated one
+            assign("policies", INFERENCE_PATH, self.policies[0])
         for name, param in self.params.items():
             if name not in values:
                 continue

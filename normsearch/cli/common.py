@@ -134,4 +134,6 @@ def space_table(space: Any) -> Table:
         table.add_column(column)
     for row in space.summary():
         table.add_row(*row)
+    if getattr(space, "policies", None):  # evaluated on each trained network, not searched
+        table.add_row("test-time statistics", " | ".join(space.policies), "evaluated on every network")
     return table

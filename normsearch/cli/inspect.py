@@ -176,7 +176,7 @@ def show(
 
     summary = summarize(run_dir)
     head, rows = trials_rows(summary)
-    rows = [r for r, t in zip(rows, summary.candidates, strict=True) if show_all or t.status != "repeat"]
+    rows = [r for r, t in zip(rows, summary.rows, strict=True) if show_all or t.status != "repeat"]
     wanted = TARGET_SELECT_ACC if sort is Sort.target and TARGET_SELECT_ACC in head else SOURCE_VAL_ACC
     key, status = head.index(wanted), head.index("status")
     rows.sort(
@@ -261,11 +261,20 @@ def export(
     force: Annotated[
         bool, typer.Option("--force", help="Export a trial that did not complete (failed, pruned).")
     ] = False,
+    policy: Annotated[
+        str | None,
+        typer.Option(
+            help="The test-time statistics policy of the (trial, policy) row to export (running, batch, "
+            "adabn, mix:alpha=A); default: the trial's own. With --weights and --test the exported model "
+            "is rebuilt and evaluated under it."
+        ),
+    ] = None,
 ) -> None:
-    """Write one trial's ArchConfig with provenance (and its weights); `normsearch.build_model(FILE)`
-    rebuilds it."""
+    """Write one (trial, policy) row's ArchConfig with provenance (and its weights);
+    `normsearch.build_model(FILE)` rebuilds it."""
     # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
     from normsearch.results.front import export_trial, find_trial, summarize
+    from normsearch.run.records import own_policy
 
     if (trial is None) == (pick_rule is None):
         raise NormsearchError(
@@ -282,14 +291,14 @@ def export(
                 "export its configuration anyway"
             )
     rule = pick_rule.value if pick_rule is not None else None
-    chosen = export_trial(summary, out, trial, rule, max_source_drop, weights)
+    chosen = export_trial(summary, out, trial, rule, max_source_drop, weights, policy)
     metrics = chosen.metrics
     shown = ", ".join(
         f"{name} {float(metrics[name]):.1f}" for name in summary.front.objectives if name in metrics
     )
     console.print(
-        f"wrote {out}: trial {chosen.trial_id} ({chosen.status}), {shown}"
-        + (f"; weights {weights}" if weights is not None else ""),
+        f"wrote {out}: trial {chosen.trial_id} ({chosen.status}), {shown}, test-time statistics "
+        f"{chosen.policy or own_policy(chosen)}" + (f"; weights {weights}" if weights is not None else ""),
         highlight=False,
     )
     if test:
@@ -302,6 +311,12 @@ def export(
         )
         parts = ", ".join(f"{k} {v:.1f}" for k, v in chosen.test.items())
         console.print(f"test accuracy, {label}: {parts}")
+        if weights is not None:  # rebuilt from what was written, evaluated under the row's policy
+            from normsearch.results.policies import evaluate_export, policy_label
+
+            again = evaluate_export(summary.recipe, out, weights)
+            parts = ", ".join(f"{k} {v:.1f}" for k, v in again.items())
+            console.print(f"rebuilt from {out} + {weights}, {policy_label(chosen.policy)}: {parts}")
 
 
 @spaces_app.callback()

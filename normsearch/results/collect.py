@@ -22,10 +22,10 @@ from typing import Any
 
 from normsearch.errors import NormsearchError
 from normsearch.recipe import Recipe
-from normsearch.results.confirmed import Stat, confirmations, stat
+from normsearch.results.confirmed import Confirmed, Stat, confirmations, stat
 from normsearch.results.front import RunSummary, summarize
 from normsearch.results.tables import arch_summary
-from normsearch.run.records import TrialRecord
+from normsearch.run.records import TrialRecord, own_policy, policy_view
 
 FORMATS = ("table", "csv", "jsonl", "markdown", "latex")
 
@@ -83,16 +83,26 @@ def _missing(trial: TrialRecord, key: str) -> str:
     return f"{key} not measured"
 
 
+def _under_policy(entry: Confirmed | None, policy: str) -> Confirmed | None:
+    """A configuration's confirmation runs read under one test-time statistics policy (each confirmation
+    run was evaluated under the same policies as its search trial)."""
+    if entry is None:
+        return None
+    runs = [policy_view(r, policy) for r in entry.runs]
+    return Confirmed(entry.trial, [r for r in runs if r is not None], entry.failed)
+
+
 def run_rows(summary: RunSummary, keys: list[str]) -> list[Row]:
-    """One row per configuration of a run (repeats left out): confirmed mean ± s.e. where confirmed, the
-    search's number otherwise; best average first, configurations without numbers last."""
+    """One row per (configuration, test-time statistics policy) of a run (repeats left out): confirmed
+    mean ± s.e. where confirmed, the search's number otherwise; best average first, configurations
+    without numbers last."""
     confirmed = confirmations(summary)
     rows = []
 
-    for trial in summary.candidates:
+    for trial in summary.rows:  # one row per (configuration, test-time statistics policy)
         if trial.status == "repeat":
             continue
-        entry = confirmed.get(trial.trial_id)
+        entry = _under_policy(confirmed.get(trial.trial_id), own_policy(trial))
         cells: dict[str, Cell] = {}
         reasons: list[str] = []
         for key in keys:
@@ -115,7 +125,7 @@ def run_rows(summary: RunSummary, keys: list[str]) -> list[Row]:
                 seeds,
                 cells,
                 "; ".join(reasons),
-                str(((trial.arch or {}).get("norm") or {}).get("inference", "running")),
+                own_policy(trial),
             )
         )
     average = keys[len(keys) - 1] if "test_mean" in keys else ("avg" if "avg" in keys else keys[-1])

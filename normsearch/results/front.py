@@ -1,7 +1,9 @@
 """The Pareto front of a run's records, the pick rules, and the exported document.
 
 Only trials that reached their final epoch ("complete") enter the front; configurations that occur more than
-once collapse to one point, averaged; repeats (configurations not trained again) add nothing.
+once collapse to one point, averaged; repeats (configurations not trained again) add nothing. A point is a
+(network, test-time statistics policy) pair: a trial evaluated under several policies (a space's
+`policies`) contributes one point per policy (`run.records.policy_rows`), all from the same weights.
 `summarize(run_dir)` is the one way the commands open a finished (or running) run for reading.
 """
 
@@ -21,7 +23,7 @@ from normsearch.recipe import Recipe
 from normsearch.results.pareto import hypervolume_2d, non_dominated, pick, worst_reference
 from normsearch.run.files import atomic_write_text
 from normsearch.run.folder import RunFolder
-from normsearch.run.records import UNIT_SEPARATOR, TrialRecord
+from normsearch.run.records import UNIT_SEPARATOR, TrialRecord, own_policy, policy_rows, policy_view
 from normsearch.space import Space
 from normsearch.train import hardened_arch
 
@@ -41,13 +43,20 @@ class RunSummary:
         """One record per searched configuration (a candidate's per-unit records left out)."""
         return [t for t in self.trials if UNIT_SEPARATOR not in t.trial_id]
 
+    @property
+    def rows(self) -> list[TrialRecord]:
+        """One row per (candidate, test-time statistics policy) it was evaluated under, in candidate order:
+        what the tables, `collect` and the front are made of."""
+        return [row for t in self.candidates for row in policy_rows(t)]
+
 
 def summarize(run_dir: str | Path) -> RunSummary:
     """Open a run folder and compute its front (a pure pass over its records)."""
     folder = RunFolder.open(run_dir)
     recipe, space = folder.load()
     trials = folder.trials()
-    return RunSummary(folder, recipe, space, trials, compute_front(trials, recipe.search.objectives))
+    rows = [row for t in trials for row in policy_rows(t)]
+    return RunSummary(folder, recipe, space, trials, compute_front(rows, recipe.search.objectives))
 
 
 @dataclass
@@ -62,7 +71,12 @@ class Front:
     reference: tuple[float, ...] | None
 
     def member_ids(self) -> set[str]:
+        """The trials with a point on the front (under any of their policies)."""
         return {t.trial_id for i in self.members for t in self.trials[i]}
+
+    def member_rows(self) -> set[tuple[str, str | None]]:
+        """The (trial, policy) rows on the front."""
+        return {(t.trial_id, t.policy) for i in self.members for t in self.trials[i]}
 
 
 def compute_front(trials: list[TrialRecord], objectives: dict[str, str]) -> Front:
@@ -176,6 +190,7 @@ def export(
             "metrics": {
                 k: v for k, v in trial.metrics.items() if isinstance(v, int | float) and k != "final"
             },
+            "policy": own_policy(trial),  # the test-time statistics `metrics` were measured under
             "selection": recipe.data.describe(),
             "selection_rule": recipe.data.selection,
             "data": recipe.data.provenance(),  # reproduces the images trained on (max_per_domain's subset)
@@ -193,12 +208,22 @@ def export_trial(
     rule: str | None = None,
     max_source_drop: float | None = None,
     weights: Path | None = None,
+    policy: str | None = None,
 ) -> TrialRecord:
     """Choose a trial (by id, or by a pick rule over the front), write its document to `out` and, when
     asked, its final weights to `weights` (the ArchConfig written then is the one the weights fit, e.g.
-    with a soft Switchable Norm's learned hard choices). Returns the trial."""
+    with a soft Switchable Norm's learned hard choices). `policy` chooses the (trial, policy) row: the
+    trial's numbers under that test-time statistics policy and an ArchConfig whose `norm.inference` is it
+    (with a pick rule: the pick among that policy's rows). Returns the chosen row."""
     if trial_id is not None:
         chosen = find_trial(summary.trials, trial_id)
+        chosen = policy_row(chosen, policy) if policy is not None else chosen
+    elif policy is not None:
+        rows = [r for r in summary.rows if r.policy == policy_text(policy)]
+        front = compute_front(rows, summary.recipe.search.objectives)
+        data = summary.recipe.data
+        sources = [data.source] if isinstance(data.source, str) else list(data.source)
+        chosen = choose(front, rule or "knee", max_source_drop, data.rotate, sources if data.rotate else [])
     else:
         chosen = choose_for(summary, rule or "knee", max_source_drop)
     document = export(summary.folder.path, summary.recipe, chosen, rule, str(weights) if weights else None)
@@ -227,6 +252,28 @@ def export_trial(
 def write_export(document: dict[str, Any], path: Path) -> None:
     """Write an exported document (atomically; an unwritable place is one line)."""
     atomic_write_text(path, yaml.safe_dump(document, sort_keys=False))
+
+
+def policy_text(policy: str) -> str:
+    """`policy` in the records' spelling (``mix:alpha=0.50`` is ``mix:alpha=0.5``); a bad one is one line."""
+    from normsearch.norms.running import StatsPolicy
+
+    try:
+        return str(StatsPolicy.parse(policy))
+    except NormsearchError as error:
+        raise NormsearchError(f"--policy: {error}") from None
+
+
+def policy_row(trial: TrialRecord, policy: str) -> TrialRecord:
+    """The (trial, policy) row of `trial` under `policy`; one line naming its policies when it has no such
+    row."""
+    row = policy_view(trial, policy_text(policy))
+    if row is None:
+        have = ", ".join(str(r.policy) for r in policy_rows(trial))
+        raise NormsearchError(
+            f"--policy {policy}: trial {trial.trial_id} was not evaluated under it; its policies: {have}"
+        )
+    return row
 
 
 def find_trial(trials: list[TrialRecord], trial_id: str) -> TrialRecord:

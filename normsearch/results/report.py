@@ -148,6 +148,12 @@ def gather(run_dir: str | Path) -> ReportData:
 
 
 # --- sections ---------------------------------------------------------------------------------------------
+def _per_policy(s: RunSummary) -> str:
+    """How the trials table reads when networks were evaluated under several test-time statistics."""
+    rows = len(s.rows)
+    return f", {rows} rows: one per (trial, test-time statistics policy)" if rows > len(s.candidates) else ""
+
+
 def _sections(data: ReportData) -> list[tuple[str, str, list[str], list[list[Any]]]]:
     """(heading, text, table header, table rows) for every tabular section, in order."""
     s = data.summary
@@ -161,9 +167,8 @@ def _sections(data: ReportData) -> list[tuple[str, str, list[str], list[list[Any
         )
     )
     th, tr = trials_rows(s)
-    sections.append(
-        ("Trials", f"{len(s.candidates)} searched configuration(s); ★ = on the Pareto front", th, tr)
-    )
+    trials = f"{len(s.candidates)} searched configuration(s){_per_policy(s)}; ★ = on the Pareto front"
+    sections.append(("Trials", trials, th, tr))
     fh, fr = front_rows(s.front)
     hv = (
         f"hypervolume {s.front.hypervolume:.1f} against reference {s.front.reference}"

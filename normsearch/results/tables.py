@@ -19,6 +19,8 @@ from rich.text import Text
 from normsearch.metrics import PARAMS, SELECT_PREFIX, SOURCE_VAL_ACC, TARGET_SELECT_ACC, WORST_SOURCE_VAL_ACC
 from normsearch.recipe import Recipe
 from normsearch.results.front import Front, RunSummary
+from normsearch.results.policies import POLICY_COLUMN, has_policies, policy_cell
+from normsearch.results.policies import policy_cells as _policy_cells
 from normsearch.run.files import atomic_write_bytes, atomic_write_text
 from normsearch.run.records import TrialRecord
 
@@ -54,10 +56,12 @@ def header(recipe: Recipe, space: Any = None) -> str:
 
 
 def space_policies(recipe: Recipe, space: Any = None) -> list[str]:
-    """Every test-time statistics policy a run's trials can have: the base model's, the space's fixed one,
-    and each value a space parameter writes to `norm.inference` (by `path` or `sets`)."""
+    """Every test-time statistics policy a run's trials can have: the base model's, the space's evaluated
+    `policies`, its fixed one, and each value a space parameter writes to `norm.inference` (by `path` or
+    `sets`)."""
     found = [recipe.model.norm.inference]
     if space is not None:
+        found += list(getattr(space, "policies", None) or [])  # evaluated on every network (space.py)
         found.append(space.fixed.get("norm.inference", found[0]))
         for param in space.params.values():
             if param.path == "norm.inference":
@@ -100,12 +104,13 @@ def _status(trial: TrialRecord) -> str:
 def trials_table(
     summary: RunSummary, sort: str = "target", top: int | None = None, show_all: bool = False
 ) -> Table:
-    """One row per trained trial: id, config, source val, select-target mean, per-select-domain, epochs,
+    """One row per (trained trial, test-time statistics policy it was evaluated under): id, config, policy
+    (marked when it reads test images), source val, select-target mean, per-select-domain, epochs,
     status, front, and why it failed, was stopped or is unfinished. `show_all` adds the repeats (sampled
     configurations that were not trained again)."""
     recipe, front = summary.recipe, summary.front
-    members = front.member_ids()
-    rows = [t for t in summary.candidates if show_all or t.status != "repeat"]
+    members = front.member_rows()
+    rows = [t for t in summary.rows if show_all or t.status != "repeat"]
     key = TARGET_SELECT_ACC if sort == "target" else SOURCE_VAL_ACC
     rows.sort(key=lambda t: (t.complete, float(t.metrics.get(key, -1.0))), reverse=True)
     if top is not None:
@@ -113,6 +118,9 @@ def trials_table(
     table = Table(title=header(recipe, summary.space), title_justify="left", show_lines=False)
     table.add_column("trial")
     table.add_column("config", overflow="fold")
+    shown = has_policies(rows)
+    if shown:
+        table.add_column(POLICY_COLUMN, overflow="fold")
     columns = _metric_columns(recipe, front.objectives)
     for label, _ in columns:
         table.add_column(label, justify="right")
@@ -125,10 +133,11 @@ def trials_table(
         cells = [
             t.trial_id,
             arch_summary(t.arch, t.config),
+            *_policy_cells(t, shown),
             *[_pct(t.metrics.get(name)) for _, name in columns],
             str(t.epoch or "-"),
             Text(_status(t), style=STATUS_STYLE.get(t.status, "")),
-            "★" if t.trial_id in members else "",
+            "★" if (t.trial_id, t.policy) in members else "",
         ]
         if any(r.reason for r in rows):
             cells.append(Text(t.reason or "", style=STATUS_STYLE.get(t.status, "")))
@@ -145,17 +154,21 @@ def domainbed_table(summary: RunSummary) -> Table:
     table = Table(
         title=f"test accuracy per held-out domain — {header(recipe, summary.space)}", title_justify="left"
     )
+    done = [t for t in summary.rows if t.complete]
+    shown = has_policies(done)
     table.add_column("trial")
     table.add_column("config", overflow="fold")
+    if shown:
+        table.add_column(POLICY_COLUMN, overflow="fold")
     for domain in [*held, "Avg", *extra]:
         table.add_column(domain, justify="right")
-    done = [t for t in summary.candidates if t.complete]
     done.sort(key=lambda t: float(t.test.get("avg", -1.0)), reverse=True)
     for t in done:
         cells = [_pct(t.test.get(d)) if d in t.test else "X" for d in held]
         table.add_row(
             t.trial_id,
             arch_summary(t.arch, t.config),
+            *_policy_cells(t, shown),
             *cells,
             _pct(t.test.get("avg")),
             *[_pct(t.test.get(d)) for d in extra],
@@ -209,6 +222,9 @@ def front_table(front: Front, recipe: Recipe) -> Table:
     )
     table.add_column("trial")
     table.add_column("config", overflow="fold")
+    shown = has_policies([group[0] for group in front.trials])
+    if shown:
+        table.add_column(POLICY_COLUMN, overflow="fold")
     for name, direction in front.objectives.items():
         table.add_column(f"{name} ({direction})", justify="right")
     table.add_column("seen", justify="right")
@@ -219,7 +235,11 @@ def front_table(front: Front, recipe: Recipe) -> Table:
         trial = front.trials[i][0]
         values = [f"{v:.1f}" if names[k] != PARAMS else f"{v:,.0f}" for k, v in enumerate(front.points[i])]
         table.add_row(
-            trial.trial_id, arch_summary(trial.arch, trial.config), *values, str(len(front.trials[i]))
+            trial.trial_id,
+            arch_summary(trial.arch, trial.config),
+            *_policy_cells(trial, shown),
+            *values,
+            str(len(front.trials[i])),
         )
     return table
 
@@ -231,7 +251,10 @@ def knee_line(front: Front) -> str:
     trial = choose(front, "knee")
     point = next(front.points[i] for i, group in enumerate(front.trials) if trial in group)
     values = ", ".join(f"{name} {v:.1f}" for name, v in zip(front.objectives, point, strict=True))
-    return f"knee: {trial.trial_id} {arch_summary(trial.arch, trial.config)} ({values})"
+    config = arch_summary(trial.arch, trial.config)
+    if has_policies([group[0] for group in front.trials]):
+        config += f", test-time statistics {policy_cell(trial)}"  # no [..]: rich would read it as markup
+    return f"knee: {trial.trial_id} {config} ({values})"
 
 
 def scatter(front: Front, width: int = 60, height: int = 16) -> str:
@@ -382,34 +405,45 @@ def plot_confirmed(confirmed: Any, search: Front, path: Path, title: str) -> Non
 
 
 def trials_rows(summary: RunSummary) -> tuple[list[str], list[list[Any]]]:
-    """The trials table as plain rows (for --format csv|json|markdown): the rich table's columns, by
-    metric name, so a format shows exactly the run's objectives and nothing that is always empty."""
-    members = summary.front.member_ids()
+    """The trials table as plain rows (for --format csv|json|markdown), one per (trial, policy)
+    (`RunSummary.rows`): the rich table's columns, by metric name, so a format shows exactly the run's
+    objectives and nothing that is always empty."""
+    members = summary.front.member_rows()
     columns = _metric_columns(summary.recipe, summary.front.objectives)
-    header = ["trial", "config", *[name for _, name in columns], "epochs", "status", "front", "reason"]
+    shown = has_policies(summary.rows)
+    header = ["trial", "config", *(["policy"] if shown else []), *[name for _, name in columns]]
+    header += ["epochs", "status", "front", "reason"]
     rows = [
         [
             t.trial_id,
             arch_summary(t.arch, t.config),
+            *_policy_cells(t, shown),
             *[t.metrics.get(name) for _, name in columns],
             t.epoch,
             _status(t),
-            t.trial_id in members,
+            (t.trial_id, t.policy) in members,
             t.reason or "",
         ]
-        for t in summary.candidates
+        for t in summary.rows
     ]
     return header, rows
 
 
 def front_rows(front: Front) -> tuple[list[str], list[list[Any]]]:
     """The front's points as plain rows: trial, config, every objective, how many trials share the point."""
-    header = ["trial", "config", *front.objectives, "seen"]
+    shown = has_policies([group[0] for group in front.trials])
+    header = ["trial", "config", *(["policy"] if shown else []), *front.objectives, "seen"]
     rows = []
     for i in front.members:
         trial = front.trials[i][0]
         rows.append(
-            [trial.trial_id, arch_summary(trial.arch, trial.config), *front.points[i], len(front.trials[i])]
+            [
+                trial.trial_id,
+                arch_summary(trial.arch, trial.config),
+                *_policy_cells(trial, shown),
+                *front.points[i],
+                len(front.trials[i]),
+            ]
         )
     return header, rows
 

@@ -11,7 +11,11 @@ and, where they apply: ``epoch``, ``final``, ``metrics`` (what the trial reporte
 trained), ``repeat_of`` (the trial whose result a repeated configuration reuses), ``resumed_from`` (the
 epoch a continued trial started from), ``node_id``/``worker``/``device``, ``confirm_of`` (a confirmation
 run of a search trial: the same configuration re-trained with a new model seed by `normsearch confirm`,
-trial id ``t003/s<seed>``; never a search trial, see `RunFolder.trials`).
+trial id ``t003/s<seed>``; never a search trial, see `RunFolder.trials`), ``extra.policies`` (a network
+evaluated under several test-time statistics policies, a space's `policies`: {policy: {"metrics", "test"}}
+for each policy but the network's own, `arch.norm.inference`, whose numbers are the record's `metrics` and
+`test`; `policy_rows` turns a trial into one row per (trial, policy), what results tables and the front
+are made of).
 
 A trial's state is the fold of its records: the last status wins, except that a finished trial (complete,
 pruned, failed, repeat) never goes back to running; metrics and test accuracies carry forward. A candidate
@@ -29,7 +33,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from normsearch.metrics import RESULT_KEYS, SELECT_PREFIX, SOURCE_PREFIX
+from normsearch.metrics import POLICIES, RESULT_KEYS, SELECT_PREFIX, SOURCE_PREFIX
 
 # Metrics a trial reports every epoch, with the direction in which each is better. Objectives, tables,
 # the study's metric names and the Ray result are all built from this list (plus `select/<domain>`).
@@ -88,6 +92,17 @@ def candidate_record(
             for n in order
         }
     }
+    per_unit = [outcomes[n].extra.get(POLICIES) for n in order]
+    if not failed and not pruned and all(per_unit):  # each policy combined over the units like the rest
+        policies = [p for p in per_unit[0] if all(p in u for u in per_unit)]
+        record["extra"][POLICIES] = {}
+        for policy in policies:
+            metrics, test = combine_units(
+                units,
+                {n: u[policy]["metrics"] for n, u in zip(order, per_unit, strict=True)},
+                {n: u[policy]["test"] for n, u in zip(order, per_unit, strict=True)},
+            )
+            record["extra"][POLICIES][policy] = {"metrics": metrics, "test": test}
     return record
 
 
@@ -118,6 +133,7 @@ class TrialRecord:
     resumed_from: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     confirm_of: str | None = None
+    policy: str | None = None  # a (trial, policy) row (`policy_rows`): what its numbers were measured under
 
     @property
     def complete(self) -> bool:
@@ -166,6 +182,44 @@ def _network_key(text: str) -> str:
         },
         sort_keys=True,
     )
+
+
+def own_policy(trial: TrialRecord) -> str:
+    """The test-time statistics policy a trial's own numbers were measured under (its `norm.inference`)."""
+    return trial.policy or str(((trial.arch or {}).get("norm") or {}).get("inference", "running"))
+
+
+def policy_view(trial: TrialRecord, policy: str) -> TrialRecord | None:
+    """`trial` as the row of one test-time statistics policy: that policy's metrics (over the trial's own
+    non-accuracy ones: epochs, parameters, loss) and test accuracies, and an `arch` whose `norm.inference`
+    is the policy (so `config_key` tells (network, policy) pairs apart and an export rebuilds with it).
+    None when the trial was not measured under `policy`."""
+    import dataclasses
+
+    own = own_policy(trial)
+    if policy == own:
+        return dataclasses.replace(trial, policy=own)
+    measured = (trial.extra.get(POLICIES) or {}).get(policy)
+    if not isinstance(measured, dict):
+        return None
+    arch = None
+    if trial.arch is not None:
+        arch = {**trial.arch, "norm": {**(trial.arch.get("norm") or {}), "inference": policy}}
+    return dataclasses.replace(
+        trial,
+        metrics={**trial.metrics, **(measured.get("metrics") or {})},
+        test=dict(measured.get("test") or {}),
+        arch=arch,
+        policy=policy,
+    )
+
+
+def policy_rows(trial: TrialRecord) -> list[TrialRecord]:
+    """One row per (trial, policy): the trial's own policy first, then every other policy it was evaluated
+    under (``extra.policies``); a trial evaluated under one policy is one row."""
+    rows = [policy_view(trial, own_policy(trial))]
+    rows += [policy_view(trial, p) for p in trial.extra.get(POLICIES) or {} if p != own_policy(trial)]
+    return [row for row in rows if row is not None]
 
 
 def fold_records(records: list[dict[str, Any]]) -> list[TrialRecord]:

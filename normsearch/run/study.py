@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from normsearch.errors import NormsearchError
+from normsearch.metrics import POLICIES
 from normsearch.run.folder import STUDY as STUDY_FILE
 from normsearch.run.folder import RunFolder
-from normsearch.run.records import TrialRecord
+from normsearch.run.records import TrialRecord, own_policy
 
 
 def _quiet() -> None:
@@ -68,6 +69,17 @@ def set_attrs(study: Any, number: int, attrs: dict[str, Any]) -> None:
             study._storage.set_trial_user_attr(trial_id, key, value)
 
 
+def _policy_attrs(record: TrialRecord, objectives: dict[str, str]) -> dict[str, Any]:
+    """The trial's test-time statistics policy (the one its objectives are measured under) and, for a
+    network evaluated under several (``extra.policies``), each other policy's objectives as
+    ``policy/<policy>/<objective>``: the study keeps one trained network per trial, the rest as attributes."""
+    attrs: dict[str, Any] = {"policy": own_policy(record)} if record.arch is not None else {}
+    for policy, measured in (record.extra.get(POLICIES) or {}).items():
+        values = (measured or {}).get("metrics") or {}
+        attrs.update({f"policy/{policy}/{m}": float(values[m]) for m in objectives if m in values})
+    return attrs
+
+
 def close_trial(
     study: Any,
     number: int,
@@ -90,6 +102,7 @@ def close_trial(
         "repeat_of": record.repeat_of,
         "arch": json.dumps(record.arch, sort_keys=True) if record.arch is not None else None,
         **{f"test/{domain}": value for domain, value in record.test.items()},
+        **_policy_attrs(record, objectives),
     }
     if constraints is not None:
         attrs["constraints"] = constraints

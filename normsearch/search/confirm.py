@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from normsearch.errors import NormsearchError
+from normsearch.metrics import POLICIES
 from normsearch.recipe import Recipe
 from normsearch.results.front import RunSummary, find_trial, summarize
 from normsearch.run.checkpoints import check_state
@@ -210,6 +211,8 @@ class ConfirmBook:
             record.update(status="complete", final=True, metrics=metrics_of(last))
             if isinstance(last.get("test"), dict):
                 record["test"] = dict(last["test"])
+            if isinstance(last.get(POLICIES), dict):  # each policy's numbers, read per (trial, policy) row
+                record["extra"] = {POLICIES: last[POLICIES]}
         else:
             record.update(status="failed", reason=reason)
             if TRACE in last:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from normsearch.errors import NormsearchError
-from normsearch.metrics import SOURCE_VAL_ACC, TARGET_SELECT_ACC
+from normsearch.metrics import POLICIES, SOURCE_VAL_ACC, TARGET_SELECT_ACC
 from normsearch.recipe import Recipe
 from normsearch.results.pareto import non_dominated
 from normsearch.run.folder import RunFolder
@@ -276,6 +276,8 @@ class Ledger:
             record["traceback"] = last[TRACE]
         if last.get(STARTED_FROM):
             record["extra"] = {"init": last[STARTED_FROM]}
+        if status == "complete" and isinstance(last.get(POLICIES), dict):  # the other test-time statistics
+            record.setdefault("extra", {})[POLICIES] = last[POLICIES]
         self.folder.append(record)
         live = self.live.pop(uid)
         candidate = self.candidates[live["key"]]

@@ -117,6 +117,7 @@ def run_trial(config: dict[str, Any], recipe_json: str, space_json: str) -> None
             snapshot=snapshot,
             resume=state,
             init=config.get(INIT_KEY),
+            policies=space.policies,
         )
     except Exception as error:  # our code failed: say why, once, and end the trial (no Tune retry)
         tune.report(

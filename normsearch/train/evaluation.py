@@ -12,7 +12,8 @@ Every accuracy is measured under the network's test-time statistics policy (`nor
 running | batch | adabn | mix:alpha=A, `normsearch.norms.running`): ``batch`` and ``mix`` normalize each
 evaluation batch (`EVAL_BATCH` images of one domain) with its own statistics, ``adabn`` re-estimates them on
 all the evaluated images of that domain first (unlabelled), and each domain starts from the trained
-running statistics again.
+running statistics again. `policy_results` measures the same trained weights under several policies at
+once (a space's `policies`): the same functions, once per policy, nothing retrained.
 """
 
 from __future__ import annotations
@@ -160,3 +161,24 @@ def final_accuracies(
     if unit.test:
         test["test_mean"] = sum(test[n] for n in unit.test) / len(unit.test)
     return test
+
+
+def policy_results(
+    model: torch.nn.Module,
+    sets: UnitSets,
+    data: DomainSet,
+    unit: Unit,
+    standardize: Standardizer,
+    place: Callable[[torch.Tensor], torch.Tensor],
+    policies: list[str],
+) -> dict[str, dict[str, dict[str, float]]]:
+    """{policy: {"metrics": `epoch_metrics`, "test": `final_accuracies`}} of the trained `model` under each
+    of `policies`, in order. Every policy starts from the trained running statistics
+    (`inference_statistics` restores them), so the order does not change a number."""
+    out = {}
+    for policy in policies:
+        out[policy] = {
+            "metrics": epoch_metrics(model, sets, standardize, policy),
+            "test": final_accuracies(model, data, unit, standardize, place, policy),
+        }
+    return out

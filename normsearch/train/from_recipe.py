@@ -68,14 +68,16 @@ def train_from_recipe(
     resume: TrainState | None = None,
     init: Checkpoint | str | Path | dict[str, torch.Tensor] | None = None,
     keep_weights: bool = False,
+    policies: list[str] | None = None,
 ) -> TrainResult:
     """Train `arch` under `recipe`: its data (`data`, when given, is the recipe's data already loaded), its
     `train:` section, `seed` (default: the recipe's) and `threads` (default: `resources.cpu`).
 
-    With a `unit`, exactly `train_candidate` on that unit (`snapshot`, `resume`, `init` and `keep_weights`
-    as there). Without one, every unit of the data protocol, combined as the search combines them
-    (`train_units`); `report` then receives each unit's epochs with the unit's name under ``"unit"`` (a
-    copy: the history is not changed). A protocol of one unit is the same as giving that unit."""
+    With a `unit`, exactly `train_candidate` on that unit (`snapshot`, `resume`, `init`, `keep_weights` and
+    `policies`, the test-time statistics the final epoch is also measured under, as there). Without one,
+    every unit of the data protocol, combined as the search combines them (`train_units`); `report` then
+    receives each unit's epochs with the unit's name under ``"unit"`` (a copy: the history is not
+    changed). A protocol of one unit is the same as giving that unit."""
     data = data if data is not None else load_data(recipe.data)
     seed = recipe.seed if seed is None else seed
     threads = recipe.resources.cpu if threads is None else threads
@@ -97,11 +99,12 @@ def train_from_recipe(
             init,
             keep_weights,
             unit,
+            policies,
         )
     if snapshot is not None or resume is not None or init is not None or keep_weights:
         raise ValueError("snapshot, resume, init and keep_weights train one unit: give `unit`")
     unit_report = (lambda name, m: report({**m, "unit": name})) if report is not None else None
-    return train_units(arch, data, recipe.data, recipe.train, seed, unit_report, threads, device)
+    return train_units(arch, data, recipe.data, recipe.train, seed, unit_report, threads, device, policies)
 
 
 def train_units(
@@ -113,6 +116,7 @@ def train_units(
     report: Callable[[str, dict[str, Any]], None] | None = None,
     threads: int | None = None,
     device: str = "cpu",
+    policies: list[str] | None = None,
 ) -> TrainResult:
     """Train `arch` once per unit of the data protocol (data/protocol.py) and combine the units as the
     search does: mean metrics, and under rotation each held-out domain's accuracy with their average.
@@ -122,7 +126,7 @@ def train_units(
     for unit in units:
         unit_report = (lambda m, u=unit.name: report(u, m)) if report is not None else None
         results[unit.name] = train_candidate(
-            arch, data, data_config, config, seed, unit_report, threads, device, unit=unit
+            arch, data, data_config, config, seed, unit_report, threads, device, unit=unit, policies=policies
         )
     if len(units) == 1:
         return results[units[0].name]

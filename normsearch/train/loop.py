@@ -48,13 +48,13 @@ from normsearch.data.pipeline import (
 from normsearch.data.protocol import Unit
 from normsearch.data.spec import DataConfig, group_means
 from normsearch.data.stream import DevicePlacer, cache_budget, epoch_batches
-from normsearch.metrics import LOSS, PARAMS, TRAIN_ACC
+from normsearch.metrics import LOSS, PARAMS, POLICIES, TRAIN_ACC
 from normsearch.norms.crossnorm import CrossNormPolicy
 from normsearch.norms.domains import routed_layers, set_domains
 from normsearch.norms.running import recalibrate_bn
 from normsearch.norms.sparse_switchable import set_sparse_progress
 from normsearch.train.config import TrainConfig
-from normsearch.train.evaluation import UnitSets, epoch_metrics, final_accuracies, unit_sets
+from normsearch.train.evaluation import UnitSets, epoch_metrics, final_accuracies, policy_results, unit_sets
 from normsearch.train.initialise import starting_model, trained_checkpoint
 from normsearch.train.precision import autocast, grad_scaler, layout, place, resolve_device
 from normsearch.train.state import Diverged, TrainResult, TrainState, _generators, converged, switch_to_hard
@@ -130,6 +130,7 @@ class _Run:
     sparse: bool
     routed: bool  # DSON / cross-domain MixStyle: the layers read the batch's source-domain labels
     inference: str  # the plan's test-time statistics policy (norms.running)
+    policies: list[str]  # the other policies the final epoch is also measured under (train_candidate)
     history: list[dict[str, Any]] = field(default_factory=list)
     switched: int = 0
 
@@ -203,6 +204,7 @@ def _set_up(
         sparse=set_sparse_progress(model, 0.0) > 0,
         routed=routed_layers(model, len(train_parts)),
         inference=plan.inference,
+        policies=[],
     )
 
 
@@ -325,6 +327,11 @@ def _run_epoch(run: _Run, epoch: int, data: DomainSet, unit: Unit) -> dict[str, 
         "final": epoch + 1 == run.config.epochs,
     }
     metrics["converged"] = converged([*run.history, metrics])
+    if metrics["final"] and run.policies:  # the same trained weights under the space's other policies
+        with autocast(run.dev, run.config.precision):
+            metrics[POLICIES] = policy_results(
+                run.model, run.sets, data, unit, run.standardize, lambda t: place(t, run.dev), run.policies
+            )
     if metrics["final"]:
         # Once, after training: the source's and every target's test split, kept apart from what
         # selection saw (the search's objectives never read these).
@@ -332,6 +339,14 @@ def _run_epoch(run: _Run, epoch: int, data: DomainSet, unit: Unit) -> dict[str, 
             metrics["test"] = final_accuracies(run.model, data, unit, run.standardize, run.inference)
     run.history.append(metrics)
     return metrics
+
+
+def _policies(policies: list[str] | None, own: str) -> list[str]:
+    """The policies to measure the final epoch under besides the network's own, in the given order."""
+    from normsearch.norms.running import StatsPolicy
+
+    parsed = [str(StatsPolicy.parse(p)) for p in policies or []]
+    return [p for p in dict.fromkeys(parsed) if p != own]
 
 
 def train_candidate(
@@ -348,6 +363,7 @@ def train_candidate(
     init: Checkpoint | str | Path | dict[str, torch.Tensor] | None = None,
     keep_weights: bool = False,
     unit: Unit | None = None,
+    policies: list[str] | None = None,
 ) -> TrainResult:
     """Train `arch` on one unit of the data protocol (default: the recipe's only one; `data_config.units()`)
     and evaluate it (normsearch.train.evaluation); deterministic from `seed` on CPU at a fixed
@@ -357,7 +373,11 @@ def train_candidate(
     a weights name or a state_dict) is where training starts, with weight inheritance; without it,
     `config.init` decides (see `init_mode`). `keep_weights` returns the trained weights as
     `result.checkpoint`. Raises `Diverged` on a NaN or infinite training loss. From a recipe, call
-    `normsearch.train.train_from_recipe` instead (it fills seed, threads and data from the recipe)."""
+    `normsearch.train.train_from_recipe` instead (it fills seed, threads and data from the recipe).
+    `policies` (a space's test-time statistics policies): after the last epoch the same weights are also
+    measured under each one but the network's own (`arch.norm.inference`, what every epoch and ``test``
+    report), and the final metrics dict carries them under ``policies`` ({policy: {"metrics", "test"}};
+    `evaluation.policy_results`)."""
     started = time.perf_counter()
     dev = resolve_device(device, config.cudnn_benchmark)
     if threads is not None:
@@ -365,6 +385,7 @@ def train_candidate(
     arch = _with_classes(arch, data.num_classes)
     unit = unit or data_config.units()[0]
     run = _set_up(arch, data, data_config, config, seed, dev, init, resume, unit)
+    run.policies = _policies(policies, run.inference)
     start = 0
     if resume is not None:
         _restore(run, resume)
