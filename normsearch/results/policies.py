@@ -81,4 +81,4 @@ def evaluate_export(recipe: Recipe, document: Path, weights: Path) -> dict[str, 
     model = build_model(arch, weights=weights).eval()
     standardize = _standardizer(arch, recipe.data, unit_sets(data, units[0], lambda t: t))
     with torch.no_grad(), autocast(torch.device("cpu"), recipe.train.precision):
-        return final_accuracies(model, data, units[0], standardize, lambda t: t, arch.norm.inference)
+        return final_accuracies(model, data, units[0], standardize, arch.norm.inference)

@@ -169,7 +169,6 @@ def policy_results(
     data: DomainSet,
     unit: Unit,
     standardize: Standardizer,
-    place: Callable[[torch.Tensor], torch.Tensor],
     policies: list[str],
 ) -> dict[str, dict[str, dict[str, float]]]:
     """{policy: {"metrics": `epoch_metrics`, "test": `final_accuracies`}} of the trained `model` under each
@@ -179,6 +178,6 @@ def policy_results(
     for policy in policies:
         out[policy] = {
             "metrics": epoch_metrics(model, sets, standardize, policy),
-            "test": final_accuracies(model, data, unit, standardize, place, policy),
+            "test": final_accuracies(model, data, unit, standardize, policy),
         }
     return out

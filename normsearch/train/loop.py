@@ -329,9 +329,7 @@ def _run_epoch(run: _Run, epoch: int, data: DomainSet, unit: Unit) -> dict[str, 
     metrics["converged"] = converged([*run.history, metrics])
     if metrics["final"] and run.policies:  # the same trained weights under the space's other policies
         with autocast(run.dev, run.config.precision):
-            metrics[POLICIES] = policy_results(
-                run.model, run.sets, data, unit, run.standardize, lambda t: place(t, run.dev), run.policies
-            )
+            metrics[POLICIES] = policy_results(run.model, run.sets, data, unit, run.standardize, run.policies)
     if metrics["final"]:
         # Once, after training: the source's and every target's test split, kept apart from what
         # selection saw (the search's objectives never read these).
