@@ -103,13 +103,23 @@ def save_checkpoint(checkpoint: Checkpoint, path: str | Path) -> Path:
 
     from normsearch.run.files import atomic_write_bytes
 
+    state = {k: v.detach().cpu().contiguous() for k, v in checkpoint.state_dict.items()}
+    arch = json.dumps(checkpoint.arch)
+    provenance = json.dumps(checkpoint.provenance, default=str)
+    if Path(path).suffix.lower() == ".safetensors":
+        # The name promises safetensors: tensors plus string metadata (the ArchConfig and provenance as
+        # JSON), which `_read_file` turns back into a normsearch checkpoint.
+        from safetensors.torch import save
+
+        metadata = {"format": FORMAT, "version": str(VERSION), "arch": arch, "provenance": provenance}
+        return atomic_write_bytes(path, save(state, metadata=metadata))
     payload = {
         "format": FORMAT,
         "version": VERSION,
-        "state_dict": {k: v.detach().cpu() for k, v in checkpoint.state_dict.items()},
+        "state_dict": state,
         # Plain JSON types, which `torch.load(weights_only=True)` reads back (a TorchVersion is not one).
-        "arch": json.loads(json.dumps(checkpoint.arch)),
-        "provenance": json.loads(json.dumps(checkpoint.provenance, default=str)),
+        "arch": json.loads(arch),
+        "provenance": json.loads(provenance),
     }
     buffer = io.BytesIO()
     torch.save(payload, buffer)
@@ -174,12 +184,28 @@ def _offline(source: str, label: str, file: Path, url: str, reason: str) -> str:
     )
 
 
+def _read_safetensors(path: Path) -> dict[str, Any]:
+    """A .safetensors file as a plain state_dict, or, when its metadata says it is a normsearch
+    checkpoint (`save_checkpoint`), as the same mapping `torch.load` gives for the .pt form."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+    state = load_file(str(path), device="cpu")
+    if metadata.get("format") != FORMAT:
+        return state
+    try:
+        arch, provenance = json.loads(metadata["arch"]), json.loads(metadata.get("provenance") or "{}")
+    except (KeyError, ValueError) as error:
+        raise NormsearchError(f"{path}: its normsearch metadata is damaged ({error})") from None
+    return {"format": FORMAT, "state_dict": state, "arch": arch, "provenance": provenance}
+
+
 def _read_file(path: Path) -> Checkpoint:
     try:
         if path.suffix.lower() == ".safetensors":
-            from safetensors.torch import load_file
-
-            raw: Any = load_file(str(path), device="cpu")
+            raw: Any = _read_safetensors(path)
         else:
             raw = torch.load(path, map_location="cpu", weights_only=True)
     except ImportError:

@@ -169,3 +169,20 @@ def test_released_ibn_b_keys_map_the_after_addition_in_to_post(resnet18_state) -
     assert model.inheritance.counts()["inherited"] == 22  # 20 slots + the two after-addition INs
     assert torch.equal(model.layer1[1].post.weight, released["layer1.1.IN.weight"])
     assert torch.equal(model.bn1.bias, released["bn1.bias"])
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_a_saved_checkpoint_reads_back_whole_in_the_format_its_name_says(tmp_path: Path, suffix: str) -> None:
+    arch = ArchConfig(backbone=Backbone(preset="resnet-mini", num_classes=3))
+    model = build_model(arch)
+    provenance = {"trial": "t007", "policy": "adabn"}
+    path = save_checkpoint(Checkpoint(model.state_dict(), "test", "normsearch", arch.model_dump(), provenance),
+                           tmp_path / f"w{suffix}")  # fmt: skip
+    head = path.read_bytes()[:8]
+    assert (head[:2] == b"PK") == (suffix == ".pt")  # torch's zip container, or safetensors' header length
+    back = load_weights(path)
+    assert back.format == "normsearch" and back.arch == arch.model_dump() and back.provenance == provenance
+    assert back.state_dict.keys() == model.state_dict().keys()
+    assert all(torch.equal(back.state_dict[k], v) for k, v in model.state_dict().items())
+    rebuilt = build_model(ArchConfig.model_validate(back.arch))
+    rebuilt.load_state_dict(back.state_dict)
