@@ -176,8 +176,8 @@ def test_a_saved_checkpoint_reads_back_whole_in_the_format_its_name_says(tmp_pat
     arch = ArchConfig(backbone=Backbone(preset="resnet-mini", num_classes=3))
     model = build_model(arch)
     provenance = {"trial": "t007", "policy": "adabn"}
-    path = save_checkpoint(Checkpoint(model.state_dict(), "test", "normsearch", arch.model_dump(), provenance),
-                           tmp_path / f"w{suffix}")  # fmt: skip
+    checkpoint = Checkpoint(model.state_dict(), "test", "normsearch", arch.model_dump(), provenance)
+    path = save_checkpoint(checkpoint, tmp_path / f"w{suffix}")
     head = path.read_bytes()[:8]
     assert (head[:2] == b"PK") == (suffix == ".pt")  # torch's zip container, or safetensors' header length
     back = load_weights(path)
