@@ -64,10 +64,32 @@ def non_dominated(points: Sequence[Point], directions: Sequence[str]) -> list[in
     if not points:
         return []
     maxed = [_as_max(p, directions) for p in points]
+    if len(directions) == 2 and all(v == v for p in maxed for v in p):  # no NaN: see _non_dominated_2d
+        return _non_dominated_2d(maxed)
     front: list[int] = []
     for i in sorted(range(len(maxed)), key=lambda k: maxed[k], reverse=True):
         p = maxed[i]
         if not any(maxed[f] != p and all(x >= y for x, y in zip(maxed[f], p, strict=True)) for f in front):
+            front.append(i)
+    return sorted(front)
+
+
+def _non_dominated_2d(maxed: list[tuple[float, ...]]) -> list[int]:
+    """`non_dominated` for two objectives (already turned to maximise) in O(n log n): in the same sweep,
+    every point before `p` has an x at least p's, so `p` is dominated exactly when one of them that is
+    not equal to it has a y at least p's; equal points are adjacent in the sweep, so the best y before
+    p's group is all that needs keeping. A front of all n points (a clean trade-off) made the general
+    sweep O(n^2): 0.5 s at 1000 trials, paid by the driver after every trial."""
+    front: list[int] = []
+    best = before = -math.inf  # best y of the groups before the current one; of the one before it
+    previous: tuple[float, ...] | None = None
+    for i in sorted(range(len(maxed)), key=lambda k: maxed[k], reverse=True):
+        p = maxed[i]
+        if p != previous:
+            if previous is not None:
+                before = max(before, previous[1])
+            best, previous = before, p
+        if best < p[1]:
             front.append(i)
     return sorted(front)
 

@@ -81,6 +81,23 @@ def test_hypervolume_prefixes_equal_every_prefix_recomputed() -> None:
         ]
 
 
+def test_two_objective_front_equals_the_pairwise_definition() -> None:
+    # `non_dominated` takes an O(n log n) path for two objectives: the same indices as the definition
+    # (kept unless another, unequal point is at least as good in both), under ties and duplicates.
+    rng = random.Random(1)
+    for _ in range(500):
+        directions = [rng.choice(["max", "min"]) for _ in range(2)]
+        points = [
+            (rng.choice([0.0, 1.0, 2.0, rng.random()]), rng.choice([0.0, 1.0, 2.0, rng.random()]))
+            for _ in range(rng.randint(0, 20))
+        ]
+        expected = [
+            i for i, p in enumerate(points) if not any(q != p and dominates(q, p, directions) for q in points)
+        ]
+        assert non_dominated(points, directions) == expected
+    assert non_dominated([(1.0, 2.0), (1.0, 2.0), (0.0, 2.0)], MAXMAX) == [0, 1]  # duplicates both kept
+
+
 def test_knee_is_the_point_farthest_from_the_extremes_line() -> None:
     # Scaled over the front: A(1, 0), B(17/19, 2/3), C(14/19, 8/9), D(0, 1). Distances to the line A-D
     # (x + y = 1) are proportional to x + y - 1: B 0.561, C 0.626, so C is the knee.
