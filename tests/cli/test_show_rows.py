@@ -4,6 +4,8 @@ more there are; `--full` and the text formats list every row."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -76,3 +78,19 @@ def test_show_lists_the_best_rows_and_says_how_many_more(tmp_path: Path) -> None
     assert top.exit_code == 0 and f"of {TRIALS} trials" not in top.stdout
     csv = runner.invoke(app, ["show", str(run), "--format", "csv"])
     assert csv.exit_code == 0 and _ids(csv.stdout) == {f"t{k:03d}" for k in range(TRIALS)}
+
+
+def test_reading_a_run_does_not_import_torchvision(tmp_path: Path) -> None:
+    # `show` and `report` read records and never build a model; torchvision's import (torch._dynamo with
+    # it) cost as much CPU as torch's own, so normsearch.train loads its training modules lazily.
+    run = _run(tmp_path / "run")
+    code = (
+        "import sys; from typer.testing import CliRunner; from normsearch.cli import app; "
+        f"r = CliRunner().invoke(app, ['show', {str(run)!r}]); assert r.exit_code == 0, r.output; "
+        f"r = CliRunner().invoke(app, ['report', {str(run)!r}, '-o', {str(tmp_path / 'r.md')!r}]); "
+        "assert r.exit_code == 0, r.output; "
+        "print(sorted(m for m in sys.modules if m.startswith('torchvision')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
