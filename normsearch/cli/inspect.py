@@ -109,8 +109,13 @@ data_app = typer.Typer(help="Domains: look at what a recipe trains and evaluates
 app.add_typer(data_app, name="data")
 
 
-def show_run(run_dir: Path, sort: str, top: int | None, show_all: bool) -> None:
-    """Print a run's trials table and front (also what `run` and `resume` end with)."""
+SHOW_ROWS = 50  # rows of `show`'s rich tables unless --top/--full: 1000 rows took seconds to render
+
+
+def show_run(run_dir: Path, sort: str, top: int | None, show_all: bool, full: bool = False) -> None:
+    """Print a run's trials table and front (also what `run` and `resume` end with). Unless `top` or
+    `full` says otherwise, each table shows its best SHOW_ROWS rows and a line says how many more there
+    are and how to list them (rendering a rich table of 1000 rows cost seconds; `bench driver`)."""
     # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
     from normsearch.results.front import summarize
     from normsearch.results.tables import domainbed_table, front_table, trials_table, warm_start_table
@@ -122,10 +127,24 @@ def show_run(run_dir: Path, sort: str, top: int | None, show_all: bool) -> None:
     warm = RunFolder(run_dir).warm_start()
     if warm is not None:
         console.print(warm_start_table(warm))
-    console.print(trials_table(summary, sort=sort, top=top, show_all=show_all))
+    cap = None if full else SHOW_ROWS
+    console.print(trials_table(summary, sort=sort, top=top or cap, show_all=show_all))
+    listed = sum(1 for t in summary.candidates if show_all or t.status != "repeat")
+    if top is None and cap is not None and listed > cap:
+        console.print(
+            f"the best {cap} of {listed} trials; --top N or --full shows more, --format csv|json|markdown "
+            "writes every row",
+            highlight=False,
+        )
     if summary.recipe.data.rotate:
         console.print(domainbed_table(summary))
-    console.print(front_table(summary.front, summary.recipe))
+    console.print(front_table(summary.front, summary.recipe, top=cap))
+    if cap is not None and len(summary.front.members) > cap:
+        console.print(
+            f"the first {cap} of {len(summary.front.members)} front configurations; --full or `normsearch "
+            "pareto` lists them all",
+            highlight=False,
+        )
 
 
 def run_warnings(folder: Any) -> list[str]:
@@ -165,10 +184,16 @@ def show(
     fmt: Annotated[
         RowFormat, typer.Option("--format", help="table (rich), or csv | json | markdown to stdout.")
     ] = RowFormat.table,
+    full: Annotated[
+        bool,
+        typer.Option(
+            "--full", help=f"Every row in the tables (default: the best {SHOW_ROWS}, and how many more)."
+        ),
+    ] = False,
 ) -> None:
     """The trials table (front members starred, a reason for every failed or stopped trial) and the front."""
     if fmt is RowFormat.table:
-        show_run(run_dir, sort.value, top, show_all)
+        show_run(run_dir, sort.value, top, show_all, full)
         return
     # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
     from normsearch.results.front import summarize

@@ -7,6 +7,7 @@ Python on small lists (a search has tens to hundreds of trials).
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Sequence
 
@@ -63,10 +64,32 @@ def non_dominated(points: Sequence[Point], directions: Sequence[str]) -> list[in
     if not points:
         return []
     maxed = [_as_max(p, directions) for p in points]
+    if len(directions) == 2 and all(v == v for p in maxed for v in p):  # no NaN: see _non_dominated_2d
+        return _non_dominated_2d(maxed)
     front: list[int] = []
     for i in sorted(range(len(maxed)), key=lambda k: maxed[k], reverse=True):
         p = maxed[i]
         if not any(maxed[f] != p and all(x >= y for x, y in zip(maxed[f], p, strict=True)) for f in front):
+            front.append(i)
+    return sorted(front)
+
+
+def _non_dominated_2d(maxed: list[tuple[float, ...]]) -> list[int]:
+    """`non_dominated` for two objectives (already turned to maximise) in O(n log n): in the same sweep,
+    every point before `p` has an x at least p's, so `p` is dominated exactly when one of them that is
+    not equal to it has a y at least p's; equal points are adjacent in the sweep, so the best y before
+    p's group is all that needs keeping. A front of all n points (a clean trade-off) made the general
+    sweep O(n^2): 0.5 s at 1000 trials, paid by the driver after every trial."""
+    front: list[int] = []
+    best = before = -math.inf  # best y of the groups before the current one; of the one before it
+    previous: tuple[float, ...] | None = None
+    for i in sorted(range(len(maxed)), key=lambda k: maxed[k], reverse=True):
+        p = maxed[i]
+        if p != previous:
+            if previous is not None:
+                before = max(before, previous[1])
+            best, previous = before, p
+        if best < p[1]:
             front.append(i)
     return sorted(front)
 
@@ -120,6 +143,33 @@ def hypervolume_2d(points: Sequence[Point], reference: Point, directions: Sequen
             area += (x - ref[0]) * (y - best_y)
             best_y = y
     return area
+
+
+def hypervolume_prefixes(points: Sequence[Point], reference: Point, directions: Sequence[str]) -> list[float]:
+    """`hypervolume_2d(points[:k + 1], reference, directions)` for every k, in one pass (the report's
+    hypervolume over trials). The front of the prefix is kept as it grows: a new point that a member
+    dominates (or equals) changes nothing; one that joins drops the members it dominates, and the area
+    is swept again over the front only. Dominated points add no term to `hypervolume_2d`'s sweep, so the
+    terms, their order and the floats are the same as recomputing every prefix, at O(n * front) instead
+    of O(n^2 log n)."""
+    if len(reference) != 2:
+        raise NormsearchError("hypervolume: only two objectives are supported")
+    ref = _as_max(reference, directions)
+    front: list[tuple[float, ...]] = []  # distinct, non-dominated, beyond the reference; sorted (-x, -y)
+    area, out = 0.0, []
+    for point in points:
+        p = _as_max(point, directions)
+        beyond = p[0] > ref[0] and p[1] > ref[1]
+        if beyond and not any(f[0] >= p[0] and f[1] >= p[1] for f in front):
+            front = [f for f in front if not (p[0] >= f[0] and p[1] >= f[1])]
+            bisect.insort(front, p, key=lambda f: (-f[0], -f[1]))
+            area, best_y = 0.0, ref[1]
+            for x, y in front:  # hypervolume_2d's sweep
+                if y > best_y:
+                    area += (x - ref[0]) * (y - best_y)
+                    best_y = y
+        out.append(area)
+    return out
 
 
 def knee(points: Sequence[Point], directions: Sequence[str]) -> int:

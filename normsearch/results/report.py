@@ -32,7 +32,7 @@ from normsearch.results.confirmed import (
     confirmed_front,
 )
 from normsearch.results.front import RunSummary, choose, summarize
-from normsearch.results.pareto import hypervolume_2d, non_dominated
+from normsearch.results.pareto import hypervolume_prefixes
 from normsearch.results.report_figures import plotly_figures
 from normsearch.results.report_figures import pngs as write_pngs
 from normsearch.results.tables import arch_summary, front_rows, header, trials_rows, wrapped_title
@@ -72,13 +72,9 @@ def hypervolume_curve(summary: RunSummary) -> list[tuple[str, float]]:
         if t.complete and all(m in t.metrics for m in objectives) and UNIT_SEPARATOR not in t.trial_id
     ]
     done.sort(key=lambda t: int(t.trial_id.lstrip("t") or 0) if t.trial_id.lstrip("t").isdigit() else 0)
-    points: list[tuple[float, ...]] = []
-    curve = []
-    for trial in done:
-        points.append(tuple(float(trial.metrics[m]) for m in objectives))
-        members = [points[i] for i in non_dominated(points, directions)]
-        curve.append((trial.trial_id, hypervolume_2d(members, front.reference, directions)))
-    return curve
+    points = [tuple(float(t.metrics[m]) for m in objectives) for t in done]
+    areas = hypervolume_prefixes(points, front.reference, directions)  # one pass, not one sort per trial
+    return [(t.trial_id, area) for t, area in zip(done, areas, strict=True)]
 
 
 def param_importances(summary: RunSummary) -> tuple[dict[str, dict[str, float]], str]:

@@ -208,8 +208,9 @@ def _pct(value: Any) -> str:
     return "-" if value is None else f"{float(value):.1f}"
 
 
-def front_table(front: Front, recipe: Recipe) -> Table:
-    """The front's points, best select-target accuracy first (else the last objective)."""
+def front_table(front: Front, recipe: Recipe, top: int | None = None) -> Table:
+    """The front's points, best select-target accuracy first (else the last objective); the first `top`
+    of them when given (the title still counts them all)."""
     names = list(front.objectives)
     oracle = (
         " - ORACLE selection (select domains are also test domains)"
@@ -231,7 +232,7 @@ def front_table(front: Front, recipe: Recipe) -> Table:
     key = names.index(TARGET_SELECT_ACC) if TARGET_SELECT_ACC in names else len(names) - 1
     sign = 1 if front.objectives[names[key]] == "max" else -1
     order = sorted(front.members, key=lambda i: sign * front.points[i][key], reverse=True)
-    for i in order:
+    for i in order[:top] if top is not None else order:
         trial = front.trials[i][0]
         values = [f"{v:.1f}" if names[k] != PARAMS else f"{v:,.0f}" for k, v in enumerate(front.points[i])]
         table.add_row(

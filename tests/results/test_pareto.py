@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from normsearch.errors import NormsearchError
-from normsearch.results.pareto import dominates, hypervolume_2d, knee, non_dominated, non_dominated_sort, pick
+from normsearch.results.pareto import (
+    dominates,
+    hypervolume_2d,
+    hypervolume_prefixes,
+    knee,
+    non_dominated,
+    non_dominated_sort,
+    pick,
+)
 
 MAXMAX = ["max", "max"]
 # (source, target): a convex front A-B-C-D, E dominated by B, F dominated by everything on the front.
@@ -47,6 +57,45 @@ def test_hypervolume_with_a_minimised_objective() -> None:
     assert hypervolume_2d([(2.0, 50.0), (5.0, 80.0)], (10.0, 0.0), ["min", "max"]) == pytest.approx(
         8 * 50 + 5 * 30
     )
+
+
+def test_hypervolume_prefixes_equal_every_prefix_recomputed() -> None:
+    # By hand against (0, 0): A alone 99*40; B adds 97*30; C adds 94*10; D adds 80*5; E and F are
+    # dominated and add nothing.
+    a = 99 * 40
+    expected = [a, a + 97 * 30, a + 97 * 30 + 94 * 10, a + 97 * 30 + 94 * 10 + 80 * 5]
+    assert hypervolume_prefixes(POINTS, (0.0, 0.0), MAXMAX) == pytest.approx(expected + expected[-1:] * 2)
+    # Bit for bit the same floats as recomputing each prefix, under ties, duplicates, points that join
+    # and drop members, points short of the reference, and either direction.
+    rng = random.Random(0)
+    for _ in range(200):
+        directions = [rng.choice(["max", "min"]) for _ in range(2)]
+        grid = [0.0, 1.0, 2.5, 3.0, 4.0]
+        points = [
+            (rng.choice([*grid, rng.random() * 4]), rng.choice([*grid, rng.random() * 4]))
+            for _ in range(rng.randint(0, 25))
+        ]
+        reference = (rng.choice([0.0, 1.0, 4.0]), rng.choice([0.0, 1.0, 4.0]))
+        assert hypervolume_prefixes(points, reference, directions) == [
+            hypervolume_2d(points[: k + 1], reference, directions) for k in range(len(points))
+        ]
+
+
+def test_two_objective_front_equals_the_pairwise_definition() -> None:
+    # `non_dominated` takes an O(n log n) path for two objectives: the same indices as the definition
+    # (kept unless another, unequal point is at least as good in both), under ties and duplicates.
+    rng = random.Random(1)
+    for _ in range(500):
+        directions = [rng.choice(["max", "min"]) for _ in range(2)]
+        points = [
+            (rng.choice([0.0, 1.0, 2.0, rng.random()]), rng.choice([0.0, 1.0, 2.0, rng.random()]))
+            for _ in range(rng.randint(0, 20))
+        ]
+        expected = [
+            i for i, p in enumerate(points) if not any(q != p and dominates(q, p, directions) for q in points)
+        ]
+        assert non_dominated(points, directions) == expected
+    assert non_dominated([(1.0, 2.0), (1.0, 2.0), (0.0, 2.0)], MAXMAX) == [0, 1]  # duplicates both kept
 
 
 def test_knee_is_the_point_farthest_from_the_extremes_line() -> None:
