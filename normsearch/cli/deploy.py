@@ -36,18 +36,22 @@ def finalize(
     selection), with the run's training recipe, through Ray; write a deployable model to -o: the ArchConfig
     with provenance, the weights (safetensors) and the preprocessing. `normsearch.load_model(DIR)` loads it.
     Slow: one full training per seed."""
-    from normsearch.search.finalize import prepare_finalize, run_finalize
-
     rule = pick_rule.value if pick_rule is not None else None
-    chosen = prepare_finalize(run_dir, output, trial, rule, seeds, max_source_drop)[1].trial_id
-    again = f"normsearch finalize {quoted(run_dir, '--trial', chosen, '--seeds', seeds, '-o', output)}"
-    feedback = Feedback("finalize", f"starting Ray and loading the data to train {chosen} on every source")
+    feedback = Feedback("finalize", f"reading {run_dir} and choosing the configuration")
+    which = ["--trial", trial] if trial else (["--pick", rule] if rule else [])
+    again = f"normsearch finalize {quoted(run_dir, *which, '--seeds', seeds, '-o', output)}"
 
     def update(p: Any) -> None:
         feedback.update(p.message or "training", completed=p.epochs_done, total=p.total * max(p.epochs, 1))
 
     try:
-        with feedback.shown():
+        with feedback.shown():  # the first line comes at once; the imports may take a while
+            from normsearch.search.finalize import prepare_finalize, run_finalize
+
+            chosen = prepare_finalize(run_dir, output, trial, rule, seeds, max_source_drop)[1].trial_id
+            which = ["--trial", chosen]  # the continuation trains the same trial, whatever the front is then
+            again = f"normsearch finalize {quoted(run_dir, *which, '--seeds', seeds, '-o', output)}"
+            feedback.update(f"starting Ray and loading the data to train {chosen} on every source")
             outcome = run_finalize(run_dir, output, trial, rule, seeds, max_source_drop, update)
     except KeyboardInterrupt:
         raise interrupted(

@@ -45,9 +45,6 @@ def confirm(
     """Re-train the chosen configurations with new model seeds through Ray (same data, training and
     resources as the run), append the results to the run's records, and show mean ± standard error with the
     front re-drawn from the confirmed means."""
-    # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
-    from normsearch.search.confirm import run_confirm
-
     ids = [t.strip() for t in trials.split(",") if t.strip()] if trials else None
     again = ["normsearch", "confirm", run_dir, *(["--trials", ",".join(ids)] if ids else [])]
     again += (["--front"] if front else []) + ["--seeds", seeds] + (["-o", output] if output else [])
@@ -57,7 +54,10 @@ def confirm(
         feedback.update(p.message or "training", completed=p.done, total=p.total)
 
     try:
-        with feedback.shown():
+        with feedback.shown():  # the first line comes at once; the imports may take a while
+            # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
+            from normsearch.search.confirm import run_confirm
+
             outcome = run_confirm(str(run_dir), ids, front, seeds, on_change=update)
     except KeyboardInterrupt:
         kept = "finished confirmation runs are kept in the run's records, unfinished ones' epoch checkpoints"

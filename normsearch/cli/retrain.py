@@ -32,17 +32,19 @@ def train(
 ) -> None:
     """Retrain an architecture over several seeds; mean ± standard error on source, select and test.
     Slow: one full training per seed (and per unit of the recipe's protocol)."""
-    # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
-    from normsearch.arch import load_arch
-    from normsearch.data.spec import load_data
-    from normsearch.train import train_from_recipe
-
-    recipe, _ = load_recipe_flags(recipe_path, overrides=overrides)
-    arch = load_arch(config)
-    first = recipe.seed if first_seed is None else first_seed
     results: list[Any] = []
+    first = first_seed  # known once the recipe is read
     try:
-        with working("train", f"loading the data of {recipe.name}") as status:
+        # The first line comes at once: reading the recipe imports torch (slow on a busy machine).
+        with working("train", f"reading {recipe_path} and loading its data") as status:
+            # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
+            from normsearch.arch import load_arch
+            from normsearch.data.spec import load_data
+            from normsearch.train import train_from_recipe
+
+            recipe, _ = load_recipe_flags(recipe_path, overrides=overrides)
+            arch = load_arch(config)
+            first = recipe.seed if first_seed is None else first_seed
             data = load_data(recipe.data)
             for k in range(seeds):
                 label = f"seed {first + k} ({k + 1}/{seeds})"
@@ -64,13 +66,15 @@ def train(
             _train_table(config, recipe, arch, results)
         done = len(results)
         again = ["normsearch", "train", config, "--recipe", recipe_path, "--seeds", seeds - done]
-        again += ["--first-seed", first + done] + (["--threads", threads] if threads else [])
+        again += (["--first-seed", first + done] if first is not None else []) + (
+            ["--threads", threads] if threads else []
+        )
         for override in overrides or []:
             again += ["--set", override]
         kept = (
             f"{done} of {seeds} seed(s) finished (their table is above; `train` writes no files)"
             if done
-            else f"no seed finished (`train` writes no files; seed {first} starts again)"
+            else "no seed finished (`train` writes no files)"
         )
         raise interrupted(kept, quoted(*again)) from None
     _train_table(config, recipe, arch, results)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -50,24 +51,27 @@ def run(
     ray_startup_timeout: Annotated[float | None, STARTUP_TIMEOUT] = None,
 ) -> None:
     """Search the recipe's space: train every candidate, report trials and the Pareto front."""
-    # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
-    from normsearch.run.folder import default_output
+    tic = time.perf_counter()
+    # The first line comes at once: reading the recipe imports torch (slow on a busy machine).
+    with working("run", f"reading {recipe_path}") as shown:
+        # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
+        from normsearch.run.folder import default_output
+        from normsearch.search.preflight import describe, preflight
 
-    recipe, space = load_recipe_flags(
-        recipe_path,
-        name=name,
-        num_samples=num_samples,
-        max_concurrent=max_concurrent,
-        address=address,
-        output=str(output) if output else None,
-        overrides=overrides,
-        storage=storage,
-    )
-    run_dir = default_output(recipe)
-    from normsearch.search.preflight import describe, preflight
-
-    with working("run", "checking the output folder, resources, every configuration and the data"):
+        recipe, space = load_recipe_flags(
+            recipe_path,
+            name=name,
+            num_samples=num_samples,
+            max_concurrent=max_concurrent,
+            address=address,
+            output=str(output) if output else None,
+            overrides=overrides,
+            storage=storage,
+        )
+        run_dir = default_output(recipe)
+        shown.update("checking the output folder, resources, every configuration and the data")
         checked = preflight(recipe, space, run_dir)
+    checks_seconds = time.perf_counter() - tic  # what the run will spend again before Ray starts
     if dry_run:
         import yaml
 
@@ -93,7 +97,7 @@ def run(
         from normsearch.search.estimate import estimate
 
         with working("run", "timing a few training steps of the network on this machine"):
-            found = estimate(recipe, space, checked.trials)
+            found = estimate(recipe, space, checked.trials, checks_seconds)
         for line in found.lines(recipe):
             console.print(line, highlight=False, soft_wrap=True)
         return

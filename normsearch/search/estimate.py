@@ -2,6 +2,8 @@
 
 What a run costs, and where each part comes from:
 
+- the command's own work before Ray starts, as the dry run just timed it (`checks_seconds`: reading the
+  recipe with its imports, and the checks; the run repeats them, from the image cache);
 - Ray's start: `RAY_START_WORKERS` times the measured start of one Python worker (a Ray start launches
   its own Python processes: the driver's connection, the log monitor and the first workers);
 - each of the `max_concurrent` trial workers starts once (Tune reuses them): the measured import of a
@@ -30,7 +32,9 @@ from dataclasses import dataclass
 from normsearch.recipe import Recipe
 from normsearch.space import Space
 
-RAY_START_WORKERS = 2.0  # a local Ray start costs about two worker starts (calibrated on the quickstart)
+# A local Ray start (its processes, then the first trial workers' registration) costs about three worker
+# starts: calibrated on the tiny quickstart on a shared 2-core machine (load 10-20), 150 s against 40 s.
+RAY_START_WORKERS = 3.0
 WORKER_IMPORT = "import ray, normsearch.search.trial"
 
 
@@ -44,6 +48,7 @@ class Estimate:
     step_seconds: float
     worker_seconds: float  # one worker's start: imports and the data from the cache
     ray_seconds: float
+    checks_seconds: float
     contention: float
     load: float  # 1-minute load average when the steps were timed
     cores: int
@@ -58,7 +63,7 @@ class Estimate:
             f"measured on this machine ({self.cores} cores, load average {self.load:.2f}): "
             f"{self.step_seconds * 1000:.0f} ms per step of {' and '.join(self.networks)} at batch "
             f"{r.train.batch_size}, {r.data.size} px; a worker starts in {self.worker_seconds:.1f} s, Ray in "
-            f"about {self.ray_seconds:.0f} s",
+            f"about {self.ray_seconds:.0f} s, the checks took {self.checks_seconds:.0f} s",
             f"estimated {self.unit_seconds:.0f} s per training unit ({r.train.epochs} epoch(s){slowed}); "
             f"{self.units} unit(s): about {self.total_seconds / 60:.1f} min in all, at this load",
         ]
@@ -98,7 +103,7 @@ def timed_archs(recipe: Recipe, space: Space) -> list[tuple[str, object]]:
     return found
 
 
-def estimate(recipe: Recipe, space: Space, trials: int) -> Estimate:
+def estimate(recipe: Recipe, space: Space, trials: int, checks_seconds: float = 0.0) -> Estimate:
     """Measure and estimate (see the module docstring). Slow by design: a few seconds of real training."""
     from normsearch.data.spec import load_data
     from normsearch.train.timing import time_training
@@ -128,9 +133,10 @@ def estimate(recipe: Recipe, space: Space, trials: int) -> Estimate:
     ray = RAY_START_WORKERS * worker if recipe.ray.address is None else 0.0
     # Workers start together and contend for the cores like the trials do.
     starts = worker * contention(1, concurrent, load, cores)
-    total = ray + starts + pretrain + rounds * per_unit
+    total = checks_seconds + ray + starts + pretrain + rounds * per_unit
     step = sum(t.step_seconds for t in timings) / len(timings)
-    return Estimate(per_unit, total, units, step, worker, ray, slow, load, cores, [n for n, _ in archs])
+    names = [n for n, _ in archs]
+    return Estimate(per_unit, total, units, step, worker, ray, checks_seconds, slow, load, cores, names)
 
 
 def _cuda() -> bool:
