@@ -65,7 +65,8 @@ class Estimate:
             f"{r.train.batch_size}, {r.data.size} px; a worker starts in {self.worker_seconds:.1f} s, Ray in "
             f"about {self.ray_seconds:.0f} s, the checks took {self.checks_seconds:.0f} s",
             f"estimated {self.unit_seconds:.0f} s per training unit ({r.train.epochs} epoch(s){slowed}); "
-            f"{self.units} unit(s): about {self.total_seconds / 60:.1f} min in all, at this load",
+            f"{self.units} unit(s): about {self.total_seconds / 60:.1f} min ({self.total_seconds:.0f} s) "
+            "in all, at this load",
         ]
 
 
