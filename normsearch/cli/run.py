@@ -213,8 +213,10 @@ def _search(
     if outcome.progress is not None and outcome.progress.message:
         console.print(outcome.progress.message, highlight=False)
     from normsearch.cli.inspect import show_run
+    from normsearch.run.folder import RunFolder
 
-    show_run(run_dir, sort="target", top=None, show_all=False)
+    if RunFolder(run_dir).records_path.is_file():  # interrupted before a first record: no table to show
+        show_run(run_dir, sort="target", top=None, show_all=False)
     if outcome.incomplete:
         unfinished = ", ".join(outcome.interrupted) or "none running"
         console.print(
