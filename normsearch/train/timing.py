@@ -25,14 +25,14 @@ from normsearch.data.spec import DataConfig
 from normsearch.data.stream import epoch_batches
 from normsearch.norms.domains import set_domains
 from normsearch.train.config import TrainConfig
-from normsearch.train.evaluation import EVAL_BATCH, correct_count, evaluation_split
+from normsearch.train.evaluation import correct_count, evaluation_split
 
 # The loop's own set-up and step: the timed step is the trained step, not a copy of it (same package).
 from normsearch.train.loop import _prepare_evaluation, _set_up, _step, _with_classes
 from normsearch.train.precision import resolve_device
 
-TIMED_STEPS = 4  # optimisation steps timed after one warm-up step
-TIMED_EVAL_IMAGES = 2 * EVAL_BATCH  # at most this many images in the timed evaluation pass
+TIMED_STEPS = 4  # optimisation steps timed after one warm-up step...
+TIMED_SECONDS = 5.0  # ...or fewer, once this long was timed (a big network on a CPU: one step is enough)
 
 
 @dataclass(frozen=True)
@@ -96,8 +96,9 @@ def time_training(
         step_seconds = _timed_steps(run, dev, steps)
         _prepare_evaluation(run)
         x, y = next(iter(run.sets.val.values()))
-        x, y = x[:TIMED_EVAL_IMAGES], y[:TIMED_EVAL_IMAGES]
-        correct_count(run.model, x, y, run.standardize, policy=run.inference)  # warm-up
+        # One training batch's worth of images: per image, an evaluation batch costs about the same.
+        x, y = x[: config.batch_size], y[: config.batch_size]
+        correct_count(run.model, x[:8], y[:8], run.standardize, policy=run.inference)  # warm-up
         _sync(dev)
         tic = time.perf_counter()
         correct_count(run.model, x, y, run.standardize, policy=run.inference)
@@ -117,8 +118,9 @@ def _sync(dev: torch.device) -> None:
 
 
 def _timed_steps(run: Any, dev: torch.device, steps: int) -> float:  # run: loop._Run (private)
-    """Seconds per optimisation step: one warm-up step, then `steps` timed ones, through the epoch's own
-    batches (slicing, augmentation and the plan's per-step hooks included)."""
+    """Seconds per optimisation step: one warm-up step, then `steps` timed ones (fewer once TIMED_SECONDS
+    were timed), through the epoch's own batches (slicing, augmentation and the plan's per-step hooks
+    included)."""
     timed = 0
     tic = 0.0
     while timed < steps:
@@ -134,7 +136,9 @@ def _timed_steps(run: Any, dev: torch.device, steps: int) -> float:  # run: loop
                 tic = time.perf_counter()
                 continue
             timed += 1
-            if timed >= steps:
+            if timed >= steps or time.perf_counter() - tic >= TIMED_SECONDS:
                 break
+        if timed and time.perf_counter() - tic >= TIMED_SECONDS:
+            break
     _sync(dev)
-    return (time.perf_counter() - tic) / steps
+    return (time.perf_counter() - tic) / timed
