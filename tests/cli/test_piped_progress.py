@@ -59,14 +59,17 @@ class Piped:
                 return line
         while True:
             try:
-                line = self.lines.get(timeout=max(deadline - time.monotonic(), 0.01))
+                line = self.lines.get(timeout=1.0)
             except queue.Empty:
-                self.stop()
-                raise AssertionError(f"no {what} in {seconds:.0f} s: {''.join(self.seen)[-3000:]}") from None
+                ended = self.process.poll() is not None and not self.reader.is_alive()
+                if ended or time.monotonic() > deadline:
+                    self.stop()
+                    why = f"ended ({self.process.returncode})" if ended else f"not in {seconds:.0f} s"
+                    raise AssertionError(f"no {what}, {why}: {''.join(self.seen)[-3000:]}") from None
+                continue
             self.seen.append(line)
             if match(line):
                 return line
-            assert self.process.poll() is None or not self.lines.empty(), "".join(self.seen)[-3000:]
 
     def interrupt(self) -> str:
         """SIGINT (Ctrl-C), then everything it printed; asserts the exit code 130."""
