@@ -4,93 +4,16 @@ with exit code 130, what was kept, and the command that continues."""
 
 from __future__ import annotations
 
-import shlex
-import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
 from normsearch.cli.common import app, console, err_console, user_errors
+from normsearch.cli.feedback import Feedback, interrupted, quoted
 from normsearch.cli.inspect import Pick
 from normsearch.cli.report import CollectFormat, show_tables
 from normsearch.metrics import SOURCE_VAL_ACC
-
-HEARTBEAT_SECONDS = 30.0  # piped output: a line at least this often while a command works
-
-
-class Feedback:
-    """Progress for a long command: a rich bar on a terminal; when the output is not a terminal, one plain
-    line per change and a "still working" line at least every HEARTBEAT_SECONDS."""
-
-    def __init__(self, command: str, message: str, stream: Console | None = None) -> None:
-        self.stream = stream or console  # stderr when stdout carries a machine-readable table
-        self.command, self.started = command, time.monotonic()
-        self.plain = not self.stream.is_terminal
-        self.last_line = self.started
-        self.message = message
-        self.lock = threading.Lock()
-        self.bar: Any = None
-        self.task: Any = None
-
-    def update(self, message: str, completed: float | None = None, total: float | None = None) -> None:
-        with self.lock:
-            changed, self.message = message != self.message, message
-            if self.bar is not None:
-                self.bar.update(self.task, description=message, completed=completed, total=total)
-            elif changed:
-                self._line(message)
-
-    def _line(self, message: str) -> None:
-        elapsed = time.monotonic() - self.started
-        self.stream.print(f"{self.command}: {message} ({elapsed:.0f} s)", highlight=False, soft_wrap=True)
-        self.stream.file.flush()
-        self.last_line = time.monotonic()
-
-    @contextmanager
-    def shown(self) -> Iterator[Feedback]:
-        stop = threading.Event()
-        if self.plain:
-            self._line(self.message)
-
-            def beat() -> None:
-                while not stop.wait(1.0):
-                    with self.lock:
-                        if time.monotonic() - self.last_line >= HEARTBEAT_SECONDS:
-                            self._line(f"still working: {self.message}")
-
-            thread = threading.Thread(target=beat, daemon=True)
-            thread.start()
-            try:
-                yield self
-            finally:
-                stop.set()
-                thread.join()
-            return
-        from normsearch.cli.report import _progress
-
-        with _progress() as bar:
-            self.bar, self.task = bar, bar.add_task(self.message, total=None)
-            try:
-                yield self
-            finally:
-                self.bar = None
-
-
-def interrupted(kept: str, command: str) -> typer.Exit:
-    """Print the interruption line (what was kept, the command that continues); the exit to raise."""
-    console.print(
-        f"[yellow]interrupted[/yellow]: {kept}. Continue with: {command}", highlight=False, soft_wrap=True
-    )
-    return typer.Exit(130)
-
-
-def _quoted(*parts: Any) -> str:
-    return " ".join(shlex.quote(str(p)) for p in parts)
 
 
 @app.command("finalize")
@@ -113,18 +36,22 @@ def finalize(
     selection), with the run's training recipe, through Ray; write a deployable model to -o: the ArchConfig
     with provenance, the weights (safetensors) and the preprocessing. `normsearch.load_model(DIR)` loads it.
     Slow: one full training per seed."""
-    from normsearch.search.finalize import prepare_finalize, run_finalize
-
     rule = pick_rule.value if pick_rule is not None else None
-    chosen = prepare_finalize(run_dir, output, trial, rule, seeds, max_source_drop)[1].trial_id
-    again = f"normsearch finalize {_quoted(run_dir, '--trial', chosen, '--seeds', seeds, '-o', output)}"
-    feedback = Feedback("finalize", f"starting Ray and loading the data to train {chosen} on every source")
+    feedback = Feedback("finalize", f"reading {run_dir} and choosing the configuration")
+    which = ["--trial", trial] if trial else (["--pick", rule] if rule else [])
+    again = f"normsearch finalize {quoted(run_dir, *which, '--seeds', seeds, '-o', output)}"
 
     def update(p: Any) -> None:
         feedback.update(p.message or "training", completed=p.epochs_done, total=p.total * max(p.epochs, 1))
 
     try:
-        with feedback.shown():
+        with feedback.shown():  # the first line comes at once; the imports may take a while
+            from normsearch.search.finalize import prepare_finalize, run_finalize
+
+            chosen = prepare_finalize(run_dir, output, trial, rule, seeds, max_source_drop)[1].trial_id
+            which = ["--trial", chosen]  # the continuation trains the same trial, whatever the front is then
+            again = f"normsearch finalize {quoted(run_dir, *which, '--seeds', seeds, '-o', output)}"
+            feedback.update(f"starting Ray and loading the data to train {chosen} on every source")
             outcome = run_finalize(run_dir, output, trial, rule, seeds, max_source_drop, update)
     except KeyboardInterrupt:
         raise interrupted(
@@ -199,7 +126,7 @@ def evaluate(
     for name in domain or []:
         parts += ["--domain", name]
     parts += (["--per-class"] if per_class else []) + ["--format", fmt.value]
-    again = f"normsearch evaluate {_quoted(*parts, *(['-o', output] if output else []))}"
+    again = f"normsearch evaluate {quoted(*parts, *(['-o', output] if output else []))}"
     measured: list[str] = []
     from normsearch.run.finalized import FinalFolder
 
@@ -240,7 +167,7 @@ def predict(
     FinalFolder.open(model_dir)  # a wrong folder or input is one line, before anything else is shown
     list_images(images)
 
-    again = f"normsearch predict {_quoted(model_dir, *images, '-o', output, '--batch-size', batch_size)}"
+    again = f"normsearch predict {quoted(model_dir, *images, '-o', output, '--batch-size', batch_size)}"
     feedback = Feedback("predict", "loading the model and listing the images")
     state: dict[str, Any] = {}
 

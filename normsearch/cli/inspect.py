@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from normsearch.cli.common import app, console, err_console, load_recipe_flags, space_table, user_errors
+from normsearch.cli.feedback import working
 from normsearch.errors import NormsearchError
 from normsearch.metrics import SOURCE_VAL_ACC, TARGET_SELECT_ACC
 
@@ -415,7 +416,7 @@ def data_show(
 
     config = load_recipe_flags(Path(spec))[0].data if is_recipe_file(spec) else view_config(spec)
     tic = time.perf_counter()
-    with console.status(f"loading {spec} (decoding images the first time, then from the cache)..."):
+    with working("data show", f"loading {spec} (decoding images the first time, then from the cache)"):
         data = load_data(config)
     seconds = time.perf_counter() - tic
     cap = f", at most {config.max_per_domain} images per domain" if config.max_per_domain else ""

@@ -11,6 +11,7 @@ import typer
 from rich.table import Table
 
 from normsearch.cli.common import app, console, load_recipe_flags, user_errors
+from normsearch.cli.feedback import Feedback, interrupted, quoted, working
 from normsearch.errors import NormsearchError
 
 
@@ -20,28 +21,6 @@ class CollectFormat(str, enum.Enum):
     jsonl = "jsonl"
     markdown = "markdown"
     latex = "latex"
-
-
-def _progress() -> Any:
-    # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        SpinnerColumn,
-        TextColumn,
-        TimeElapsedColumn,
-    )
-
-    return Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    )
 
 
 @app.command("confirm")
@@ -66,17 +45,23 @@ def confirm(
     """Re-train the chosen configurations with new model seeds through Ray (same data, training and
     resources as the run), append the results to the run's records, and show mean ± standard error with the
     front re-drawn from the confirmed means."""
-    # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
-    from normsearch.search.confirm import run_confirm
-
     ids = [t.strip() for t in trials.split(",") if t.strip()] if trials else None
-    with _progress() as progress:
-        task = progress.add_task("starting Ray and loading the data...", total=None)
+    again = ["normsearch", "confirm", run_dir, *(["--trials", ",".join(ids)] if ids else [])]
+    again += (["--front"] if front else []) + ["--seeds", seeds] + (["-o", output] if output else [])
+    feedback = Feedback("confirm", "starting Ray and loading the data")
 
-        def update(p: Any) -> None:
-            progress.update(task, total=p.total, completed=p.done, description=p.message or "training")
+    def update(p: Any) -> None:
+        feedback.update(p.message or "training", completed=p.done, total=p.total)
 
-        outcome = run_confirm(str(run_dir), ids, front, seeds, on_change=update)
+    try:
+        with feedback.shown():  # the first line comes at once; the imports may take a while
+            # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
+            from normsearch.search.confirm import run_confirm
+
+            outcome = run_confirm(str(run_dir), ids, front, seeds, on_change=update)
+    except KeyboardInterrupt:
+        kept = "finished confirmation runs are kept in the run's records, unfinished ones' epoch checkpoints"
+        raise interrupted(kept, quoted(*again)) from None
     if outcome.found:
         console.print(f"already on record, not trained again: {', '.join(outcome.found)}", highlight=False)
     if outcome.trained:
@@ -89,6 +74,12 @@ def confirm(
             f"[red]failed:[/red] {', '.join(outcome.failed)} (reasons in trials.jsonl)", highlight=False
         )
     show_confirmations(run_dir, output, only=outcome.chosen)
+    if outcome.unfinished:
+        kept = (
+            f"{len(outcome.trained)} confirmation run(s) finished and recorded; {len(outcome.unfinished)} "
+            "unfinished keep their last epoch checkpoint"
+        )
+        raise interrupted(kept, quoted(*again))
 
 
 def show_confirmations(run_dir: Path, output: Path | None = None, only: list[str] | None = None) -> None:
@@ -197,7 +188,7 @@ def report(
     # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
     from normsearch.results.report import write_report
 
-    with console.status("writing the report..."):
+    with working("report", "writing the report"):
         written = write_report(run_dir, output)
     console.print(f"wrote {', '.join(str(p) for p in written)}", highlight=False)
 
@@ -235,7 +226,7 @@ def diagnose(
     if RunFolder.is_run(target):
         if trial is None or recipe_path is not None:
             raise NormsearchError(f"diagnose {target}: a run folder takes --trial ID (and no --recipe)")
-        with console.status(f"loading trial {trial} and the data..."):
+        with working("diagnose", f"loading trial {trial} and the data"):
             network, data = from_run(target, trial)
     else:
         if recipe_path is None or trial is not None:
@@ -243,12 +234,17 @@ def diagnose(
                 f"diagnose {target}: give CONFIG.yaml --recipe RECIPE, or RUN_DIR --trial ID"
             )
         recipe, _ = load_recipe_flags(recipe_path, overrides=overrides)
-        with _progress() as progress:
-            task = progress.add_task(f"training {target.name} on {recipe.name}", total=recipe.train.epochs)
+        epochs = recipe.train.epochs
+        with working("diagnose", f"training {target.name} on {recipe.name}") as shown:
             network, data = from_config(
-                target, recipe, unit, report=lambda m: progress.update(task, completed=m["epoch"])
+                target,
+                recipe,
+                unit,
+                report=lambda m: shown.update(
+                    f"training {target.name}: epoch {m['epoch']}/{epochs}", m["epoch"], epochs
+                ),
             )
-    with console.status("recording activations..."):
+    with working("diagnose", "recording activations"):
         result = run_diagnosis(network, data, images)
     _print_diagnosis(result)
     if output is not None:

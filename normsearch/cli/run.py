@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -9,6 +12,7 @@ import typer
 from rich.text import Text
 
 from normsearch.cli.common import app, console, load_recipe_flags, space_table, user_errors
+from normsearch.cli.feedback import Feedback, working
 from normsearch.errors import NormsearchError
 
 STARTUP_TIMEOUT = typer.Option(
@@ -47,24 +51,27 @@ def run(
     ray_startup_timeout: Annotated[float | None, STARTUP_TIMEOUT] = None,
 ) -> None:
     """Search the recipe's space: train every candidate, report trials and the Pareto front."""
-    # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
-    from normsearch.run.folder import default_output
+    tic = time.perf_counter()
+    # The first line comes at once: reading the recipe imports torch (slow on a busy machine).
+    with working("run", f"reading {recipe_path}") as shown:
+        # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
+        from normsearch.run.folder import default_output
+        from normsearch.search.preflight import describe, preflight
 
-    recipe, space = load_recipe_flags(
-        recipe_path,
-        name=name,
-        num_samples=num_samples,
-        max_concurrent=max_concurrent,
-        address=address,
-        output=str(output) if output else None,
-        overrides=overrides,
-        storage=storage,
-    )
-    run_dir = default_output(recipe)
-    from normsearch.search.preflight import describe, estimate_seconds, preflight
-
-    with console.status("checking the output folder, resources, every configuration and the data..."):
+        recipe, space = load_recipe_flags(
+            recipe_path,
+            name=name,
+            num_samples=num_samples,
+            max_concurrent=max_concurrent,
+            address=address,
+            output=str(output) if output else None,
+            overrides=overrides,
+            storage=storage,
+        )
+        run_dir = default_output(recipe)
+        shown.update("checking the output folder, resources, every configuration and the data")
         checked = preflight(recipe, space, run_dir)
+    checks_seconds = time.perf_counter() - tic  # what the run will spend again before Ray starts
     if dry_run:
         import yaml
 
@@ -75,7 +82,6 @@ def run(
         console.print(space_table(space))
         for key, value in describe(checked).items():
             console.print(f"{key}: {value}", highlight=False)
-        per_trial, total = estimate_seconds(recipe, checked.trials)
         capped = (
             f" (the space holds {checked.size}; no configuration is trained twice)"
             if checked.size is not None and checked.size < recipe.search.num_samples
@@ -85,10 +91,15 @@ def run(
         per = f" x {units} training units each (the protocol's folds)" if units > 1 else ""
         console.print(
             f"{recipe.data.describe()}\nall checks passed; would write {run_dir}; {checked.trials} trial(s)"
-            f"{per}{capped}; estimated {per_trial:.0f} s per training unit, about {total / 60:.1f} min "
-            f"({recipe.search.max_concurrent} at once, {recipe.resources.cpu} CPU each)",
+            f"{per}{capped}",
             highlight=False,
         )
+        from normsearch.search.estimate import estimate
+
+        with working("run", "timing a few training steps of the network on this machine"):
+            found = estimate(recipe, space, checked.trials, checks_seconds)
+        for line in found.lines(recipe):
+            console.print(line, highlight=False, soft_wrap=True)
         return
     _search(recipe, space, run_dir, resume=False, checked=checked, startup_timeout=ray_startup_timeout)
 
@@ -100,7 +111,7 @@ def _check_cluster(recipe: Any, run_dir: Path) -> None:
     from normsearch.search.preflight import check_nodes
     from normsearch.search.ray import check_cluster_resources, start_ray
 
-    with console.status("joining the cluster and checking every node..."):
+    with working("run", "joining the cluster and checking every node"):
         start_ray(recipe.ray.address)
         try:
             check_cluster_resources(recipe.resources.cpu, recipe.resources.gpu)
@@ -138,7 +149,7 @@ def resume(
         storage, name = split_run_uri(run_dir)
         local = (output or Path.cwd() / name).resolve()
         if not RunFolder.is_run(local):
-            with console.status(f"restoring {run_dir} into {local}..."):
+            with working("resume", f"restoring {run_dir} into {local}"):
                 storage.probe()
                 RunFolder.restore(storage, name, local)
         folder = Path(local)
@@ -158,8 +169,6 @@ def _search(
     startup_timeout: float | None = None,
 ) -> None:
     # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
-    from rich.live import Live
-
     from normsearch.search.tuner import run_search
 
     console.print(f"[bold]{recipe.name}[/bold]: {recipe.data.describe()}", highlight=False)
@@ -169,12 +178,12 @@ def _search(
 
     resume_hint = f"normsearch resume {run_dir}"
     try:
-        with Live(_progress_view(None), console=console, refresh_per_second=2, transient=False) as live:
+        with _progress_shown() as on_change:
             outcome = run_search(
                 recipe,
                 space,
                 run_dir,
-                on_change=lambda p: live.update(_progress_view(p)),
+                on_change=on_change,
                 resume=resume,
                 checked=checked,
                 on_folder=announce,
@@ -204,8 +213,10 @@ def _search(
     if outcome.progress is not None and outcome.progress.message:
         console.print(outcome.progress.message, highlight=False)
     from normsearch.cli.inspect import show_run
+    from normsearch.run.folder import RunFolder
 
-    show_run(run_dir, sort="target", top=None, show_all=False)
+    if RunFolder(run_dir).records_path.is_file():  # interrupted before a first record: no table to show
+        show_run(run_dir, sort="target", top=None, show_all=False)
     if outcome.incomplete:
         unfinished = ", ".join(outcome.interrupted) or "none running"
         console.print(
@@ -220,18 +231,35 @@ def _search(
         raise typer.Exit(1)
 
 
+@contextmanager
+def _progress_shown() -> Iterator[Callable[[Any], None]]:
+    """The search's progress: one live line on a terminal; plain lines when the output is not a terminal
+    (one per trial event, and a "still working" line at least every HEARTBEAT_SECONDS)."""
+    if console.is_terminal:
+        from rich.live import Live
+
+        with Live(_progress_view(None), console=console, refresh_per_second=2, transient=False) as live:
+            yield lambda p: live.update(_progress_view(p))
+        return
+    with Feedback("run", "starting Ray").shown() as feedback:
+        yield lambda p: feedback.update(_progress_text(p, timed=False))
+
+
 def _progress_view(progress: Any) -> Text:
-    if progress is None:
-        return Text("starting Ray...")
+    return Text("starting Ray..." if progress is None else _progress_text(progress))
+
+
+def _progress_text(progress: Any, timed: bool = True) -> str:
+    """The progress line; `timed`: with the elapsed time (piped lines carry their own)."""
     eta = "-" if progress.eta is None else f"{progress.eta:.0f}s"
 
     def pct(v: float | None) -> str:
         return "-" if v is None else f"{v:.1f}"
 
     repeats = f", {progress.repeats} repeat(s) not retrained" if progress.repeats else ""
-    return Text(
+    elapsed = f"elapsed {progress.elapsed:.0f}s, " if timed else ""
+    return (
         f"trials {progress.done}/{progress.total} done, {len(progress.running)} running, {progress.pruned} "
         f"pruned, {progress.failed} failed{repeats} | best source {pct(progress.best_source)} | best target "
-        f"{pct(progress.best_target)} | front {progress.front_size} | "
-        f"elapsed {progress.elapsed:.0f}s, ETA {eta}"
+        f"{pct(progress.best_target)} | front {progress.front_size} | {elapsed}ETA {eta}"
     )

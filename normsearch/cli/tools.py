@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from normsearch.cli.common import app, bench_app, console, load_recipe_flags, user_errors
+from normsearch.cli.common import bench_app, console, load_recipe_flags, user_errors
+from normsearch.cli.feedback import working
 from normsearch.errors import NormsearchError
-from normsearch.metrics import SOURCE_VAL_ACC, TARGET_SELECT_ACC
 
 
 class Device(str, enum.Enum):
@@ -37,7 +37,7 @@ def bench_data(
     from normsearch.bench.data import bench_data as run_bench
 
     recipe, _ = load_recipe_flags(recipe_path, overrides=overrides)
-    with console.status("decoding the data and timing the pipeline and the train step..."):
+    with working("bench data", "decoding the data and timing the pipeline and the train step"):
         result = run_bench(recipe, batches=batches, threads=threads)
     table = Table(
         title=(
@@ -86,7 +86,7 @@ def bench_gpu(
     from normsearch.bench.gpu import markdown, require_cuda
 
     require_cuda(device)  # before any work: no CUDA is one line
-    with console.status(f"benchmarking on {device}..."):
+    with working("bench gpu", f"benchmarking on {device}"):
         table = markdown(run_bench(device))
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -128,7 +128,7 @@ def bench_norms(
         for column in ("layer", "shape", "train ms", "train ×BN", "target", "eval ms", "eval ×BN", "target"):
             table.add_column(column, justify="left" if column in ("layer", "shape") else "right")
         misses = 0
-        with console.status(f"benchmarking on {dev}...") as status:
+        with working("bench norms", f"benchmarking on {dev}") as status:
             for row in run_bench(shape_list, repeats=repeats, warmup=warmup, threads=threads, device=dev):
                 status.update(f"benchmarking on {dev}: {row.label} {row.shape}")
                 misses += not row.meets_target
@@ -145,59 +145,6 @@ def bench_norms(
                 )
         console.print(table)
         console.print(f"{misses} row(s) over target on {dev}" if misses else f"all targets met on {dev}")
-
-
-@app.command("train")
-@user_errors
-def train(
-    config: Annotated[Path, typer.Argument(help="An ArchConfig or an exported file.")],
-    recipe_path: Annotated[Path, typer.Option("--recipe", help="Recipe giving data and training.")],
-    seeds: Annotated[int, typer.Option(min=1, help="Model seeds (recipe seed, +1, ...).")] = 3,
-    threads: Annotated[
-        int | None, typer.Option(min=1, help="torch threads (default: resources.cpu).")
-    ] = None,
-) -> None:
-    """Retrain an architecture over several seeds; mean ± standard error on source, select and test."""
-    # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
-    from normsearch.arch import load_arch
-    from normsearch.data.spec import load_data
-    from normsearch.train import retrain_summary, train_from_recipe
-
-    recipe, _ = load_recipe_flags(recipe_path)
-    arch = load_arch(config)
-    data = load_data(recipe.data)
-    results = []
-    with console.status("training...") as status:
-        for k in range(seeds):
-            label = f"seed {recipe.seed + k} ({k + 1}/{seeds})"
-            status.update(f"training {label}")
-
-            def show(m: dict[str, Any], label: str = label) -> None:
-                where = f" unit {m['unit']}" if m.get("unit") else ""
-                select = f", select {m[TARGET_SELECT_ACC]:.1f}" if TARGET_SELECT_ACC in m else ""
-                status.update(
-                    f"training {label}{where}: epoch {m['epoch']}/{recipe.train.epochs}, source val "
-                    f"{m[SOURCE_VAL_ACC]:.1f}{select}"
-                )
-
-            results.append(
-                train_from_recipe(recipe, arch, seed=recipe.seed + k, data=data, report=show, threads=threads)
-            )
-    from normsearch.norms.running import statistics_statement
-
-    statement = f"{recipe.data.describe()}; {statistics_statement([arch.norm.inference])}"
-    table = Table(title=f"{config} on {recipe.name}, {seeds} seed(s): {statement}", title_justify="left")
-    for column in ("measure", "mean", "± s.e.", "per seed"):
-        table.add_column(column, justify="left" if column == "measure" else "right")
-    for measure, mean, se, values in retrain_summary(results):
-        table.add_row(measure, f"{mean:.1f}", f"{se:.1f}", " ".join(f"{v:.1f}" for v in values))
-    console.print(table)
-    flagged = [r for r in results if not r.converged]
-    if flagged:
-        console.print(
-            f"[yellow]{len(flagged)} run(s) not converged (source val < 98% and training accuracy still "
-            "climbing in the last epoch): their target accuracy is not a DG result[/yellow]"
-        )
 
 
 @bench_app.command("efficiency")
@@ -233,7 +180,7 @@ def bench_efficiency(
 
     recipe, _ = load_recipe_flags(recipe_path)
     table_path = table or out / f"{recipe.name}.json"
-    with console.status("tabulating...") as status:
+    with working("bench efficiency", "tabulating") as status:
         tabulate(
             recipe_path, table_path, seeds=seeds, progress=lambda line: status.update(f"tabulating {line}")
         )
@@ -310,7 +257,7 @@ def bench_search(
     )
     recipe, _ = load_recipe_flags(recipe_path, overrides=[*(overrides or []), *extra])
     run_dir = output or default_output(recipe)
-    with console.status("sequential run...") as status:
+    with working("bench search", "sequential run") as status:
         result = run_bench(
             recipe, run_dir, trials=trials, concurrency=concurrency, threads=threads, on_step=status.update
         )
@@ -384,7 +331,7 @@ def bench_driver(
         raise NormsearchError(f"--algorithm {unknown[0]}: allowed {', '.join(ALGORITHMS)}")
     sizes = sorted(set(trials or [100, 300, 1000]))
     at_once = sorted(set(concurrency or [1, 8]))
-    with console.status("bench driver...") as status:
+    with working("bench driver", "bench driver") as status:
         result = run_bench(sizes, at_once, chosen, output, on_step=status.update)
     title = f"null-cost trials; load average {result.load} (shared machine)"
     table = Table(title=title, title_justify="left")

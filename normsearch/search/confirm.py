@@ -62,6 +62,7 @@ class ConfirmOutcome:
     found: list[str] = field(default_factory=list)  # already finished before this call
     failed: list[str] = field(default_factory=list)
     experiment: str | None = None
+    unfinished: list[str] = field(default_factory=list)  # unit runs not ended (interrupted)
 
 
 def choose_trials(summary: RunSummary, trial_ids: list[str] | None, front: bool) -> list[TrialRecord]:
@@ -191,6 +192,10 @@ class ConfirmBook:
     def result(self, uid: str, result: dict[str, Any]) -> None:
         if uid in self.live:
             self.live[uid]["last"] = result
+            if FAILED not in result and result.get("epoch") is not None:
+                self.progress.message = f"{uid}: epoch {result['epoch']}/{self.recipe.train.epochs}"
+                if self.on_change is not None:
+                    self.on_change(self.progress)
 
     def ended(self, uid: str, error: str | None = None) -> None:
         """A unit's Tune trial ended: its terminal record, then the seed's combined record when it was the
@@ -342,6 +347,7 @@ def run_confirm(
             )
             tuner.fit()
         book.outcome.found = probe.outcome.found
+        book.outcome.unfinished = sorted(book.live)  # Ctrl-C: Tune stops, these never ended
         return book.outcome
     finally:
         folder.release()

@@ -120,8 +120,13 @@ def final_data(data: DataConfig) -> DataConfig:
 
 
 def final_recipe(recipe: Recipe) -> Recipe:
-    """The run's recipe with `final_data`: what the finalize trials train with."""
-    return recipe.model_copy(update={"data": final_data(recipe.data)})
+    """The run's recipe with `final_data`: what the finalize trials train with. Nothing is selected on
+    any more, so the objectives become the sources' val accuracy (a run's `target_select_acc` has no
+    select domain under `final_data`), and the recipe is validated here, as each worker validates it."""
+    values = recipe.model_dump(mode="json")
+    values["data"] = final_data(recipe.data).model_dump(mode="json")
+    values["search"].update(objectives={SOURCE_VAL_ACC: "max"}, constraints=[])
+    return Recipe.model_validate(values)
 
 
 def final_seeds(recipe: Recipe, n: int) -> list[int]:

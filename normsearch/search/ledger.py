@@ -63,9 +63,22 @@ class Progress:
     def elapsed(self) -> float:
         return time.time() - self.started
 
+    epochs_per_trial: int = 0  # epochs x units: a trial's whole work (0: count trials, not epochs)
+    epochs: dict[str, int] = field(default_factory=dict)  # unit trial id -> epochs it has reported
+    working_since: float | None = None  # the first trial's start (Ray's start is not training time)
+    before: int = 0  # trials finished before this driver started (resume): not this driver's rate
+
     @property
     def eta(self) -> float | None:
+        """Seconds left: from the epochs finished so far (a finished or stopped trial counts its whole
+        work, a running one its epochs), at the rate since the first trial started; before any epoch,
+        from finished trials."""
         finished = self.done + self.pruned + self.failed
+        work, running = self.epochs_per_trial, sum(self.epochs.values())
+        done_work = (finished - self.before) * work + running  # by this driver
+        if work and done_work > 0 and self.working_since is not None:
+            rate = (time.time() - self.working_since) / done_work
+            return rate * max((self.total - finished) * work - running, 0)
         if not finished:
             return None
         return self.elapsed / finished * max(self.total - finished, 0)
@@ -108,13 +121,14 @@ class Ledger:
         self.live: dict[str, dict[str, Any]] = {}  # unit trial id -> {key, unit, last}
         self.trained: dict[str, TrialRecord] = {}  # config key -> the trial that trained it (finished)
         self.training: dict[str, str] = {}  # config key -> trial key training it now
-        self.progress = Progress(total=budget)
+        self.progress = Progress(total=budget, epochs_per_trial=recipe.train.epochs * len(self.units))
         self.constraints = [parse_constraint(text) for text in recipe.search.constraints]
         for trial in folder.trials() if folder.records_path.is_file() else []:
             if trial.finished and trial.status != "repeat" and UNIT_SEPARATOR not in trial.trial_id:
                 self.trained.setdefault(trial.key(), trial)
                 self._count(trial)
-        self.progress.total = budget + self.progress.done + self.progress.pruned + self.progress.failed
+        self.progress.before = self.progress.done + self.progress.pruned + self.progress.failed
+        self.progress.total = budget + self.progress.before
 
     # --- asking ----------------------------------------------------------------------------------------
     def next_config(self) -> dict[str, Any] | None:
@@ -227,6 +241,7 @@ class Ledger:
     def started(self, uid: str) -> None:
         if uid in self.live:
             self.progress.running.add(self.live[uid]["key"])
+            self.progress.working_since = self.progress.working_since or time.time()
             self._changed()
 
     def result(self, uid: str, result: dict[str, Any]) -> None:
@@ -236,6 +251,8 @@ class Ledger:
         self.live[uid]["last"] = result
         if FAILED in result:
             return
+        self.progress.epochs[uid] = int(result.get("epoch") or 0)
+        self._changed()  # the ETA follows the epochs
         record = self._base(uid, "running")
         record.update(
             epoch=result.get("epoch"),
@@ -279,6 +296,7 @@ class Ledger:
         if status == "complete" and isinstance(last.get(POLICIES), dict):  # the other test-time statistics
             record.setdefault("extra", {})[POLICIES] = last[POLICIES]
         self.folder.append(record)
+        self.progress.epochs[uid] = self.recipe.train.epochs  # its work is done until the candidate closes
         live = self.live.pop(uid)
         candidate = self.candidates[live["key"]]
         candidate["left"].discard(live["unit"])
@@ -290,6 +308,8 @@ class Ledger:
     def _close_candidate(self, key: str) -> None:
         """Every unit of `key` ended: its candidate record (the only record with one unit), the study."""
         candidate = self.candidates.pop(key)
+        for unit in self.units:  # counted as a finished trial from here on
+            self.progress.epochs.pop(unit_trial_id(key, unit.name), None)
         if len(self.units) == 1:
             folded = candidate["outcomes"][self.units[0].name]
         else:

@@ -14,7 +14,6 @@ these and prints what they found.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,7 +25,6 @@ from normsearch.run.folder import RunFolder, check_new_output
 from normsearch.space import Space
 
 SAMPLED_CONFIGS = 16  # an infinite space is checked on this many random configurations (plus its probes)
-RAY_STARTUP_SECONDS = 15.0
 
 
 @dataclass(frozen=True)
@@ -185,40 +183,6 @@ def preflight(recipe: Recipe, space: Space, output: Path | None) -> Preflight:
     domains, classes, seconds = check_data(recipe)
     found = Preflight(trial_budget(recipe, space), space.size(), networks, domains, classes, seconds)
     return replace(found, space_file=space.file or "inline (in the recipe)")
-
-
-def estimate_seconds(recipe: Recipe, trials: int, steps: int = 3) -> tuple[float, float]:
-    """(seconds per trial, seconds for the run): a few timed train steps of the base model on random
-    inputs at the recipe's batch and image size and thread count, scaled to the training budget, plus
-    evaluation and a fixed Ray start-up allowance. A rough guide, not a promise."""
-    import torch
-
-    from normsearch.models import build_model
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(recipe.resources.cpu)
-    try:
-        model = build_model(recipe.model)
-        size = recipe.data.size
-        x = torch.randn(recipe.train.batch_size, recipe.model.backbone.in_channels, size, size)
-        y = torch.zeros(recipe.train.batch_size, dtype=torch.long)
-        opt = torch.optim.SGD(model.parameters(), lr=0.0)
-        model(x).sum()  # warm-up
-        tic = time.perf_counter()
-        for _ in range(steps):
-            loss = torch.nn.functional.cross_entropy(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        per_step = (time.perf_counter() - tic) / steps
-    finally:
-        torch.set_num_threads(threads)
-    n_train = recipe.data.n_train if recipe.data.dataset == "synthetic" else 1000
-    steps_per_epoch = math.ceil(n_train / recipe.train.batch_size)
-    evaluated = recipe.data.n_val * (1 + len(recipe.data.select))
-    per_trial = recipe.train.epochs * (steps_per_epoch * per_step * 1.2 + evaluated / 3000) + 4
-    waves = math.ceil(trials * len(recipe.data.units()) / recipe.search.max_concurrent)
-    return per_trial, waves * per_trial + RAY_STARTUP_SECONDS
 
 
 def describe(pre: Preflight) -> dict[str, Any]:
