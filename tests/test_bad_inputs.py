@@ -163,7 +163,7 @@ class Case:
     within: float = 60.0  # seconds: a bad input is refused promptly, never by a hang
 
 
-RUN = ["run", "<tmp>/r.yaml", "--dry-run", "--output", "<tmp>/out"]
+RUN = ["run", "<tmp>/r.yaml", "--dry-run", "--no-estimate", "--output", "<tmp>/out"]
 
 
 def bad_recipe(id: str, text: str, *expect: str) -> Case:
@@ -290,7 +290,7 @@ RECIPES = [
     ),
     Case(
         "output-not-a-string",
-        ["run", "<tmp>/r.yaml", "--dry-run"],
+        ["run", "<tmp>/r.yaml", "--dry-run", "--no-estimate"],
         ("r.yaml", "output", "string"),
         files={"r.yaml": recipe({"output": 5})},
     ),
@@ -769,7 +769,7 @@ DATA = [
     Case("data-show-per-row-zero", ["data", "show", "<data>", "--per-row", "0"], ("--per-row",)),
 ]
 
-GOOD_RUN = ["run", "<good>", "--dry-run", "--output", "<tmp>/out"]
+GOOD_RUN = ["run", "<good>", "--dry-run", "--no-estimate", "--output", "<tmp>/out"]
 EXPORT = ["export", "<run>", "-o", "<tmp>/x.yaml"]
 
 FLAGS = [
@@ -780,7 +780,7 @@ FLAGS = [
     Case("run-max-concurrent-zero", [*GOOD_RUN, "--max-concurrent", "0"], ("--max-concurrent",)),
     Case(
         "run-output-without-value",
-        ["run", "<good>", "--dry-run", "--output"],
+        ["run", "<good>", "--dry-run", "--no-estimate", "--output"],
         ("--output", "requires an argument"),
     ),
     Case(
@@ -823,7 +823,7 @@ FLAGS = [
     ),
     Case(
         "num-samples-flag-into-a-search-that-is-no-mapping",
-        ["run", "<tmp>/r.yaml", "--dry-run", "--num-samples", "3"],
+        ["run", "<tmp>/r.yaml", "--dry-run", "--no-estimate", "--num-samples", "3"],
         ("r.yaml", "search is not a mapping"),
         files={"r.yaml": recipe({"search": 5})},
     ),
@@ -941,24 +941,24 @@ FLAGS = [
 OUTPUTS = [
     Case(
         "output-is-a-file",
-        ["run", "<good>", "--dry-run", "--output", "<tmp>/out"],
+        ["run", "<good>", "--dry-run", "--no-estimate", "--output", "<tmp>/out"],
         ("is a file",),
         files={"out": "x"},
     ),
     Case(
         "output-unwritable-proc",
-        ["run", "<good>", "--dry-run", "--output", "/proc/x"],
+        ["run", "<good>", "--dry-run", "--no-estimate", "--output", "/proc/x"],
         ("/proc/x", "cannot create"),
     ),
     Case(
         "output-under-a-file",
-        ["run", "<good>", "--dry-run", "--output", "<tmp>/f/out"],
+        ["run", "<good>", "--dry-run", "--no-estimate", "--output", "<tmp>/f/out"],
         ("is a file, so no folder can be made",),
         files={"f": "x"},
     ),
     Case(
         "output-an-existing-run",
-        ["run", "<good>", "--dry-run", "--output", "<run>"],
+        ["run", "<good>", "--dry-run", "--no-estimate", "--output", "<run>"],
         ("already holds a run", "resume"),
     ),
     Case(
@@ -966,7 +966,7 @@ OUTPUTS = [
     ),
     Case(
         "output-unwritable-from-recipe",
-        ["run", "<tmp>/r.yaml", "--dry-run"],
+        ["run", "<tmp>/r.yaml", "--dry-run", "--no-estimate"],
         ("/proc/x", "cannot create"),
         files={"r.yaml": recipe({"output": "/proc/x"})},
     ),
@@ -1117,7 +1117,7 @@ HOSTILE = [
     ),
     Case(
         "dup-key-json",
-        ["run", "<tmp>/r.json", "--dry-run", "--output", "<tmp>/out"],
+        ["run", "<tmp>/r.json", "--dry-run", "--no-estimate", "--output", "<tmp>/out"],
         ("r.json", "duplicate key 'name'"),
         files={"r.json": '{"name": "a", "name": "b"}'},
     ),
@@ -1407,7 +1407,9 @@ def test_the_matrix_is_large_and_its_ids_distinct() -> None:
 def test_the_good_recipe_passes_every_check(world: dict[str, Path], tmp_path: Path, monkeypatch) -> None:
     """The matrix's bad inputs are small edits of this one: it must pass, so each case fails on its edit."""
     monkeypatch.chdir(tmp_path)
-    result = runner.invoke(app, ["run", str(world["good"]), "--dry-run", "--output", str(tmp_path / "out")])
+    result = runner.invoke(
+        app, ["run", str(world["good"]), "--dry-run", "--no-estimate", "--output", str(tmp_path / "out")]
+    )
     assert result.exit_code == 0, result.output
     assert "all checks passed" in result.stdout and not (tmp_path / "out").exists()
     shown = runner.invoke(app, ["show", str(world["run"])])
@@ -1421,7 +1423,9 @@ def test_dry_run_announces_the_trials_a_small_grid_holds(world: dict[str, Path],
     path = tmp_path / "r.yaml"
     path.write_text(space_recipe(five).replace("<data>", str(world["data"])))
     out = tmp_path / "out"
-    result = runner.invoke(app, ["run", str(path), "--dry-run", "--num-samples", "50", "--output", str(out)])
+    result = runner.invoke(
+        app, ["run", str(path), "--dry-run", "--no-estimate", "--num-samples", "50", "--output", str(out)]
+    )
     assert result.exit_code == 0, result.output
     said = " ".join(result.stdout.split())  # the console wraps long lines
     assert "; 5 trial(s) (the space holds 5; no configuration is trained twice)" in said
@@ -1498,7 +1502,9 @@ def test_dry_run_says_which_space_file_it_took(world: dict[str, Path], tmp_path:
     path = tmp_path / "r.yaml"
     for spec, expected in (("quickstart.yaml", mine), ("nosuch", None)):
         path.write_text(space_recipe(spec).replace("<data>", str(world["data"])))
-        result = runner.invoke(app, ["run", str(path), "--dry-run", "--output", str(tmp_path / "out")])
+        result = runner.invoke(
+            app, ["run", str(path), "--dry-run", "--no-estimate", "--output", str(tmp_path / "out")]
+        )
         if expected is None:
             assert result.exit_code == 2 and "no space file 'nosuch'" in result.stderr
             continue

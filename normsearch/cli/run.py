@@ -44,6 +44,14 @@ def run(
         ),
     ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Resolve and print; train nothing.")] = False,
+    estimate: Annotated[
+        bool,
+        typer.Option(
+            "--estimate/--no-estimate",
+            help="With --dry-run: time a few real training steps here for the run's time estimate (the "
+            "default; seconds to a minute), or only check.",
+        ),
+    ] = True,
     overrides: Annotated[
         list[str] | None,
         typer.Option("--set", help="Override a recipe key, e.g. --set train.epochs=2 (repeatable)."),
@@ -94,10 +102,13 @@ def run(
             f"{per}{capped}",
             highlight=False,
         )
-        from normsearch.search.estimate import estimate
+        if not estimate:
+            console.print("no time estimate (--no-estimate)", highlight=False)
+            return
+        from normsearch.search.estimate import estimate as measure
 
         with working("run", "timing a few training steps of the network on this machine"):
-            found = estimate(recipe, space, checked.trials, checks_seconds)
+            found = measure(recipe, space, checked.trials, checks_seconds)
         for line in found.lines(recipe):
             console.print(line, highlight=False, soft_wrap=True)
         return

@@ -83,7 +83,7 @@ def data_keys(text: str) -> set[str]:
 def test_a_bad_cap_is_one_line_naming_file_and_key(tmp_path: Path, value: str) -> None:
     path = write_recipe(tmp_path / "r.yaml", {"n_train": 100})
     path.write_text(path.read_text().replace("n_train: 100", f"max_per_domain: {value}"))
-    result = runner.invoke(app, ["run", str(path), "--dry-run"])
+    result = runner.invoke(app, ["run", str(path), "--dry-run", "--no-estimate"])
     lines = result.stderr.strip().splitlines()
     assert result.exit_code == 2 and len(lines) == 1, result.output
     assert lines[0].startswith(f"error: {path}: data.max_per_domain: "), lines[0]
@@ -92,7 +92,9 @@ def test_a_bad_cap_is_one_line_naming_file_and_key(tmp_path: Path, value: str) -
 
 def test_dry_run_shows_the_cap_the_capped_sizes_and_only_folder_keys(tmp_path: Path) -> None:
     path = folder_recipe(tmp_path, n_train=123, style_bias=0.5)  # accepted, read by nothing, not shown
-    result = runner.invoke(app, ["run", str(path), "--dry-run", "--output", str(tmp_path / "out")])
+    result = runner.invoke(
+        app, ["run", str(path), "--dry-run", "--no-estimate", "--output", str(tmp_path / "out")]
+    )
     assert result.exit_code == 0, result.output
     keys = data_keys(result.stdout)
     assert "max_per_domain" in keys and "root" in keys and "val_fraction" in keys
@@ -104,7 +106,9 @@ def test_dry_run_shows_the_cap_the_capped_sizes_and_only_folder_keys(tmp_path: P
 def test_dry_run_of_the_benchmark_shows_no_folder_keys(tmp_path: Path) -> None:
     sizes = {"n_train": 100, "n_val": 20, "n_test": 20}
     path = write_recipe(tmp_path / "s.yaml", {**sizes, "max_per_domain": 28})
-    result = runner.invoke(app, ["run", str(path), "--dry-run", "--output", str(tmp_path / "out")])
+    result = runner.invoke(
+        app, ["run", str(path), "--dry-run", "--no-estimate", "--output", str(tmp_path / "out")]
+    )
     assert result.exit_code == 0, result.output
     keys = data_keys(result.stdout)
     assert {"n_train", "style_bias", "glyph_scale", "max_per_domain"} <= keys

@@ -213,7 +213,7 @@ def _normsearch(cluster: Cluster, *args: str, cwd: Path | None = None) -> subpro
 
 def test_without_storage_the_preflight_names_the_node_that_cannot_see_the_run_folder(cluster) -> None:
     out = cluster.runs / "no-storage"
-    for extra in (["--dry-run"], []):
+    for extra in (["--dry-run", "--no-estimate"], []):
         done = _normsearch(cluster, "run", QUICK, "--address", cluster.address, "--output", str(out), *TINY,
                            *extra)  # fmt: skip
         errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
@@ -260,8 +260,8 @@ def test_a_data_root_missing_on_a_node_is_named_before_anything_runs(
     }))  # fmt: skip
     env = {**cluster.env, "NORMSEARCH_CACHE": str(tmp_path / "cache")}
     done = subprocess.run(
-        [sys.executable, "-m", "normsearch", "run", str(recipe), "--dry-run", "--address", cluster.address,
-         "--output", str(tmp_path / "out"), "--storage", f"s3://{s3.bucket}/folder"],
+        [sys.executable, "-m", "normsearch", "run", str(recipe), "--dry-run", "--no-estimate",
+         "--address", cluster.address, "--output", str(tmp_path / "out"), "--storage", f"s3://{s3.bucket}/folder"],
         env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
