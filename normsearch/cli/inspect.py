@@ -231,8 +231,9 @@ def pareto(
 ) -> None:
     """The front, its hypervolume and a terminal scatter; plot files with -o (.png or .html)."""
     # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
+    from normsearch.results.figures import plot_front
     from normsearch.results.front import summarize
-    from normsearch.results.tables import front_rows, front_table, header, knee_line, plot_front, scatter
+    from normsearch.results.tables import front_rows, front_table, header, knee_line, scatter
 
     files = [(p, p.suffix) for p in output or []]
     for path in files:

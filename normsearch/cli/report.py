@@ -86,8 +86,9 @@ def show_confirmations(run_dir: Path, output: Path | None = None, only: list[str
     """Print the confirmation table and the confirmed front; write the PNG when asked."""
     # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
     from normsearch.results.confirmed import confirmation_rows, confirmations, confirmed_front
+    from normsearch.results.figures import plot_confirmed
     from normsearch.results.front import summarize
-    from normsearch.results.tables import arch_summary, header, plot_confirmed
+    from normsearch.results.tables import arch_summary, header
 
     summary = summarize(run_dir)
     confirmed = {k: v for k, v in confirmations(summary).items() if only is None or k in only}

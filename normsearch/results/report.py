@@ -31,11 +31,12 @@ from normsearch.results.confirmed import (
     confirmations,
     confirmed_front,
 )
+from normsearch.results.figures import wrapped_title
 from normsearch.results.front import RunSummary, choose, summarize
 from normsearch.results.pareto import hypervolume_prefixes
 from normsearch.results.report_figures import plotly_figures
 from normsearch.results.report_figures import pngs as write_pngs
-from normsearch.results.tables import arch_summary, front_rows, header, trials_rows, wrapped_title
+from normsearch.results.tables import arch_summary, front_rows, header, trials_rows
 from normsearch.run.files import atomic_write_text
 from normsearch.run.records import UNIT_SEPARATOR
 from normsearch.run.study import load_study

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import plotly.graph_objects as go
 
-from normsearch.results.tables import _png, _pyplot, front_figure, plot_confirmed, plot_front
+from normsearch.results.figures import front_figure, plot_confirmed, plot_front, pyplot, save_png
 
 if TYPE_CHECKING:
     from normsearch.results.report import ReportData
@@ -58,7 +58,7 @@ def pngs(data: ReportData, folder: Path) -> dict[str, Path]:
     if len(data.summary.front.objectives) >= 2 and data.summary.front.points:
         out["front"] = folder / "front.png"
         plot_front(data.summary.front, out["front"], data.title, ".png")
-    plt = _pyplot()
+    plt = pyplot()
     if data.hypervolume:
         fig, ax = plt.subplots(figsize=(6, 3.2), dpi=120)
         ax.plot([t for t, _ in data.hypervolume], [v for _, v in data.hypervolume], "o-")
@@ -67,7 +67,7 @@ def pngs(data: ReportData, folder: Path) -> dict[str, Path]:
         ax.set_title("hypervolume of the front after each trial", fontsize=9)
         ax.tick_params(axis="x", labelrotation=90, labelsize=7)
         out["hypervolume"] = folder / "hypervolume.png"
-        _png(fig, out["hypervolume"])
+        save_png(fig, out["hypervolume"])
     if data.importances:
         fig, ax = plt.subplots(figsize=(6, 3.2), dpi=120)
         params = sorted({p for v in data.importances.values() for p in v})
@@ -84,7 +84,7 @@ def pngs(data: ReportData, folder: Path) -> dict[str, Path]:
         ax.set_title("parameter importance per objective (PED-ANOVA)", fontsize=9)
         ax.legend(fontsize=7)
         out["importance"] = folder / "importance.png"
-        _png(fig, out["importance"])
+        save_png(fig, out["importance"])
     if (
         data.confirmed_front is not None
         and data.confirmed_front.ids

@@ -14,9 +14,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from normsearch.cli import app
+from normsearch.results.figures import front_png
 from normsearch.results.front import summarize
 from normsearch.results.report import gather, hypervolume_curve
-from normsearch.results.tables import front_png, header
+from normsearch.results.tables import header
 from tests.results.browser import visit_offline
 
 ROOT = Path(__file__).resolve().parents[2]
