@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from normsearch.run.folder import ProcessRef, RunFolder
+from normsearch.run.driver import ProcessRef
+from normsearch.run.folder import RunFolder
 from normsearch.run.records import UNIT_SEPARATOR, TrialRecord, trial_key, unit_trial_id
 from normsearch.run.study import close_trial, running_trials, set_attrs
 

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from normsearch.errors import NormsearchError
-from normsearch.run.folder import ProcessRef
+from normsearch.run.driver import ProcessRef
 from normsearch.run.reconcile import end_processes, session_processes
 
 RAY_ENV = {

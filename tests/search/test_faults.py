@@ -21,7 +21,8 @@ import pytest
 from typer.testing import CliRunner
 
 from normsearch.cli import app
-from normsearch.run.folder import ProcessRef, RunFolder
+from normsearch.run.driver import ProcessRef
+from normsearch.run.folder import RunFolder
 from normsearch.run.records import FINISHED, config_key
 
 if TYPE_CHECKING:
