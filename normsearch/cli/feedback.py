@@ -18,6 +18,9 @@ from rich.console import Console
 from normsearch.cli.common import console
 
 HEARTBEAT_SECONDS = 30.0  # piped output: a line at least this often while a command works
+# Piped output: a step's first line waits this long, so a command that ends at once (a bad input's one error
+# line, a quick answer) prints nothing else; anything longer is announced within a second or two.
+GRACE_SECONDS = 1.5
 
 
 def progress_bar(stream: Console | None = None) -> Any:
@@ -45,7 +48,8 @@ def progress_bar(stream: Console | None = None) -> Any:
 
 class Feedback:
     """Progress for a long command: a rich bar on a terminal; when the output is not a terminal, one plain
-    line per change and a "still working" line at least every HEARTBEAT_SECONDS. `update(message)` is the
+    line per change (the first once the command has worked GRACE_SECONDS) and a "still working" line at
+    least every HEARTBEAT_SECONDS. `update(message)` is the
     same call either way (and is thread-safe: Ray Tune's callbacks call it from its own thread)."""
 
     def __init__(self, command: str, message: str, stream: Console | None = None) -> None:
@@ -64,7 +68,7 @@ class Feedback:
             changed, self.message = message != self.message, message
             if self.bar is not None:
                 self.bar.update(self.task, description=message, completed=completed, total=total)
-            elif changed and self.plain:
+            elif changed and self.plain and time.monotonic() - self.started >= GRACE_SECONDS:
                 self._line(message)
 
     def _line(self, message: str) -> None:
@@ -85,12 +89,15 @@ class Feedback:
                     self.bar = None
             return
         stop = threading.Event()
-        self._line(self.message)
 
         def beat() -> None:
-            while not stop.wait(1.0):
+            while not stop.wait(0.5):
                 with self.lock:
-                    if time.monotonic() - self.last_line >= HEARTBEAT_SECONDS:
+                    now = time.monotonic()
+                    if self.last_line == self.started:  # nothing said yet
+                        if now - self.started >= GRACE_SECONDS:  # and still working: say what it does
+                            self._line(self.message)
+                    elif now - self.last_line >= HEARTBEAT_SECONDS:
                         self._line(f"still working: {self.message}")
 
         thread = threading.Thread(target=beat, daemon=True)
