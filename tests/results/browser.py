@@ -88,8 +88,10 @@ class _Client:
             self.ws.settimeout(30)
         return False
 
-    def evaluate(self, expression: str) -> Any:
-        result = self.call("Runtime.evaluate", expression=expression, returnByValue=True)
+    def evaluate(self, expression: str, await_promise: bool = False) -> Any:
+        result = self.call(
+            "Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=await_promise
+        )
         return result.get("result", {}).get("value")
 
 
@@ -135,9 +137,15 @@ def visit_offline(page: Path, wait_seconds: float = 30.0) -> PageVisit:
             deadline = time.monotonic() + wait_seconds
             while time.monotonic() < deadline:
                 visit.plots, visit.drawn, visit.points = client.evaluate(script)
-                if visit.plots and visit.drawn == visit.plots:
+                if visit.plots and visit.drawn == visit.plots and visit.points:
                     break
                 time.sleep(0.5)
+            # Plotly builds its SVG before the browser paints it: two animation frames later the plots are
+            # on screen (a screenshot taken at once came out blank on a loaded machine).
+            client.evaluate(
+                "new Promise(r => requestAnimationFrame(() => requestAnimationFrame(() => r(true))))",
+                await_promise=True,
+            )
             rect = client.evaluate(
                 "(() => { const p = document.querySelector('.js-plotly-plot');"
                 " if (!p) return null; const r = p.getBoundingClientRect();"
