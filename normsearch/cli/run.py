@@ -12,7 +12,7 @@ import typer
 from rich.text import Text
 
 from normsearch.cli.common import app, console, load_recipe_flags, space_table, user_errors
-from normsearch.cli.feedback import Feedback, working
+from normsearch.cli.feedback import Feedback, interrupted, working
 from normsearch.errors import NormsearchError
 
 STARTUP_TIMEOUT = typer.Option(
@@ -205,16 +205,12 @@ def _search(
         console.print()  # end the live line, so that the error is a line of its own
         raise
     except KeyboardInterrupt:
-        console.print()
         from normsearch.run.folder import RunFolder
 
         if RunFolder.is_run(run_dir):
-            # soft_wrap: the command stays on one line, so it can be copied whatever the terminal width
-            console.print(
-                f"[yellow]interrupted.[/yellow] Continue with: {resume_hint}", highlight=False, soft_wrap=True
-            )
-        else:
-            console.print("[yellow]interrupted before any trial started; nothing was written[/yellow]")
+            raise interrupted("every finished trial is kept in the run folder", resume_hint) from None
+        console.print()
+        console.print("[yellow]interrupted before any trial started; nothing was written[/yellow]")
         raise typer.Exit(130) from None
     console.print()  # end the live line before the tables
     if outcome.recovery is not None:
@@ -230,13 +226,8 @@ def _search(
         show_run(run_dir, sort="target", top=None, show_all=False)
     if outcome.incomplete:
         unfinished = ", ".join(outcome.interrupted) or "none running"
-        console.print(
-            f"[yellow]interrupted[/yellow] ({len(outcome.interrupted)} unfinished: {unfinished}). "
-            f"Continue with: {resume_hint}",
-            highlight=False,
-            soft_wrap=True,
-        )
-        raise typer.Exit(130)
+        kept = f"every finished trial is kept ({len(outcome.interrupted)} unfinished: {unfinished})"
+        raise interrupted(kept, resume_hint)
     if outcome.all_failed:
         console.print("[red]every trial failed[/red]; the reasons are in the table above", highlight=False)
         raise typer.Exit(1)
