@@ -69,6 +69,18 @@ def set_attrs(study: Any, number: int, attrs: dict[str, Any]) -> None:
             study._storage.set_trial_user_attr(trial_id, key, value)
 
 
+def live_trial(study: Any, number: int) -> Any:
+    """A live `optuna.Trial` for the study's running trial `number`, to finish its sampling: a `suggest_*`
+    of a value the trial already holds returns that value, one it lacks is sampled by the study's sampler.
+    A driver killed between `study.ask()` and its last suggest leaves a trial with some values or none;
+    told an outcome so, it would break Optuna's grid sampler (a finished partial path is a leaf where
+    other trials branch: "param_name mismatch") and train the recipe's base network under its number."""
+    import optuna
+
+    trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+    return optuna.trial.Trial(study, trial_id)
+
+
 def _policy_attrs(record: TrialRecord, objectives: dict[str, str]) -> dict[str, Any]:
     """The trial's test-time statistics policy (the one its objectives are measured under) and, for a
     network evaluated under several (``extra.policies``), each other policy's objectives as

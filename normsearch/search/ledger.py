@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from normsearch.errors import NormsearchError
@@ -21,6 +20,7 @@ from normsearch.metrics import POLICIES, SOURCE_VAL_ACC, TARGET_SELECT_ACC
 from normsearch.recipe import Recipe
 from normsearch.results.pareto import non_dominated
 from normsearch.run.folder import RunFolder
+from normsearch.run.journal import study_written
 from normsearch.run.reconcile import Continued, repeat_record
 from normsearch.run.records import (
     UNIT_SEPARATOR,
@@ -32,56 +32,15 @@ from normsearch.run.records import (
     trial_key,
     unit_trial_id,
 )
-from normsearch.run.study import close_trial, set_attrs
+from normsearch.run.study import close_trial, live_trial, set_attrs
 from normsearch.search.constraints import best_values, parse_constraint, violations
 from normsearch.search.moasha import stop_reason
 from normsearch.search.preflight import network_count
+from normsearch.search.progress import Progress
 from normsearch.search.trial import FAILED, INIT_KEY, RESUME_KEY, STARTED_FROM, TRACE, TRIAL_KEY, UNIT_KEY
 from normsearch.space import Space
 
 MAX_REPEATS_IN_A_ROW = 200  # a sampler that proposes only visited points this often has nothing new
-
-
-@dataclass
-class Progress:
-    """What the live view shows."""
-
-    total: int
-    started: float = field(default_factory=time.time)
-    done: int = 0
-    pruned: int = 0
-    failed: int = 0
-    repeats: int = 0
-    running: set[str] = field(default_factory=set)
-    best_source: float | None = None
-    best_target: float | None = None
-    front_size: int = 0
-    points: dict[str, tuple[float, ...]] = field(default_factory=dict)
-    message: str = ""
-
-    @property
-    def elapsed(self) -> float:
-        return time.time() - self.started
-
-    epochs_per_trial: int = 0  # epochs x units: a trial's whole work (0: count trials, not epochs)
-    epochs: dict[str, int] = field(default_factory=dict)  # unit trial id -> epochs it has reported
-    working_since: float | None = None  # the first trial's start (Ray's start is not training time)
-    before: int = 0  # trials finished before this driver started (resume): not this driver's rate
-
-    @property
-    def eta(self) -> float | None:
-        """Seconds left: from the epochs finished so far (a finished or stopped trial counts its whole
-        work, a running one its epochs), at the rate since the first trial started; before any epoch,
-        from finished trials."""
-        finished = self.done + self.pruned + self.failed
-        work, running = self.epochs_per_trial, sum(self.epochs.values())
-        done_work = (finished - self.before) * work + running  # by this driver
-        if work and done_work > 0 and self.working_since is not None:
-            rate = (time.time() - self.working_since) / done_work
-            return rate * max((self.total - finished) * work - running, 0)
-        if not finished:
-            return None
-        return self.elapsed / finished * max(self.total - finished, 0)
 
 
 class Ledger:
@@ -140,32 +99,41 @@ class Ledger:
             return None
         if self.pending:
             job = self.pending.pop(0)
-            values = {k: v for k, v in job.params.items() if k in self.space.params}
+            # Sampled through a live trial: a trial asked just before the kill gets its missing values now.
+            values = self.space.sample(live_trial(self.study, job.number))
             arch = self.space.to_arch(self.recipe.model, values).to_dict()
-            self._start(job.key, job.number, values, arch, job.jobs, job.finished)
-            if not self.queue:  # every unit had finished before the kill: only the candidate is left
-                self._close_candidate(job.key)
+            if not self._placed(job.key, job.number, config_key(arch)):
+                self._start(job.key, job.number, values, arch, job.jobs, job.finished)
+                if not self.queue:  # every unit had finished before the kill: only the candidate is left
+                    self._close_candidate(job.key)
             return self.next_config()
         for _ in range(MAX_REPEATS_IN_A_ROW):
             if self.size is not None and len(self.trained) + len(self.training) >= self.size:
                 break
             asked = self.study.ask()
-            values = self.space.sample(asked)
+            study_written()  # a crash-test point between the ask and the first suggest (run/journal)
+            values = self.space.sample(_WritePoints(asked))
             arch = self.space.to_arch(self.recipe.model, values).to_dict()
-            ckey = config_key(arch)
             key = trial_key(asked.number)
-            if ckey in self.trained:
-                self._repeat(key, asked.number, self.trained[ckey])
-                continue
-            if ckey in self.training:
-                twin = self.training[ckey]
-                set_attrs(self.study, asked.number, {"trial": key, "repeat_of": twin})
-                self.waiting.setdefault(twin, []).append(asked.number)
+            if self._placed(key, asked.number, config_key(arch)):
                 continue
             self._start(key, asked.number, values, arch, [(u.name, None, 0) for u in self.units], {})
             return self.queue.pop(0)
         self._exhausted()
         return None
+
+    def _placed(self, key: str, number: int, ckey: str) -> bool:
+        """Whether study trial `number` is a repeat of a configuration trained (told its twin's outcome now)
+        or being trained (waits for its twin), instead of a candidate to train."""
+        if ckey in self.trained:
+            self._repeat(key, number, self.trained[ckey])
+            return True
+        if ckey in self.training:
+            twin = self.training[ckey]
+            set_attrs(self.study, number, {"trial": key, "repeat_of": twin})
+            self.waiting.setdefault(twin, []).append(number)
+            return True
+        return False
 
     def _exhausted(self) -> None:
         self.exhausted = True
@@ -423,3 +391,23 @@ def _error_line(trial: Any) -> str:
     died = next((line for line in lines if "died" in line.lower() or "killed" in line.lower()), None)
     head = died or (lines[-1] if lines else "the trial's process failed")
     return f"worker lost: {head}"[:400]
+
+
+class _WritePoints:
+    """An Optuna trial whose every `suggest_*` is a crash-test write point (run/journal), so the
+    crash-consistency test also kills the driver between two suggests of one trial."""
+
+    def __init__(self, trial: Any) -> None:
+        self._trial = trial
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._trial, name)
+        if not name.startswith("suggest_"):
+            return attr
+
+        def suggest(*args: Any, **kwargs: Any) -> Any:
+            value = attr(*args, **kwargs)
+            study_written()
+            return value
+
+        return suggest

@@ -29,8 +29,9 @@ from normsearch.run.folder import RunFolder
 from normsearch.run.reconcile import Recovery, end_orphans, mark_interrupted, reconcile
 from normsearch.run.records import UNIT_SEPARATOR
 from normsearch.run.study import check_study, open_study, rebuild_study, require_sound_study
-from normsearch.search.ledger import Ledger, Progress, make_callback
+from normsearch.search.ledger import Ledger, make_callback
 from normsearch.search.preflight import Preflight, check_nodes, preflight, trial_budget
+from normsearch.search.progress import Progress
 from normsearch.search.ray import (
     RayStartTimeout,
     check_cluster_resources,

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from normsearch.search.estimate import contention
-from normsearch.search.ledger import Progress
+from normsearch.search.progress import Progress
 from normsearch.train.timing import Timing
 
 

@@ -183,3 +183,45 @@ def test_two_spellings_of_one_network_are_one_configuration(tmp_path: Path) -> N
     assert (
         ledger.next_config() is None and "space exhausted: all 1 configuration(s)" in ledger.progress.message
     )
+
+
+@pytest.mark.parametrize("sampled", [[], ["norm"]], ids=["asked only", "one of two values sampled"])
+def test_a_trial_asked_just_before_the_kill_finishes_its_sampling_on_resume(
+    tmp_path: Path, sampled: list[str]
+) -> None:
+    """The driver died between `study.ask()` and the last suggest of a trial (the CI failure of a killed
+    driver: `param_name mismatch: norm != None` from the grid sampler on resume). The resumed driver
+    completes that trial's sampling under its study trial, so it never finishes with a partial assignment
+    (which would train the recipe's base network and break the grid sampler's tree), and the grid still
+    visits every configuration once."""
+    from normsearch.recipe import load_recipe
+    from normsearch.run.reconcile import reconcile
+
+    root = Path(__file__).resolve().parents[2]
+    recipe, space = load_recipe(root / "recipes" / "quickstart.yaml")
+    folder = RunFolder.create(tmp_path / "run", recipe, space)
+    objectives = recipe.search.objectives
+    study = open_study(folder, recipe.name, objectives, make_sampler(recipe))
+    first = Ledger(folder, study, recipe, space, "attempt-1", budget=5)
+    done = first.next_config()[TRIAL_KEY]  # one trial trained and finished
+    first.result(done, _final(1, 50.0, 20.0))
+    first.ended(done)
+    if sampled:
+        study.enqueue_trial({"norm": "ibn_a"})  # so that `ratio` is the value left unsampled
+    asked = study.ask()  # the next one asked, then the kill
+    for name in sampled:
+        space.params[name].suggest(asked, name)
+    assert sorted(study.trials[asked.number].params) == sampled
+    study = open_study(folder, recipe.name, objectives, make_sampler(recipe))
+    recovery = reconcile(folder, study, objectives)
+    second = Ledger(folder, study, recipe, space, "attempt-2", budget=5 - 1, continued=recovery.continued)
+    handed = []
+    while (config := second.next_config()) is not None:
+        handed.append(config[TRIAL_KEY])
+        second.result(config[TRIAL_KEY], _final(1, 40.0 + len(handed), 10.0))
+        second.ended(config[TRIAL_KEY])
+    study = optuna.load_study(study_name=recipe.name, storage=folder.study_url)
+    trained = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert all("norm" in t.params for t in trained)
+    assert all("ratio" in t.params for t in trained if t.params["norm"] == "ibn_a")
+    assert len({tuple(sorted(t.params.items())) for t in trained}) == len(trained) == 5
