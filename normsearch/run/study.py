@@ -185,11 +185,13 @@ def rebuild_study(folder: RunFolder, name: str, objectives: dict[str, str], spac
     the records, trial number for trial number: each search trial is asked again with the values it was
     trained with (enqueued, then sampled through the space as the search does) and told the outcome its
     records hold (`close_trial`); a trial whose records show no end stays RUNNING, so `resume` continues
-    it from its checkpoint; a study trial number with no record at all (asked, never recorded) is told
-    FAIL with that reason. Returns where the damaged file went."""
+    it from its checkpoint; a study trial number with no record at all (asked, never trained) is left
+    RUNNING without values, so `resume` samples it with the run's own sampler and trains it (`live_trial`):
+    told FAIL with no values, it would break the grid sampler and lose that trial from the budget.
+    Returns where the damaged file went."""
     import optuna
 
-    from normsearch.run.records import UNIT_SEPARATOR
+    from normsearch.run.records import UNIT_SEPARATOR, trial_key
 
     path = folder.path / STUDY_FILE
     k = 1
@@ -207,9 +209,8 @@ def rebuild_study(folder: RunFolder, name: str, objectives: dict[str, str], spac
             study.enqueue_trial(dict(record.config), skip_if_exists=False)
         asked = study.ask()
         assert asked.number == number, (asked.number, number)  # a fresh study numbers from 0
-        if record is None:
-            set_attrs(study, number, {"reason": "asked before the study was damaged; no record of it"})
-            study.tell(number, state=optuna.trial.TrialState.FAIL)
+        if record is None:  # asked, never trained: left RUNNING without values (see the docstring)
+            set_attrs(study, number, {"trial": trial_key(number)})
             continue
         space.sample(asked)
         close_trial(study, number, record, objectives)  # (running, interrupted: left RUNNING)

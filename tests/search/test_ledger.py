@@ -185,17 +185,20 @@ def test_two_spellings_of_one_network_are_one_configuration(tmp_path: Path) -> N
     )
 
 
+@pytest.mark.parametrize("rebuilt", [False, True], ids=["study kept", "study rebuilt from the records"])
 @pytest.mark.parametrize("sampled", [[], ["norm"]], ids=["asked only", "one of two values sampled"])
 def test_a_trial_asked_just_before_the_kill_finishes_its_sampling_on_resume(
-    tmp_path: Path, sampled: list[str]
+    tmp_path: Path, sampled: list[str], rebuilt: bool
 ) -> None:
     """The driver died between `study.ask()` and the last suggest of a trial (the CI failure of a killed
     driver: `param_name mismatch: norm != None` from the grid sampler on resume). The resumed driver
     completes that trial's sampling under its study trial, so it never finishes with a partial assignment
     (which would train the recipe's base network and break the grid sampler's tree), and the grid still
-    visits every configuration once."""
+    visits every configuration once. Rebuilt from the records (`resume --repair` after a damaged study),
+    the unrecorded trial is likewise left to the resumed driver to sample and train."""
     from normsearch.recipe import load_recipe
     from normsearch.run.reconcile import reconcile
+    from normsearch.run.study import rebuild_study
 
     root = Path(__file__).resolve().parents[2]
     recipe, space = load_recipe(root / "recipes" / "quickstart.yaml")
@@ -212,6 +215,13 @@ def test_a_trial_asked_just_before_the_kill_finishes_its_sampling_on_resume(
     for name in sampled:
         space.params[name].suggest(asked, name)
     assert sorted(study.trials[asked.number].params) == sampled
+    running = first.next_config()[TRIAL_KEY]  # a later trial started (recorded) before the kill
+    first.result(running, _final(1, 30.0, 10.0, final=False))
+    if rebuilt:
+        rebuild_study(folder, recipe.name, objectives, space)
+        assert (
+            sorted(optuna.load_study(study_name=recipe.name, storage=folder.study_url).trials[1].params) == []
+        )
     study = open_study(folder, recipe.name, objectives, make_sampler(recipe))
     recovery = reconcile(folder, study, objectives)
     second = Ledger(folder, study, recipe, space, "attempt-2", budget=5 - 1, continued=recovery.continued)
