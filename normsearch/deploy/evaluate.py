@@ -43,6 +43,7 @@ class Evaluation:
     source: str  # what was evaluated: the root folder or the recipe
     results: list[DomainResult] = field(default_factory=list)
     pending: list[str] = field(default_factory=list)  # domains not measured (an interruption)
+    policy: str = "running"  # the model's test-time statistics policy, under which it was measured
 
 
 def _signature(domain: Domain, where: str) -> str:
@@ -88,12 +89,19 @@ def _images(domain: Domain, trained: bool, whole: bool) -> tuple[torch.Tensor, t
     return x, y, ""
 
 
-@torch.no_grad()
 def measure(
-    model: torch.nn.Module, standardize: Standardizer, x: torch.Tensor, y: torch.Tensor, classes: list[str]
+    model: torch.nn.Module,
+    standardize: Standardizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    classes: list[str],
+    policy: str = "running",
 ):
-    """Accuracy (%) over (x, y) and per class (classes absent from y are left out)."""
-    predicted = torch.cat([model(standardize(x[i : i + 256])).argmax(1) for i in range(0, len(y), 256)])
+    """Accuracy (%) over (x, y) and per class (classes absent from y are left out), under the model's
+    test-time statistics `policy`, measured as training measured it (`normsearch.train.predicted_logits`)."""
+    from normsearch.train import predicted_logits
+
+    predicted = predicted_logits(model, x, standardize, policy=policy).argmax(1)
     right = predicted == y
     per_class = {
         name: 100.0 * float(right[y == k].float().mean())
@@ -172,7 +180,7 @@ def evaluate(
     trained = _trained_split(folder, data, where)
     model_id = folder.weights_id()
     done = {r["key"]: r for r in folder.evaluations() if "key" in r}
-    outcome = Evaluation(folder, source, pending=list(domains or data.domains))
+    outcome = Evaluation(folder, source, pending=list(domains or data.domains), policy=preprocess.policy)
     for name in list(outcome.pending):
         domain = data[name]
         x, y, note = _images(domain, name in trained, whole=root is not None)
@@ -181,7 +189,9 @@ def evaluate(
             r = done[key]
             result = DomainResult(name, r["label"], r["accuracy"], r["images"], r["per_class"], reused=True)
         else:
-            accuracy, per_class = measure(model, preprocess.standardize, x, y, preprocess.classes)
+            accuracy, per_class = measure(
+                model, preprocess.standardize, x, y, preprocess.classes, preprocess.policy
+            )
             result = DomainResult(name, name + note, accuracy, len(y), per_class)
             folder.append_evaluation(
                 {
@@ -192,6 +202,7 @@ def evaluate(
                     "accuracy": accuracy,
                     "images": len(y),
                     "per_class": per_class,
+                    "policy": preprocess.policy,
                 }
             )
         outcome.results.append(result)
@@ -204,6 +215,7 @@ def evaluate(
 def evaluation_tables(evaluation: Evaluation, per_class: bool) -> list[Any]:
     """The evaluation as `collect`'s tables (results/collect.py): one row for the model, one column per
     domain and their average; with `per_class`, a second table with one row per class."""
+    from normsearch.norms.running import statistics_statement
     from normsearch.results.collect import Cell, CollectedTable, Row
     from normsearch.results.confirmed import stat
 
@@ -214,7 +226,10 @@ def evaluation_tables(evaluation: Evaluation, per_class: bool) -> list[Any]:
         f"finalized trial {provenance.get('trial')} of {provenance.get('run')}, trained on "
         f"{', '.join(provenance.get('trained_on', []))}; evaluated on {evaluation.source}"
     )
-    legend = "accuracy (%) of the finalized model (one number: the model load_model returns)"
+    legend = (
+        "accuracy (%) of the finalized model (one number: the model load_model returns); "
+        + statistics_statement([evaluation.policy])
+    )
     results = evaluation.results
     columns = [r.label for r in results] + ["Avg"]
     keys = [r.domain for r in results] + ["avg"]

@@ -37,14 +37,24 @@ class SeedEnsemble(nn.Module):
 
 class Preprocess:
     """An image (Pillow image or path) -> the normalised float tensor (3, H, W) the network expects.
-    `classes` are the class names in output index order; `batch(images)` stacks several into (N, 3, H, W)."""
+    `classes` are the class names in output index order; `batch(images)` stacks several into (N, 3, H, W).
+    `policy` is the test-time statistics policy the configuration was selected under (its ArchConfig's
+    `norm.inference`: running, batch, adabn or mix:alpha=A); `normsearch evaluate` and `predict` apply it,
+    and a plain `model(x)` in eval mode is `running` (see `normsearch.train.predicted_logits` for the
+    others)."""
 
     def __init__(
-        self, size: int, mean: Sequence[float], std: Sequence[float], classes: Sequence[str]
+        self,
+        size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        classes: Sequence[str],
+        policy: str = "running",
     ) -> None:
         self.size = size
         self.standardize = Standardizer(torch.tensor(list(mean)), torch.tensor(list(std)))
         self.classes = list(classes)
+        self.policy = policy
 
     def pixels(self, image: Any) -> torch.Tensor:
         """The uint8 (3, size, size) tensor of an image, decoded and resized as training images were."""
@@ -76,9 +86,10 @@ class Preprocess:
 def preprocess_of(folder: FinalFolder) -> Preprocess:
     """The folder's preprocessing (preprocessing.json) as a callable."""
     spec = folder.preprocessing()
+    policy = ((folder.document().get("arch") or {}).get("norm") or {}).get("inference", "running")
     try:
         size = int(spec["input_size"][0])
-        return Preprocess(size, spec["mean"], spec["std"], spec["classes"])
+        return Preprocess(size, spec["mean"], spec["std"], spec["classes"], str(policy))
     except (KeyError, TypeError, ValueError, IndexError) as error:
         raise NormsearchError(f"{folder.path}: preprocessing is malformed ({error!r})") from None
 

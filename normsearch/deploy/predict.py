@@ -16,10 +16,11 @@ from pathlib import Path
 import torch
 
 from normsearch.data.folder import IMAGE_SUFFIXES
-from normsearch.deploy.model import load_model
+from normsearch.deploy.model import Preprocess, load_model
 from normsearch.errors import NormsearchError
 from normsearch.run.files import os_errors
 from normsearch.run.finalized import FinalFolder
+from normsearch.train import EVAL_BATCH, predicted_logits
 
 COLUMNS = ["path", "class", "probability", "model"]
 
@@ -83,7 +84,13 @@ def predict(
     on_progress: Callable[[PredictProgress], None] | None = None,
 ) -> PredictProgress:
     """Predict every image of `inputs` with the model in `model_dir` and append a row per image to the CSV
-    `out` (module docstring). Returns how many were predicted now and how many were already there."""
+    `out` (module docstring). Returns how many were predicted now and how many were already there.
+
+    The model's test-time statistics policy (`Preprocess.policy`) applies as in training's evaluation,
+    with its batches of `EVAL_BATCH` images whatever `batch_size`: batch and mix use the statistics of each
+    batch, adabn re-estimates on all the images given first. Batches are cut from the whole sorted list,
+    so a rerun after an interruption predicts the images left with the same batches (and numbers) as one
+    uninterrupted call."""
     if batch_size < 1:
         raise NormsearchError(f"--batch-size {batch_size}: give at least 1")
     out = Path(out)
@@ -93,6 +100,12 @@ def predict(
     todo = [p for p in paths if str(p) not in kept]
     model, preprocess = load_model(model_dir, device)
     progress = PredictProgress(total=len(paths), kept=len(paths) - len(todo))
+    policy = preprocess.policy
+    if policy != "running":  # the statistics of a batch depend on its size: training's evaluation batches
+        batch_size = EVAL_BATCH
+    if policy == "adabn" and todo:  # re-estimated once, on every image given (not only those left)
+        _adapt(model, preprocess, paths, batch_size, device)
+        policy = "running"
     if on_progress is not None:
         on_progress(progress)
     fresh = not out.exists() or out.stat().st_size == 0
@@ -100,17 +113,34 @@ def predict(
         writer = csv.writer(handle)
         if fresh:
             writer.writerow(COLUMNS)
-        for batch in _batches(todo, batch_size):
-            with torch.no_grad():
-                probs = model(preprocess.batch(batch).to(device)).softmax(1).cpu()
-            best, index = probs.max(1)
-            for path, p, i in zip(batch, best.tolist(), index.tolist(), strict=True):
-                writer.writerow([str(path), preprocess.classes[i], f"{p:.6f}", model_id])
+        for batch in _batches(paths, batch_size):
+            left = [str(p) not in kept for p in batch]
+            if not any(left):
+                continue
+            pixels = torch.stack([preprocess.pixels(p) for p in batch])
+            logits = predicted_logits(model, pixels, preprocess.standardize, len(batch), policy)
+            best, index = logits.softmax(1).max(1)
+            for path, p, i, new in zip(batch, best.tolist(), index.tolist(), left, strict=True):
+                if new:
+                    writer.writerow([str(path), preprocess.classes[i], f"{p:.6f}", model_id])
             handle.flush()
-            progress.done += len(batch)
+            progress.done += sum(left)
             if on_progress is not None:
                 on_progress(progress)
     return progress
+
+
+def _adapt(
+    model: torch.nn.Module, preprocess: Preprocess, paths: list[Path], batch_size: int, device: str
+) -> None:
+    """adabn: the model's BN statistics re-estimated on every image given (unlabelled), in batches."""
+    from normsearch.norms.running import recalibrate_bn
+
+    def batches() -> Iterator[torch.Tensor]:
+        for batch in _batches(paths, batch_size):
+            yield preprocess.batch(batch).to(device)
+
+    recalibrate_bn(model, batches(), 1_000_000)
 
 
 def read_predictions(out: str | Path) -> list[dict[str, str]]:

@@ -21,6 +21,8 @@ _LAZY = {
     "train_from_recipe": "from_recipe",
     "train_units": "from_recipe",
     "init_mode": "initialise",
+    "predicted_logits": "evaluation",
+    "EVAL_BATCH": "evaluation",
     "_standardizer": "loop",
     "train_candidate": "loop",
     "Diverged": "state",
@@ -33,6 +35,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
+    from normsearch.train.evaluation import EVAL_BATCH, predicted_logits
     from normsearch.train.from_recipe import TrainingRecipe, pretrain, train_from_recipe, train_units
     from normsearch.train.initialise import init_mode
     from normsearch.train.loop import _standardizer, train_candidate
@@ -58,6 +61,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "EVAL_BATCH",
     "Diverged",
     "TrainConfig",
     "TrainResult",
@@ -67,6 +71,7 @@ __all__ = [
     "converged",
     "hardened_arch",
     "init_mode",
+    "predicted_logits",
     "pretrain",
     "retrain_summary",
     "switch_to_hard",

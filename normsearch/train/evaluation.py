@@ -81,6 +81,29 @@ def _placed(pair: Pair, place: Callable[[torch.Tensor], torch.Tensor]) -> Pair:
 
 
 @torch.no_grad()
+def predicted_logits(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    standardize: Standardizer,
+    batch_size: int = EVAL_BATCH,
+    policy: StatsPolicy | str = "running",
+) -> torch.Tensor:
+    """The model's (eval mode) outputs for `images` (uint8), on the host, under the test-time statistics
+    `policy`: batch and mix normalize each batch of `batch_size` images with its own statistics, adabn
+    re-estimates on all of `images` first (unlabelled). What training, `evaluate` and `predict` measure."""
+    device = next(model.parameters()).device
+
+    def batches():
+        # Each batch goes to the device before it is standardised (the standardiser's statistics live
+        # there): images left on the host by the device budget stream one batch at a time.
+        for start in range(0, len(images), batch_size):
+            yield standardize(images[start : start + batch_size].to(device, non_blocking=True))
+
+    with inference_statistics(model, policy, batches):
+        outputs = [model(x).float().cpu() for x in batches()]
+    return torch.cat(outputs) if outputs else torch.empty(0)
+
+
 def correct_count(
     model: torch.nn.Module,
     images: torch.Tensor,
@@ -91,20 +114,10 @@ def correct_count(
 ) -> int:
     """How many of `images` the model (in eval mode) classifies right, under the test-time statistics
     `policy` (adabn re-estimates on these images, without their labels)."""
-    device = next(model.parameters()).device
-
-    def batches():
-        # Each batch goes to the device before it is standardised (the standardiser's statistics live
-        # there): images left on the host by the device budget stream one batch at a time.
-        for start in range(0, len(labels), batch_size):
-            yield standardize(images[start : start + batch_size].to(device, non_blocking=True))
-
-    correct = 0
-    with inference_statistics(model, policy, batches):
-        for start, x in zip(range(0, len(labels), batch_size), batches(), strict=True):
-            logits = model(x)
-            correct += int((logits.argmax(1).cpu() == labels[start : start + batch_size]).sum())
-    return correct
+    if not len(labels):
+        return 0
+    predicted = predicted_logits(model, images, standardize, batch_size, policy).argmax(1)
+    return int((predicted == labels).sum())
 
 
 def percent(correct: int, total: int) -> float:

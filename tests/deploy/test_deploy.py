@@ -121,3 +121,82 @@ def test_a_folder_that_is_not_a_finalize_output_is_one_line_exit_2(tmp_path: Pat
             assert len(result.output.strip().splitlines()) == 1
     with pytest.raises(NormsearchError, match="not a finalize output"):
         FinalFolder.open(tmp_path)  # a folder holding other things
+
+
+def _model_folder(
+    tmp_path: Path, policy: str, classes: list[str]
+) -> tuple[Path, torch.nn.Module, Preprocess]:
+    """A finalize output written through FinalFolder's own writers: a resnet-mini with random weights whose
+    ArchConfig says test-time statistics `policy`, 16 px, the given classes."""
+    from normsearch.arch import ArchConfig
+    from normsearch.models import build_model
+
+    arch = ArchConfig.from_dict(
+        {"backbone": {"preset": "resnet-mini", "num_classes": len(classes)}, "norm": {"inference": policy}}
+    )
+    torch.manual_seed(0)
+    network = build_model(arch).eval()
+    folder = FinalFolder(tmp_path / "model")
+    folder.start({"run": "hand-made", "trial": "t000", "seeds": [0]})
+    folder.write_weights(folder.weights_name(0, 1), network.state_dict(), {"seed": "0"})
+    mean, std = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
+    folder.write_preprocessing({"input_size": [16, 16], "mean": mean, "std": std, "classes": classes})
+    data = DataConfig(
+        dataset="folder", root=str(tmp_path / "elsewhere"), source="d", test=[], selection="training_domain"
+    )
+    provenance = {"trial": "t000", "trained_on": ["d"], "seeds": [0], "data": data.model_dump(mode="json")}
+    folder.write_document({"arch": arch.to_dict(), "provenance": provenance})
+    return folder.path, network, Preprocess(16, mean, std, classes)
+
+
+def _hand_probabilities(network: torch.nn.Module, x: torch.Tensor, policy: str) -> torch.Tensor:
+    """What each policy means, written with torch's own BatchNorm modes: batch = every BN normalizes with
+    the batch's statistics (train mode; running averages untouched: momentum 0); adabn = the running
+    statistics replaced by the cumulative average over the images (momentum None), then eval mode."""
+    import copy
+
+    model = copy.deepcopy(network).eval()
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    with torch.no_grad():
+        if policy == "batch":
+            for bn in bns:
+                bn.train()
+                bn.momentum = 0.0
+        elif policy == "adabn":
+            for bn in bns:
+                bn.reset_running_stats()
+                bn.momentum = None
+                bn.train()
+            model(x)
+            model.eval()
+        return model(x).softmax(1)
+
+
+@pytest.mark.parametrize("policy", ["batch", "adabn"])
+def test_evaluate_and_predict_apply_the_models_test_time_statistics_policy(
+    tmp_path: Path, policy: str
+) -> None:
+    """A configuration selected under `batch` or `adabn` is measured so by `evaluate` and `predict`, as
+    training measured it: equal to the hand formula above, and not what running statistics give."""
+    from normsearch.deploy.evaluate import evaluate
+    from normsearch.deploy.predict import predict, read_predictions
+
+    classes = ["a", "b", "c"]
+    model_dir, network, preprocess = _model_folder(tmp_path, policy, classes)
+    paths = [_png(tmp_path / "root" / "d" / classes[k % 3] / f"{k}.png", 16, 16, seed=k) for k in range(30)]
+    images = sorted(paths)
+    x = preprocess.batch(images)
+    expected = _hand_probabilities(network, x, policy)
+    assert not torch.allclose(expected, _hand_probabilities(network, x, "running"), atol=1e-3)
+    out = tmp_path / "predictions.csv"
+    predict(model_dir, [tmp_path / "root"], out, batch_size=7)  # --batch-size does not cut the statistics
+    rows = read_predictions(out)
+    assert [r["path"] for r in rows] == [str(p) for p in images]
+    best, index = expected.max(1)
+    assert [r["class"] for r in rows] == [classes[i] for i in index.tolist()]
+    assert np.allclose([float(r["probability"]) for r in rows], best.numpy(), atol=1e-5)
+    labels = torch.tensor([classes.index(p.parent.name) for p in images])
+    evaluation = evaluate(model_dir, root=tmp_path / "root")
+    (result,) = evaluation.results
+    assert result.accuracy == pytest.approx(100.0 * float((index == labels).float().mean()))
+    assert evaluation.policy == policy
