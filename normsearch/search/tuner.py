@@ -43,8 +43,7 @@ from normsearch.search.searcher import make_sampler, make_searcher
 from normsearch.search.trial import TRIAL_KEY, run_trial
 from normsearch.search.warm_start import train_supernet
 from normsearch.space import Space
-from normsearch.train import pretrain
-from normsearch.train.initialise import init_mode
+from normsearch.train import init_mode, pretrain
 
 
 def versions() -> dict[str, str]:
