@@ -233,15 +233,15 @@ class Recipe(_Strict):
         checked = [("search.objectives", name) for name in self.search.objectives]
         checked.append(("search.scheduler.metric", self.search.scheduler.metric))
         for key, name in checked:
-            if name.startswith("select/"):
-                domain = name.removeprefix("select/")
+            if name.startswith(SELECT_PREFIX):
+                domain = name.removeprefix(SELECT_PREFIX)
                 if not all(domain in unit.select for unit in units):
                     raise ValueError(
                         f"{key}: {name!r} names no select domain (of every training unit); select "
                         f"domains: {', '.join(self.data.select) or 'none'}"
                     )
-            if name.startswith("source/"):
-                domain = name.removeprefix("source/")
+            if name.startswith(SOURCE_PREFIX):
+                domain = name.removeprefix(SOURCE_PREFIX)
                 if not all(domain in unit.sources for unit in units) or len(units[0].sources) < 2:
                     raise ValueError(
                         f"{key}: {name!r}: per-source accuracies exist for a domain every unit "

@@ -39,8 +39,7 @@ def _train_and_evaluate(recipe: Any, space: Any, values: dict[str, Any], seed: i
     from normsearch.data.pipeline import Standardizer
     from normsearch.data.spec import group_means
     from normsearch.models.build import build_model
-    from normsearch.train import train_from_recipe
-    from normsearch.train.evaluation import correct_count, final_accuracies, percent, unit_sets
+    from normsearch.train import correct_count, final_accuracies, percent, train_from_recipe, unit_sets
 
     arch = space.to_arch(recipe.model, values)
     result = train_from_recipe(

@@ -205,3 +205,17 @@ def test_the_cli_starts_without_torch_or_ray() -> None:
     code = "import sys, normsearch.cli; print(sorted(m for m in ('torch', 'ray') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_train_is_entered_through_its_one_door() -> None:
+    """Outside train/, the package imports `normsearch.train` (its __init__, which loads the module behind a
+    name lazily), never a module behind it: train/loop, state, evaluation, ... are its implementation."""
+    graph = import_graph()
+    behind = sorted(
+        f"{module} -> {target}"
+        for module, targets in graph.items()
+        if _wing(module) != "train"
+        for target in targets
+        if target.startswith("normsearch.train.")
+    )
+    assert behind == []

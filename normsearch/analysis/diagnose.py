@@ -38,8 +38,7 @@ from normsearch.run.files import atomic_write_text, os_errors
 from normsearch.run.folder import RunFolder
 from normsearch.run.records import UNIT_SEPARATOR
 from normsearch.train import _standardizer as training_standardizer
-from normsearch.train import hardened_arch, train_from_recipe
-from normsearch.train.evaluation import evaluation_split, unit_sets
+from normsearch.train import evaluation_split, hardened_arch, train_from_recipe, unit_sets
 
 SOURCE = "source"
 IMAGES = 256  # per domain; the Gaussian of Eq. 1 is fit over this many images

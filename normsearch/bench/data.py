@@ -23,7 +23,7 @@ from normsearch.data.pipeline import Standardizer, balanced_batches, make_augmen
 from normsearch.data.spec import load_data
 from normsearch.models import build_model
 from normsearch.recipe import Recipe
-from normsearch.train.evaluation import unit_sets
+from normsearch.train import unit_sets
 
 
 @dataclass(frozen=True)

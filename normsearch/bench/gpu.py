@@ -85,7 +85,7 @@ def _sync(dev: torch.device) -> None:
 
 
 def _autocast(fn, dev: torch.device, precision: str):
-    from normsearch.train.precision import autocast
+    from normsearch.train import autocast
 
     def run() -> None:
         with autocast(dev, precision):
@@ -130,7 +130,7 @@ def _model(preset: str, dev: torch.device) -> torch.nn.Module:
 
 def train_step_rate(preset: str, dev: torch.device, sizes: Sizes) -> float:
     """Images/s of the preset's train step (bf16 autocast on CUDA, channels_last, SGD momentum)."""
-    from normsearch.train.precision import autocast
+    from normsearch.train import autocast
 
     model = _model(preset, dev)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
@@ -192,7 +192,7 @@ def pipeline_rates(dev: torch.device, sizes: Sizes) -> list[tuple[str, float]]:
 def worker(device: str, preset: str, size: int, batch: int, images: int, steps: int) -> dict[str, float]:
     """One trial: `steps` train steps of `preset` fed by the batched pipeline; images/s, peak GiB."""
     from normsearch.data.pipeline import AugmentConfig, Standardizer, balanced_batches, make_augment
-    from normsearch.train.precision import autocast
+    from normsearch.train import autocast
 
     dev = torch.device(device)
     torch.set_num_threads(1)
@@ -252,7 +252,7 @@ def bench_sharing(dev: torch.device, sizes: Sizes) -> tuple[dict[str, float], li
     memory beside what the preflight probe predicts."""
     from normsearch.arch import ArchConfig
     from normsearch.models import build_model
-    from normsearch.train.probe import CONTEXT_BYTES, probe_step_memory
+    from normsearch.train import CONTEXT_BYTES, probe_step_memory
 
     alone = _workers(1, dev, sizes)[0]["images_per_s"]
     shared = _workers(sizes.trials, dev, sizes)

@@ -122,32 +122,12 @@ def load_folder(
     or with `skip_unreadable` is skipped and named in the report. `max_per_domain` keeps that many files
     of each domain, chosen per class with `seed` (data/subset.py), before anything is decoded."""
     root = Path(root)
-    if not root.is_dir():
-        raise NormsearchError(f"data root {root}: no such folder")
-    found = sorted(p.name for p in root.iterdir() if p.is_dir())
-    wanted = domains if domains is not None else found
-    for name in wanted:
-        if (root / name).is_file():
-            raise NormsearchError(f"data root {root}: {name!r} is a file, not a domain folder")
-        if name not in found:
-            raise NormsearchError(
-                f"data root {root}: no domain {name!r}; domains found: {', '.join(found) or 'none'}"
-            )
+    wanted = _wanted_domains(root, domains)
     loaded: dict[str, Domain] = {}
     class_sets: dict[str, list[str]] = {}
     report = FolderReport({}, {})
     for name in wanted:
-        files = _files(root / name)
-        if not files:
-            loose = any(p.suffix.lower() in IMAGE_SUFFIXES for p in (root / name).iterdir())
-            raise NormsearchError(
-                f"data root {root}: domain {name!r} has no class folders"
-                + (" (its images lie loose in it)" if loose else "")
-                + "; the layout is <root>/<domain>/<class>/<image>"
-            )
-        for cls, paths in files.items():
-            if not paths:
-                raise NormsearchError(f"data root {root}: class {cls!r} of domain {name!r} has no images")
+        files = _class_files(root, name)
         class_sets[name] = list(files)
         if max_per_domain is not None:
             files = capped_files(files, max_per_domain, seed)
@@ -157,20 +137,7 @@ def load_folder(
                 f"data root {root}: domains {first!r} and {name!r} have different classes: "
                 f"{class_sets[first]} vs {class_sets[name]}"
             )
-        key = hashlib.sha256(
-            repr(
-                (
-                    size,
-                    skip_unreadable,
-                    max_pixels,
-                    [
-                        (str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns)
-                        for paths in files.values()
-                        for p in paths
-                    ],
-                )
-            ).encode()
-        ).hexdigest()[:20]
+        key = _cache_key(root, files, size, skip_unreadable, max_pixels)
 
         def decode(name: str = name, files: dict[str, list[Path]] = files) -> tuple:
             return _decode_domain(root, name, files, size, skip_unreadable, max_pixels)
@@ -190,6 +157,60 @@ def load_folder(
         loaded[name] = Domain(name, images, labels)
         report.skipped[name] = skipped
     return DomainSet(class_sets[wanted[0]], loaded, class_sets), report
+
+
+def _wanted_domains(root: Path, domains: list[str] | None) -> list[str]:
+    """The domains to load (default: every sub-folder of `root`), each checked to be a folder there."""
+    if not root.is_dir():
+        raise NormsearchError(f"data root {root}: no such folder")
+    found = sorted(p.name for p in root.iterdir() if p.is_dir())
+    wanted = domains if domains is not None else found
+    for name in wanted:
+        if (root / name).is_file():
+            raise NormsearchError(f"data root {root}: {name!r} is a file, not a domain folder")
+        if name not in found:
+            raise NormsearchError(
+                f"data root {root}: no domain {name!r}; domains found: {', '.join(found) or 'none'}"
+            )
+    return wanted
+
+
+def _class_files(root: Path, name: str) -> dict[str, list[Path]]:
+    """Domain `name`'s image files per class folder; a domain without class folders (images lying loose
+    in it, say) or a class without images is one error line naming the layout."""
+    files = _files(root / name)
+    if not files:
+        loose = any(p.suffix.lower() in IMAGE_SUFFIXES for p in (root / name).iterdir())
+        raise NormsearchError(
+            f"data root {root}: domain {name!r} has no class folders"
+            + (" (its images lie loose in it)" if loose else "")
+            + "; the layout is <root>/<domain>/<class>/<image>"
+        )
+    for cls, paths in files.items():
+        if not paths:
+            raise NormsearchError(f"data root {root}: class {cls!r} of domain {name!r} has no images")
+    return files
+
+
+def _cache_key(
+    root: Path, files: dict[str, list[Path]], size: int, skip_unreadable: bool, max_pixels: int
+) -> str:
+    """The decoded-domain cache key: the decoding settings and each file's path, size and mtime, so an
+    edited, added or removed image decodes again."""
+    return hashlib.sha256(
+        repr(
+            (
+                size,
+                skip_unreadable,
+                max_pixels,
+                [
+                    (str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns)
+                    for paths in files.values()
+                    for p in paths
+                ],
+            )
+        ).encode()
+    ).hexdigest()[:20]
 
 
 def capped_files(files: dict[str, list[Path]], total: int, seed: int) -> dict[str, list[Path]]:

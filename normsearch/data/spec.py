@@ -188,6 +188,13 @@ class DataConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
+        self._check_domains()
+        self._check_selection()
+        return self
+
+    def _check_domains(self) -> None:
+        """The domain names: a folder dataset has a root, synthetic domains exist, a source is an
+        uncorrupted domain that is not also selected on or tested."""
         if self.dataset == "folder" and not self.root:
             raise ValueError("dataset folder needs root: the folder holding one sub-folder per domain")
         sources = self.sources
@@ -200,6 +207,11 @@ class DataConfig(BaseModel):
                 raise ValueError(f"source {name!r}: a derived (corrupted) domain cannot be a source")
             if name in self.select or name in self.test:
                 raise ValueError(f"the source domain {name!r} cannot also be a select or test domain")
+
+    def _check_selection(self) -> None:
+        """The model-selection rule against the domains: enough sources to rotate or leave one out,
+        select domains exactly where the rule chooses on them, no domain both chosen on and reported."""
+        sources = self.sources
         rule = self.selection
         if self.rotate and len(sources) < (3 if rule == "leave_one_domain_out" else 2):
             raise ValueError(
@@ -224,7 +236,6 @@ class DataConfig(BaseModel):
                 f"domain {both[0]!r} is both select and test: choosing a model on the domain it is reported "
                 "on is test-domain selection; remove it from one list, or set selection: oracle"
             )
-        return self
 
     @property
     def sources(self) -> list[str]:

@@ -78,7 +78,7 @@ def _load_recipe(recipe_path: Path, size: int) -> tuple[DomainSet, Any]:
 
 def _images(domain: Domain, trained: bool, whole: bool) -> tuple[torch.Tensor, torch.Tensor, str]:
     """The images to measure a domain on, and the column label's note."""
-    from normsearch.train.evaluation import evaluation_split
+    from normsearch.train import evaluation_split
 
     if trained:
         x, y = domain.split("test")

@@ -24,7 +24,7 @@ from normsearch.errors import NormsearchError
 from normsearch.models.blocks import block_forward
 from normsearch.models.insert import insert_modules
 from normsearch.models.layers import slot_norm
-from normsearch.norms import make_norm
+from normsearch.norms import INPUT_NORM, make_norm
 
 
 def _channels(module: nn.Module) -> int | None:
@@ -86,7 +86,7 @@ def apply_plan(model: nn.Module, plan: NormPlan) -> nn.Module:
         model = _add_by_graph(model, plan, analysis)
     if plan.input_norm == "instance":
         conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-        model.input_norm = nn.InstanceNorm2d(conv.in_channels if conv is not None else 3, affine=False)
+        model.input_norm = make_norm(INPUT_NORM, conv.in_channels if conv is not None else 3)
         model.forward = types.MethodType(_input_norm_forward, model)
     model.plan = plan
     return model

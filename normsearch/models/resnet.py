@@ -14,7 +14,7 @@ from normsearch.arch.plan import NormPlan
 from normsearch.arch.topology import BlockShape, Topology
 from normsearch.models.blocks import SqueezeExcitation, block_forward
 from normsearch.models.layers import slot_norm
-from normsearch.norms import make_norm
+from normsearch.norms import INPUT_NORM, make_norm
 
 
 class Block(nn.Module):
@@ -75,9 +75,7 @@ class ResNet(nn.Module):
         se: bool = False,
     ) -> None:
         super().__init__()
-        self.input_norm = (
-            nn.InstanceNorm2d(in_channels, affine=False) if plan.input_norm == "instance" else None
-        )
+        self.input_norm = make_norm(INPUT_NORM, in_channels) if plan.input_norm == "instance" else None
         c = topo.stem_channels
         if stem == "cifar":
             self.conv1 = nn.Conv2d(in_channels, c, 3, 1, 1, bias=False)

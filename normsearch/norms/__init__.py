@@ -15,7 +15,14 @@ from normsearch.norms.dson import DSON
 from normsearch.norms.dsu import DSU
 from normsearch.norms.ibn import IBN
 from normsearch.norms.mixstyle import MixStyle
-from normsearch.norms.registry import REGISTRY, get_kind, make_norm, registered_kinds, validate_spec
+from normsearch.norms.registry import (
+    INPUT_NORM,
+    REGISTRY,
+    get_kind,
+    make_norm,
+    registered_kinds,
+    validate_spec,
+)
 from normsearch.norms.running import recalibrate_bn
 from normsearch.norms.selfnorm import SelfNorm
 from normsearch.norms.sparse_switchable import (
@@ -32,6 +39,7 @@ __all__ = [
     "DSON",
     "DSU",
     "IBN",
+    "INPUT_NORM",
     "REGISTRY",
     "ChannelAffine",
     "CrossNorm",

@@ -165,6 +165,10 @@ def validate_spec(spec: NormSpec | str | Mapping[str, Any]) -> NormSpec:
     return spec
 
 
+# `norm.input: instance`: each image standardised per channel before the stem (no affine, no statistics).
+INPUT_NORM = NormSpec.of("in", affine=False)
+
+
 def make_norm(spec: NormSpec | str | Mapping[str, Any], num_channels: int) -> nn.Module:
     """Build the normalizer described by `spec` for a slot with `num_channels` channels.
 

@@ -13,7 +13,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from normsearch.metrics import SOURCE_VAL_ACC, TARGET_SELECT_ACC, WORST_SOURCE_VAL_ACC
+from normsearch.metrics import (
+    SELECT_PREFIX,
+    SOURCE_PREFIX,
+    SOURCE_VAL_ACC,
+    TARGET_SELECT_ACC,
+    WORST_SOURCE_VAL_ACC,
+)
 from normsearch.results.front import RunSummary
 from normsearch.results.pareto import dominates, non_dominated
 from normsearch.run.records import UNIT_SEPARATOR, TrialRecord
@@ -147,7 +153,7 @@ def confirmation_rows(
         if not entry.runs:
             continue
         names = [SOURCE_VAL_ACC, WORST_SOURCE_VAL_ACC, TARGET_SELECT_ACC]
-        names += sorted(k for k in entry.runs[0].metrics if k.startswith(("select/", "source/")))
+        names += sorted(k for k in entry.runs[0].metrics if k.startswith((SELECT_PREFIX, SOURCE_PREFIX)))
         for name in names:
             value = entry.metric(name)
             if value is not None:

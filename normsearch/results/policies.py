@@ -63,9 +63,7 @@ def evaluate_export(recipe: Recipe, document: Path, weights: Path) -> dict[str, 
 
     from normsearch.data.spec import load_data
     from normsearch.models import build_model
-    from normsearch.train import _standardizer
-    from normsearch.train.evaluation import final_accuracies, unit_sets
-    from normsearch.train.precision import autocast
+    from normsearch.train import _standardizer, autocast, final_accuracies, unit_sets
 
     units = recipe.data.units()
     if len(units) != 1:

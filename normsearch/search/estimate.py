@@ -109,7 +109,7 @@ def timed_archs(recipe: Recipe, space: Space) -> list[tuple[str, ArchConfig]]:
 def estimate(recipe: Recipe, space: Space, trials: int, checks_seconds: float = 0.0) -> Estimate:
     """Measure and estimate (see the module docstring). Slow by design: a few seconds of real training."""
     from normsearch.data.spec import load_data
-    from normsearch.train.timing import time_training
+    from normsearch.train import time_training
 
     worker = worker_start_seconds()
     tic = time.perf_counter()

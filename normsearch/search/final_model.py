@@ -35,8 +35,7 @@ def preprocessing_for(recipe: Recipe, trial: TrialRecord) -> dict[str, Any]:
     used (with ``normalize: auto`` the sources' own statistics, fitted exactly as training fits them), the
     class names in index order, and the training-only augmentation. Loads the data (the finalize recipe's)."""
     from normsearch.data.spec import load_data
-    from normsearch.train import _standardizer
-    from normsearch.train.evaluation import unit_sets
+    from normsearch.train import _standardizer, unit_sets
 
     data = load_data(recipe.data)
     unit = recipe.data.units()[0]

@@ -113,7 +113,7 @@ def check_gpu_fraction(recipe: Recipe, capacity: int | None = None) -> int | Non
     the fraction that fits; returns the bytes needed, None when nothing was checked (no GPU asked for, or
     no capacity known)."""
     from normsearch.models import build_model
-    from normsearch.train.probe import GiB, Probe, check_fraction, device_capacity, probe_step_memory
+    from normsearch.train import GiB, Probe, check_fraction, device_capacity, probe_step_memory
 
     if recipe.resources.gpu <= 0:
         return None

@@ -44,8 +44,7 @@ from normsearch.search.searcher import make_sampler, make_searcher
 from normsearch.search.trial import TRIAL_KEY, run_trial
 from normsearch.search.warm_start import train_supernet
 from normsearch.space import Space
-from normsearch.train import pretrain
-from normsearch.train.initialise import init_mode
+from normsearch.train import init_mode, pretrain
 
 
 def versions() -> dict[str, str]:
@@ -237,6 +236,46 @@ def _trial_name(trial) -> str:
     return str(trial.config[TRIAL_KEY])
 
 
+def _claim_folder(
+    recipe: Recipe, space: Space, run_dir: Path, resume: bool, checked: Preflight | None, repair: bool
+) -> tuple[RunFolder, int, bool]:
+    """The run folder this driver claims, after the preflight (unless `checked`): on `resume` the folder
+    as checked and repaired, with the orphaned processes of a dead driver ended; otherwise a new run
+    folder. Returns it, how many orphans were ended and whether the folder was made here."""
+    if resume:
+        folder = RunFolder.open(run_dir)
+        check_folder(folder, recipe, space, repair)
+        folder.claim()
+        ended = end_orphans(folder)
+        if checked is None:
+            preflight(recipe, space, None)
+        return folder, ended, False
+    folder = RunFolder(run_dir)
+    if checked is None:
+        preflight(recipe, space, folder.path)
+    made = not folder.path.exists()
+    # The folder before Ray: a driver killed while Ray starts leaves a run that `resume` continues.
+    folder = RunFolder.create(folder.path, recipe, space)
+    folder.claim()
+    return folder, 0, made
+
+
+def _start_ray(
+    folder: RunFolder, recipe: Recipe, startup_timeout: float | None, discard: bool | None
+) -> None:
+    """Start (or connect to) the run's Ray. A start-up past its bound says how to continue; a cluster that
+    cannot be used discards a new run (`discard`: whether its folder was made here; None on resume)."""
+    try:
+        start_run_ray(folder, recipe, startup_timeout or recipe.ray.startup_timeout)
+    except RayStartTimeout as error:
+        resume_hint = f"normsearch resume {folder.path}"
+        raise RayStartTimeout(f"{error}; nothing was trained. Continue with: {resume_hint}") from None
+    except NormsearchError:
+        if discard is not None:
+            folder.discard(discard)  # a cluster that cannot be used: nothing ran, nothing is left behind
+        raise
+
+
 def run_search(
     recipe: Recipe,
     space: Space,
@@ -257,33 +296,10 @@ def run_search(
     `startup_timeout` replaces the recipe's `ray.startup_timeout` for this driver (not saved with the run).
     `trainable` is what each trial runs (`bench driver` gives one that trains nothing)."""
 
-    if resume:
-        folder = RunFolder.open(run_dir)
-        check_folder(folder, recipe, space, repair)
-        folder.claim()
-        ended = end_orphans(folder)
-        if checked is None:
-            preflight(recipe, space, None)
-    else:
-        folder = RunFolder(run_dir)
-        if checked is None:
-            preflight(recipe, space, folder.path)
-        made = not folder.path.exists()
-        # The folder before Ray: a driver killed while Ray starts leaves a run that `resume` continues.
-        folder = RunFolder.create(folder.path, recipe, space)
-        folder.claim()
-        ended = 0
+    folder, ended, made = _claim_folder(recipe, space, run_dir, resume, checked, repair)
     if on_folder is not None:
         on_folder(folder)
-    try:
-        start_run_ray(folder, recipe, startup_timeout or recipe.ray.startup_timeout)
-    except RayStartTimeout as error:
-        resume_hint = f"normsearch resume {folder.path}"
-        raise RayStartTimeout(f"{error}; nothing was trained. Continue with: {resume_hint}") from None
-    except NormsearchError:
-        if not resume:
-            folder.discard(made)  # a cluster that cannot be used: nothing ran, nothing is left behind
-        raise
+    _start_ray(folder, recipe, startup_timeout, discard=None if resume else made)
     if folder.storage is not None:
         folder.storage.mirror(folder)
 

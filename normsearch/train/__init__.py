@@ -23,6 +23,19 @@ _LAZY = {
     "init_mode": "initialise",
     "predicted_logits": "evaluation",
     "EVAL_BATCH": "evaluation",
+    "evaluation_split": "evaluation",
+    "unit_sets": "evaluation",
+    "final_accuracies": "evaluation",
+    "correct_count": "evaluation",
+    "percent": "evaluation",
+    "autocast": "precision",
+    "GiB": "probe",
+    "CONTEXT_BYTES": "probe",
+    "Probe": "probe",
+    "check_fraction": "probe",
+    "device_capacity": "probe",
+    "probe_step_memory": "probe",
+    "time_training": "timing",
     "_standardizer": "loop",
     "train_candidate": "loop",
     "Diverged": "state",
@@ -35,10 +48,27 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
-    from normsearch.train.evaluation import EVAL_BATCH, predicted_logits
+    from normsearch.train.evaluation import (
+        EVAL_BATCH,
+        correct_count,
+        evaluation_split,
+        final_accuracies,
+        percent,
+        predicted_logits,
+        unit_sets,
+    )
     from normsearch.train.from_recipe import TrainingRecipe, pretrain, train_from_recipe, train_units
     from normsearch.train.initialise import init_mode
     from normsearch.train.loop import _standardizer, train_candidate
+    from normsearch.train.precision import autocast
+    from normsearch.train.probe import (
+        CONTEXT_BYTES,
+        GiB,
+        Probe,
+        check_fraction,
+        device_capacity,
+        probe_step_memory,
+    )
     from normsearch.train.state import (
         Diverged,
         TrainResult,
@@ -48,6 +78,7 @@ if TYPE_CHECKING:
         retrain_summary,
         switch_to_hard,
     )
+    from normsearch.train.timing import time_training
 
 
 def __getattr__(name: str) -> Any:
@@ -61,21 +92,34 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "CONTEXT_BYTES",
     "EVAL_BATCH",
     "Diverged",
+    "GiB",
+    "Probe",
     "TrainConfig",
     "TrainResult",
     "TrainState",
     "TrainingRecipe",
     "_standardizer",
+    "autocast",
+    "check_fraction",
     "converged",
+    "correct_count",
+    "device_capacity",
+    "evaluation_split",
+    "final_accuracies",
     "hardened_arch",
     "init_mode",
+    "percent",
     "predicted_logits",
     "pretrain",
+    "probe_step_memory",
     "retrain_summary",
     "switch_to_hard",
+    "time_training",
     "train_candidate",
     "train_from_recipe",
     "train_units",
+    "unit_sets",
 ]

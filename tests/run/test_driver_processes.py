@@ -17,19 +17,20 @@ from normsearch.run.folder import RunFolder
 from normsearch.run.reconcile import session_processes
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = ["--set", "data.n_train=120", "--set", "data.n_val=30", "--set", "data.n_test=30"]
+# The shared tiny budget with fewer images; each test sets its own epochs.
+SMALLER = {"train.epochs": None, "data.n_train": 120, "data.n_val": 30, "data.n_test": 30}
 pytestmark = pytest.mark.slow
 
 
-def _driver(out: Path, *extra: str) -> subprocess.Popen:
+def _driver(out: Path, tiny, *extra: str) -> subprocess.Popen:
     command = [sys.executable, "-m", "normsearch", "run", str(ROOT / "recipes" / "quickstart.yaml")]
-    command += ["--output", str(out), *TINY, "--set", "search.num_samples=2", *extra]
+    command += ["--output", str(out), *tiny.but(SMALLER), "--set", "search.num_samples=2", *extra]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def test_a_killed_driver_leaves_no_ray_process_after_resume(tmp_path: Path) -> None:
+def test_a_killed_driver_leaves_no_ray_process_after_resume(tmp_path: Path, tiny) -> None:
     out = tmp_path / "killed"
-    driver = _driver(out, "--set", "train.epochs=3")
+    driver = _driver(out, tiny, "--set", "train.epochs=3")
     assert driver.stdout is not None
     for line in driver.stdout:  # the path is printed only once the folder is a run
         if line.startswith("run folder "):
@@ -58,9 +59,9 @@ def test_a_killed_driver_leaves_no_ray_process_after_resume(tmp_path: Path) -> N
     assert not session_processes(temp_dir)
 
 
-def test_ray_not_starting_in_time_is_one_line_exit_1_and_the_run_resumes(tmp_path: Path) -> None:
+def test_ray_not_starting_in_time_is_one_line_exit_1_and_the_run_resumes(tmp_path: Path, tiny) -> None:
     out = tmp_path / "slow"
-    driver = _driver(out, "--set", "train.epochs=1", "--ray-startup-timeout", "1")
+    driver = _driver(out, tiny, "--set", "train.epochs=1", "--ray-startup-timeout", "1")
     output, _ = driver.communicate(timeout=300)
     assert driver.returncode == 1, output
     errors = [line for line in output.splitlines() if "error: " in line]

@@ -31,7 +31,8 @@ from normsearch.run.records import FINISHED
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICK = str(ROOT / "recipes" / "quickstart.yaml")
-TINY = ["--set", "data.n_train=200", "--set", "data.n_val=40", "--set", "data.n_test=40"]
+# The shared tiny budget with fewer images; a run that trains sets its own epochs.
+SMALLER = {"train.epochs": None, "data.n_train": 200, "data.n_val": 40, "data.n_test": 40}
 
 pytestmark = pytest.mark.slow  # needs `unshare -m` and `mount` (root), as the test machines have
 
@@ -211,11 +212,11 @@ def _normsearch(cluster: Cluster, *args: str, cwd: Path | None = None) -> subpro
     )  # fmt: skip
 
 
-def test_without_storage_the_preflight_names_the_node_that_cannot_see_the_run_folder(cluster) -> None:
+def test_without_storage_the_preflight_names_the_node_that_cannot_see_the_run_folder(cluster, tiny) -> None:
     out = cluster.runs / "no-storage"
     for extra in (["--dry-run", "--no-estimate"], []):
-        done = _normsearch(cluster, "run", QUICK, "--address", cluster.address, "--output", str(out), *TINY,
-                           *extra)  # fmt: skip
+        done = _normsearch(cluster, "run", QUICK, "--address", cluster.address, "--output", str(out),
+                           *tiny.but(SMALLER), *extra)  # fmt: skip
         errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
         assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
         assert len(errors) == 1, done.stderr[-3000:]
@@ -225,12 +226,12 @@ def test_without_storage_the_preflight_names_the_node_that_cannot_see_the_run_fo
         assert not [p for p in cluster.runs.iterdir() if p.name.startswith(".normsearch-nodes-")]
 
 
-def test_a_search_with_s3_storage_completes_on_the_two_nodes(cluster, s3) -> None:
+def test_a_search_with_s3_storage_completes_on_the_two_nodes(cluster, s3, tiny) -> None:
     out = cluster.runs / "with-storage"
     done = _normsearch(
         cluster, "run", QUICK, "--address", cluster.address, "--output", str(out), "--storage",
         f"s3://{s3.bucket}/cluster", "--num-samples", "2", "--max-concurrent", "2", "--set",
-        "train.epochs=1", *TINY,
+        "train.epochs=1", *tiny.but(SMALLER),
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     records = RunFolder(out).records()
@@ -280,7 +281,9 @@ def _records_when(out: Path, predicate, seconds: float = 300.0) -> list[dict]:
 
 
 # Last in this module: it kills the fixture's worker node.
-def test_a_lost_worker_node_s_trials_continue_on_the_head_from_their_checkpoints_in_s3(cluster, s3) -> None:
+def test_a_lost_worker_node_s_trials_continue_on_the_head_from_their_checkpoints_in_s3(
+    cluster, s3, tiny
+) -> None:
     out = cluster.runs / "lost-node"
     epochs = 3
     log = out.parent / "lost-node.log"
@@ -288,7 +291,7 @@ def test_a_lost_worker_node_s_trials_continue_on_the_head_from_their_checkpoints
         driver = subprocess.Popen(
             [sys.executable, "-m", "normsearch", "run", QUICK, "--address", cluster.address, "--output",
              str(out), "--storage", f"s3://{s3.bucket}/lost", "--num-samples", "2", "--max-concurrent", "2",
-             "--set", f"train.epochs={epochs}", *TINY],
+             "--set", f"train.epochs={epochs}", *tiny.but(SMALLER)],
             env=cluster.env, stdout=sink, stderr=subprocess.STDOUT,
         )  # fmt: skip
     try:

@@ -21,7 +21,8 @@ from normsearch.run.records import FINISHED
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICK = str(ROOT / "recipes" / "quickstart.yaml")
-TINY = ["--set", "data.n_train=200", "--set", "data.n_val=40", "--set", "data.n_test=40"]
+# The shared tiny budget with fewer images; each run sets its own epochs.
+SMALLER = {"train.epochs": None, "data.n_train": 200, "data.n_val": 40, "data.n_test": 40}
 
 pytestmark = pytest.mark.slow
 
@@ -36,10 +37,10 @@ def _command(*args: str) -> list[str]:
     return [sys.executable, "-m", "normsearch", *args]
 
 
-def _run(out: Path, storage: str, samples: int, epochs: int, *extra: str) -> list[str]:
+def _run(out: Path, storage: str, samples: int, epochs: int, tiny, *extra: str) -> list[str]:
     return _command(
         "run", QUICK, "--output", str(out), "--storage", storage, "--num-samples", str(samples),
-        "--max-concurrent", "2", "--set", f"train.epochs={epochs}", *TINY, *extra,
+        "--max-concurrent", "2", "--set", f"train.epochs={epochs}", *tiny.but(SMALLER), *extra,
     )  # fmt: skip
 
 
@@ -59,10 +60,14 @@ def _finished_once(records: list[dict]) -> list[str]:
     return sorted(done)
 
 
-def test_a_search_with_s3_storage_keeps_every_checkpoint_in_the_bucket(tmp_path: Path, s3) -> None:
+def test_a_search_with_s3_storage_keeps_every_checkpoint_in_the_bucket(tmp_path: Path, s3, tiny) -> None:
     out = tmp_path / "runs" / "s3run"
     done = subprocess.run(
-        _run(out, f"s3://{s3.bucket}/one", 2, 2), env=_env(s3), capture_output=True, text=True, timeout=600
+        _run(out, f"s3://{s3.bucket}/one", 2, 2, tiny),
+        env=_env(s3),
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     trials = _finished_once(RunFolder(out).records())
@@ -109,10 +114,10 @@ def _kill_tree(process: subprocess.Popen) -> None:
     process.wait(timeout=60)
 
 
-def test_a_killed_driver_resumes_from_the_bucket_in_an_empty_directory(tmp_path: Path, s3) -> None:
+def test_a_killed_driver_resumes_from_the_bucket_in_an_empty_directory(tmp_path: Path, s3, tiny) -> None:
     out = tmp_path / "first-machine" / "killed"
     driver = subprocess.Popen(
-        _run(out, f"s3://{s3.bucket}/two", 2, 3, "--max-concurrent", "1"),
+        _run(out, f"s3://{s3.bucket}/two", 2, 3, tiny, "--max-concurrent", "1"),
         env=_env(s3), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     try:  # killed once a trial has finished and the next has checkpointed its first epoch (of three)
