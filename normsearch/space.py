@@ -229,8 +229,13 @@ class Space(BaseModel):
         return None if found is None else len(found)
 
     # --- mapping onto ArchConfig -------------------------------------------------------------------
-    def to_arch(self, base: ArchConfig, values: dict[str, Scalar], source: str | None = None) -> ArchConfig:
-        """The ArchConfig of one sampled assignment: `base`, then `fixed`, then each active parameter."""
+    def to_arch(
+        self, base: ArchConfig, values: dict[str, Scalar], source: str | None = None, resolve: bool = True
+    ) -> ArchConfig:
+        """The ArchConfig of one sampled assignment: `base`, then `fixed`, then each active parameter.
+        With `resolve` (the driver, sampling it) its NormPlan is resolved too, so a placement error is one
+        line then; a trial's worker, which resolves the plan once for training, passes False (the fields
+        are still validated)."""
         data = base.to_dict()
         where = source or f"space {self.name}"
 
@@ -252,7 +257,7 @@ class Space(BaseModel):
                 assign(f"params.{name}.path", param.path, value)
             for path, set_value in (param.sets or {}).get(str(value), {}).items():
                 assign(f"params.{name}.sets", path, set_value)
-        return ArchConfig.from_dict(data, where)
+        return ArchConfig.from_dict(data, where) if resolve else validate(ArchConfig, data, where)
 
     def check(self, base: ArchConfig, source: str) -> int:
         """Build the ArchConfig (and its NormPlan) of every assignment, or of a grid over continuous ones,
@@ -266,8 +271,7 @@ class Space(BaseModel):
                 )
         checked = 0
         for values in self.probe_assignments():
-            arch = self.to_arch(base, values, f"{source} ({self.name} with {values})")
-            arch.resolve(f"{source} ({self.name} with {values})")
+            self.to_arch(base, values, f"{source} ({self.name} with {values})")  # resolves its plan
             checked += 1
         return checked
 

@@ -83,7 +83,8 @@ def run_trial(config: dict[str, Any], recipe_json: str, space_json: str) -> None
         epoch = state.epoch if state is not None else 0
         values = {k: config[k] for k in space.params if k in config}
         unit = next(u for u in recipe.data.units() if u.name == config.get(UNIT_KEY, ""))
-        arch = space.to_arch(recipe.model, values)
+        # Resolved by the driver when it sampled them; here once, by training (issue 19: once per trial).
+        arch = space.to_arch(recipe.model, values, resolve=False)
         data = _cached_data(recipe.data.model_dump_json())
 
         def snapshot(train_state: Any) -> None:

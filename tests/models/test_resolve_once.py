@@ -65,3 +65,23 @@ def test_build_model_resolves_once_and_build_network_never(tmp_path, resolutions
     assert resolutions == []
     a, b = from_file.state_dict(), from_plan.state_dict()
     assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_trials_worker_resolves_its_sampled_values_once_and_the_space_check_once_each(resolutions) -> None:
+    """The worker rebuilds the ArchConfig of its sampled values without resolving it (the driver did, when
+    it sampled them), so training's resolution is the trial's only one; `Space.check` resolves each
+    assignment once, and still refuses an impossible one in one line."""
+    from normsearch.errors import NormsearchError
+    from normsearch.space import Space
+
+    base = ArchConfig.from_dict({"backbone": {"preset": "resnet-mini"}, "norm": {"ibn": {"stages": [1]}}})
+    space = Space.model_validate(
+        {"params": {"ratio": {"type": "categorical", "choices": [0.25, 0.5], "path": "norm.ibn.ratio"}}}
+    )
+    resolutions.clear()
+    arch = space.to_arch(base, {"ratio": 0.25}, resolve=False)
+    assert resolutions == [] and arch.norm.ibn.ratio == 0.25
+    assert space.check(base, "recipe") == 2 and len(resolutions) == 2
+    bad = Space.model_validate({"fixed": {"norm.ibn.stages": [7]}, "params": space.model_dump()["params"]})
+    with pytest.raises(NormsearchError, match="stage"):
+        bad.check(base, "recipe")
