@@ -26,6 +26,8 @@ from normsearch.metrics import (
     TARGET_SELECT_ACC,
     is_metric,
 )
+from normsearch.search.constraints import parse_constraint
+from normsearch.space import load_space
 from normsearch.train import TrainConfig
 
 if TYPE_CHECKING:
@@ -136,8 +138,6 @@ class SearchConfig(_Strict):
     @field_validator("constraints")
     @classmethod
     def _constraints(cls, value: list[str]) -> list[str]:
-        from normsearch.search.constraints import parse_constraint
-
         for text in value:
             parse_constraint(text)  # raises ValueError naming what is allowed
         return value
@@ -282,8 +282,6 @@ def load_recipe(
     """Read and validate a recipe with CLI flags laid over it; returns the recipe and its search space
     (loaded and checked against the recipe's model). `overrides` are ``key.path=value`` strings (the value
     parsed as YAML), applied before the named flags."""
-    from normsearch.space import load_space
-
     path = Path(path)
     raw = read_mapping(path)
     flags = {

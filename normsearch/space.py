@@ -40,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator,
 from normsearch.arch import ArchConfig
 from normsearch.config import assign_path, read_mapping, validate
 from normsearch.errors import NormsearchError
+from normsearch.norms.running import StatsPolicy
 
 Scalar = bool | int | float | str | None
 MAX_ENUMERATION = 100_000
@@ -170,8 +171,6 @@ class Space(BaseModel):
     @field_validator("policies")
     @classmethod
     def _parse_policies(cls, value: list[str]) -> list[str]:
-        from normsearch.norms.running import StatsPolicy
-
         try:
             parsed = [str(StatsPolicy.parse(str(text))) for text in value]
         except NormsearchError as error:

@@ -27,6 +27,7 @@ from normsearch.config import read_mapping, validate
 from normsearch.errors import NormsearchError
 from normsearch.norms.crossnorm import BOXES, CROPS, MODES, PAIRINGS
 from normsearch.norms.registry import validate_spec
+from normsearch.norms.running import StatsPolicy
 from normsearch.norms.selfnorm import FORMS
 from normsearch.norms.switchable import STATS
 
@@ -317,8 +318,6 @@ class NormConfig(_Strict):
     @field_validator("inference")
     @classmethod
     def _inference_policy(cls, value: str) -> str:
-        from normsearch.norms.running import StatsPolicy
-
         try:
             return str(StatsPolicy.parse(value))
         except NormsearchError as error:

@@ -31,6 +31,7 @@ from normsearch.arch.trace import (
     is_join,
     is_norm_slot,
     nearest,
+    scopes,
     shapes,
     slot_channels,
     trace,
@@ -221,8 +222,6 @@ class _Builder:
                 fork = self.g.fork(fork, a) if fork is not None else None
             if fork is None:
                 continue
-            from normsearch.arch.trace import scopes
-
             stack = [s for s in scopes(node) if s]
             taken = {u["name"] for u in self.units}
             is_module = bool(stack) and stack[-1] not in taken

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from normsearch.arch.families import analyze
 from normsearch.errors import NormsearchError
 
 SOURCES = ("torchvision", "timm", "module")
@@ -124,8 +125,6 @@ def build_source(
 
 @lru_cache(maxsize=64)
 def _analysis(key: str):
-    from normsearch.arch.families import analyze
-
     spec = json.loads(key)
     model = build_source(spec["kind"], spec["name"], spec["kwargs"], 10, spec["in_channels"], "meta")
     return analyze(model)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
 
 ADDS = {operator.add, operator.iadd, torch.add}
 CATS = {torch.cat, torch.concat}
@@ -146,8 +147,6 @@ class Graph:
 def shapes(gm: fx.GraphModule, size: int) -> dict[str, tuple[int, ...]]:
     """Each node's output shape for two meta-device images of `size` px (nothing is computed; two, so a
     BatchNorm in training mode accepts a 1×1 map)."""
-    from torch.fx.passes.shape_prop import ShapeProp
-
     gm = gm.to("meta")
     in_ch = 3
     for m in gm.modules():

@@ -25,6 +25,8 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from normsearch.data.augment_batched import BatchedAugment
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -77,8 +79,6 @@ def make_augment(config: AugmentConfig, size: int, device: torch.device | str = 
     if engine == "auto":
         engine = "batched" if torch.device(device).type == "cuda" else "per_image"
     if engine == "batched" and (config.preset == "domainbed" or config.translate or config.hflip):
-        from normsearch.data.augment_batched import BatchedAugment
-
         return BatchedAugment(config.preset, size, config.translate, config.hflip)
     if config.preset == "domainbed":
         return v2.Compose(

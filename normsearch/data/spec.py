@@ -27,6 +27,7 @@ from pydantic import (
 
 from normsearch.data.corruptions import CORRUPTIONS, corrupt_domain
 from normsearch.data.domains import Domain, DomainSet
+from normsearch.data.folder import load_folder
 from normsearch.data.protocol import Unit, describe_rule, expand_units
 from normsearch.data.subset import cap_domain
 from normsearch.data.synthetic import STYLES, make_synthetic
@@ -294,8 +295,6 @@ def load_data(config: DataConfig) -> DomainSet:
             capped = {n: cap_domain(d, config.max_per_domain, config.seed) for n, d in data.domains.items()}
             data = DomainSet(data.classes, capped)
     else:
-        from normsearch.data.folder import load_folder
-
         data, report = load_folder(
             Path(config.root or "."),
             stored,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from torchvision.utils import make_grid
 
 from normsearch.data.domains import DomainSet
 from normsearch.data.spec import DataConfig
@@ -68,7 +69,6 @@ def save_grid(data: DomainSet, config: DataConfig, path: Path, per_row: int = 12
     images taken in turn from each class (paired across synthetic domains, so each column shows one glyph
     in every style)."""
     from PIL import Image, ImageDraw
-    from torchvision.utils import make_grid
 
     rows = []
     for domain in data.domains.values():

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torchvision.models import DenseNet, MobileNetV2
+from torchvision.ops.misc import Conv2dNormActivation
 
 
 class PreActBlock(nn.Module):
@@ -97,8 +99,6 @@ def densenet_cifar(
 ) -> nn.Module:
     """DenseNet-BC with a CIFAR stem (3×3 conv, `stem_stride`, no max-pool); `num_init_features` defaults
     to 2k as in DenseNet-BC."""
-    from torchvision.models import DenseNet
-
     init = num_init_features or 2 * growth_rate
     model = DenseNet(growth_rate, tuple(block_config), init, bn_size, num_classes=num_classes)
     model.features.conv0 = nn.Conv2d(in_channels, init, 3, stem_stride, 1, bias=False)
@@ -121,9 +121,6 @@ def mobilenet_v2_cifar(
 ) -> nn.Module:
     """MobileNetV2 for 32 px: stride-1 stem, `setting` rows (t, c, n, s) as torchvision's, and a
     `last_channel`-wide head conv instead of 1280 (the small default has 0.2M parameters)."""
-    from torchvision.models import MobileNetV2
-    from torchvision.ops.misc import Conv2dNormActivation
-
     model = MobileNetV2(num_classes, width_mult, setting or MOBILE_CIFAR)
     stem = model.features[0][0]
     model.features[0][0] = nn.Conv2d(in_channels, stem.out_channels, 3, stem_stride, 1, bias=False)

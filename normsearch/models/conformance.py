@@ -27,6 +27,7 @@ from torch import nn
 
 from normsearch.arch import ArchConfig
 from normsearch.errors import NormsearchError
+from normsearch.models import build_model
 
 
 @dataclass
@@ -86,8 +87,6 @@ def _outcome(fn: Callable[[], None]) -> str:
 
 def check_network(backbone: dict[str, Any], size: int = 64, name: str | None = None) -> Conformance:
     """Run the conformance checks on the network `backbone` describes (see the module docstring)."""
-    from normsearch.models import build_model
-
     tic = time.perf_counter()
     base = ArchConfig.from_dict({"backbone": backbone})
     result = Conformance(name or next(iter(backbone.values())))

@@ -38,6 +38,7 @@ import torch
 
 from normsearch.arch.config import plan_of
 from normsearch.errors import NormsearchError
+from normsearch.run.files import atomic_write_bytes
 
 FORMAT = "normsearch-checkpoint"
 VERSION = 1
@@ -100,8 +101,6 @@ def save_checkpoint(checkpoint: Checkpoint, path: str | Path) -> Path:
     """Write a normsearch checkpoint (state_dict on the CPU, the ArchConfig, provenance) atomically: a
     reader never sees half a file, a crash leaves the previous file in place."""
     import io
-
-    from normsearch.run.files import atomic_write_bytes
 
     state = {k: v.detach().cpu().contiguous() for k, v in checkpoint.state_dict.items()}
     arch = json.dumps(checkpoint.arch)

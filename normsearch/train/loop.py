@@ -51,7 +51,7 @@ from normsearch.data.stream import DevicePlacer, cache_budget, epoch_batches
 from normsearch.metrics import LOSS, PARAMS, POLICIES, TRAIN_ACC
 from normsearch.norms.crossnorm import CrossNormPolicy
 from normsearch.norms.domains import routed_layers, set_domains
-from normsearch.norms.running import recalibrate_bn
+from normsearch.norms.running import StatsPolicy, recalibrate_bn
 from normsearch.norms.sparse_switchable import set_sparse_progress
 from normsearch.train.config import TrainConfig
 from normsearch.train.evaluation import UnitSets, epoch_metrics, final_accuracies, policy_results, unit_sets
@@ -341,8 +341,6 @@ def _run_epoch(run: _Run, epoch: int, data: DomainSet, unit: Unit) -> dict[str, 
 
 def _policies(policies: list[str] | None, own: str) -> list[str]:
     """The policies to measure the final epoch under besides the network's own, in the given order."""
-    from normsearch.norms.running import StatsPolicy
-
     parsed = [str(StatsPolicy.parse(p)) for p in policies or []]
     return [p for p in dict.fromkeys(parsed) if p != own]
 

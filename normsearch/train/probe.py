@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from normsearch.errors import NormsearchError
+from normsearch.train.precision import autocast
 
 GiB = 2**30
 CONTEXT_BYTES = GiB // 2  # a CUDA context and cuDNN/cuBLAS workspaces, per process
@@ -45,8 +46,6 @@ def device_capacity() -> int | None:
 
 
 def _step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, precision: str) -> None:
-    from normsearch.train.precision import autocast
-
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9)
     for _ in range(2):
         with autocast(x.device, precision):
@@ -64,8 +63,6 @@ def _counted_bytes(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, pre
         key = (id(t.untyped_storage()) if t.device.type != "meta" else id(t), t.shape, t.dtype)
         saved[key] = t.numel() * t.element_size()
         return t
-
-    from normsearch.train.precision import autocast
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast(x.device, precision):
         loss = torch.nn.functional.cross_entropy(model(x), y)
