@@ -17,6 +17,7 @@ COLORS = {"in": "#d62728", "ln": "#2ca02c", "bn": "#1f77b4"}
 
 
 def _figure(width: float, height: float, rows: int = 1) -> tuple[Any, Any]:
+    # deferred: the Agg backend is chosen when a figure is drawn, not when this module is imported
     import matplotlib
 
     matplotlib.use("Agg")
@@ -26,7 +27,7 @@ def _figure(width: float, height: float, rows: int = 1) -> tuple[Any, Any]:
 
 
 def _save(fig: Any, path: Path, title: str) -> Path:
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred, as in `_figure`
 
     fig.suptitle("\n".join(textwrap.wrap(title, 90)), fontsize=9)
     fig.tight_layout()

@@ -27,6 +27,7 @@ SOURCES = ("torchvision", "timm", "module")
 
 def torchvision_names() -> list[str]:
     """Every classification builder torchvision registers (`list_models(module=torchvision.models)`)."""
+    # deferred: reading a run imports this module but never torchvision (test_show_rows.py)
     import torchvision
 
     return sorted(torchvision.models.list_models(module=torchvision.models))
@@ -46,7 +47,7 @@ def _accepts(fn: Any, key: str) -> bool:
 
 
 def _torchvision(name: str, kwargs: dict[str, Any], num_classes: int, in_channels: int) -> nn.Module:
-    import torchvision
+    import torchvision  # deferred, as in `torchvision_names`
 
     names = torchvision_names()
     if name not in names:

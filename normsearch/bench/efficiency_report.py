@@ -135,6 +135,7 @@ def write_png(summary: Summary, path: str | Path) -> Path:
     """Hypervolume against cumulative trial-epochs, median line and interquartile band per method
     (colour: algorithm, line style: scheduler), in % of the full grid's hypervolume, with 100 % and 99 %
     marked and 1/3 of the grid's compute."""
+    # deferred: the Agg backend is chosen when a figure is drawn, not when this module is imported
     import matplotlib
 
     matplotlib.use("Agg")

@@ -73,6 +73,7 @@ class Standardizer:
 def make_augment(config: AugmentConfig, size: int, device: torch.device | str = "cpu"):
     """The training augmentation on uint8 images, or None when nothing is enabled: a per-image
     transforms-v2 pipeline, or a `BatchedAugment` (``engine``; auto picks batched on CUDA)."""
+    # deferred: reading a run imports this module but never torchvision (test_show_rows.py)
     from torchvision.transforms import v2
 
     engine = config.engine

@@ -20,11 +20,18 @@ from typing import Any
 import torch
 
 from normsearch.data.domains import Domain, DomainSet
+from normsearch.data.folder import load_folder
 from normsearch.data.pipeline import Standardizer
+from normsearch.data.spec import DataConfig, load_data
 from normsearch.data.subset import cap_domain
 from normsearch.deploy.model import load_model
 from normsearch.errors import NormsearchError
+from normsearch.norms.running import statistics_statement
+from normsearch.recipe import load_recipe
+from normsearch.results.collect import Cell, CollectedTable, Row
+from normsearch.results.confirmed import stat
 from normsearch.run.finalized import FinalFolder
+from normsearch.train import evaluation_split, predicted_logits
 
 
 @dataclass
@@ -55,8 +62,6 @@ def _signature(domain: Domain, where: str) -> str:
 
 
 def _load_root(root: Path, names: list[str] | None, size: int) -> DomainSet:
-    from normsearch.data.folder import load_folder
-
     if not root.is_dir():
         raise NormsearchError(f"--root {root}: no such folder")
     if names is None:
@@ -66,9 +71,6 @@ def _load_root(root: Path, names: list[str] | None, size: int) -> DomainSet:
 
 
 def _load_recipe(recipe_path: Path, size: int) -> tuple[DomainSet, Any]:
-    from normsearch.data.spec import DataConfig, load_data
-    from normsearch.recipe import load_recipe
-
     recipe, _ = load_recipe(recipe_path)
     config = DataConfig.model_validate({**recipe.data.model_dump(mode="json"), "size": size})
     data = load_data(config)
@@ -78,8 +80,6 @@ def _load_recipe(recipe_path: Path, size: int) -> tuple[DomainSet, Any]:
 
 def _images(domain: Domain, trained: bool, whole: bool) -> tuple[torch.Tensor, torch.Tensor, str]:
     """The images to measure a domain on, and the column label's note."""
-    from normsearch.train import evaluation_split
-
     if trained:
         x, y = domain.split("test")
         return x, y, " (source: test split)"
@@ -99,8 +99,6 @@ def measure(
 ):
     """Accuracy (%) over (x, y) and per class (classes absent from y are left out), under the model's
     test-time statistics `policy`, measured as training measured it (`normsearch.train.predicted_logits`)."""
-    from normsearch.train import predicted_logits
-
     predicted = predicted_logits(model, x, standardize, policy=policy).argmax(1)
     right = predicted == y
     per_class = {
@@ -114,8 +112,6 @@ def measure(
 def _trained_split(folder: FinalFolder, data: DomainSet, where: Path | None) -> set[str]:
     """The evaluated domains the model was trained on, given their test split (same folder as training's,
     capped by training's `max_per_domain` and split with training's fractions and seed)."""
-    from normsearch.data.spec import DataConfig
-
     trained = DataConfig.model_validate(folder.document()["provenance"]["data"])
     names = {n for n in trained.sources if n in data.domains}
     if where is not None:  # a folder: the same folder as training's, split the way training split it
@@ -143,8 +139,6 @@ def check_inputs(root: str | Path | None, recipe: str | Path | None, domains: li
             raise NormsearchError(f"--root {root}: no such folder")
         found = sorted(p.name for p in root.iterdir() if p.is_dir())
     else:
-        from normsearch.recipe import load_recipe
-
         found = load_recipe(Path(recipe or ""))[0].data.domains() if recipe else []
     unknown = [d for d in domains or [] if d not in found]
     if unknown:
@@ -215,10 +209,6 @@ def evaluate(
 def evaluation_tables(evaluation: Evaluation, per_class: bool) -> list[Any]:
     """The evaluation as `collect`'s tables (results/collect.py): one row for the model, one column per
     domain and their average; with `per_class`, a second table with one row per class."""
-    from normsearch.norms.running import statistics_statement
-    from normsearch.results.collect import Cell, CollectedTable, Row
-    from normsearch.results.confirmed import stat
-
     document = evaluation.folder.document()
     provenance = document.get("provenance", {})
     title = f"{evaluation.folder.path.name}: evaluate"

@@ -16,9 +16,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from normsearch.arch import ArchConfig
 from normsearch.data.folder import IMAGE_SUFFIXES, image_tensor
 from normsearch.data.pipeline import Standardizer
 from normsearch.errors import NormsearchError
+from normsearch.models import build_model
 from normsearch.run.finalized import FinalFolder
 
 
@@ -96,9 +98,6 @@ def preprocess_of(folder: FinalFolder) -> Preprocess:
 
 def build_members(folder: FinalFolder) -> list[nn.Module]:
     """Every member network of the folder, weights loaded strictly, in eval mode."""
-    from normsearch.arch import ArchConfig
-    from normsearch.models import build_model
-
     document = folder.document()
     members = document.get("members") or [{"weights": folder.weights_name(0, 1), "arch": document["arch"]}]
     networks = []

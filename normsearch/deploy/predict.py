@@ -18,6 +18,7 @@ import torch
 from normsearch.data.folder import IMAGE_SUFFIXES
 from normsearch.deploy.model import Preprocess, load_model
 from normsearch.errors import NormsearchError
+from normsearch.norms.running import recalibrate_bn
 from normsearch.run.files import os_errors
 from normsearch.run.finalized import FinalFolder
 from normsearch.train import EVAL_BATCH, predicted_logits
@@ -134,7 +135,6 @@ def _adapt(
     model: torch.nn.Module, preprocess: Preprocess, paths: list[Path], batch_size: int, device: str
 ) -> None:
     """adabn: the model's BN statistics re-estimated on every image given (unlabelled), in batches."""
-    from normsearch.norms.running import recalibrate_bn
 
     def batches() -> Iterator[torch.Tensor]:
         for batch in _batches(paths, batch_size):

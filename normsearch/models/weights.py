@@ -127,6 +127,7 @@ def save_checkpoint(checkpoint: Checkpoint, path: str | Path) -> Path:
 
 def torchvision_name(backbone: Any) -> str | None:
     """The torchvision builder name of a backbone (a preset that torchvision also builds), or None."""
+    # deferred: reading a run imports this module but never torchvision (test_show_rows.py)
     import torchvision
 
     name = getattr(backbone, "torchvision", None) or getattr(backbone, "preset", None)
@@ -135,7 +136,7 @@ def torchvision_name(backbone: Any) -> str | None:
 
 # --- sources --------------------------------------------------------------------------------------------
 def _torchvision(name: str, backbone: Any, source: str) -> Checkpoint:
-    import torchvision
+    import torchvision  # deferred, as in `torchvision_name`
 
     model_name = torchvision_name(backbone) if backbone is not None else None
     if model_name is None:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from normsearch.errors import NormsearchError
+from normsearch.norms.running import statistics_statement
 from normsearch.recipe import Recipe
 from normsearch.results.confirmed import Confirmed, Stat, confirmations, stat
 from normsearch.results.front import RunSummary, summarize
@@ -142,8 +143,6 @@ def collect(run_dirs: Sequence[str | Path]) -> list[CollectedTable]:
     """The DomainBed tables of the given runs: runs that share a selection statement and reported domains
     share one table (a row names its run). Rows measured with another test-time statistics policy go to a
     table of their own whose statement says so (test-time adaptation is never mixed into a plain DG table)."""
-    from normsearch.norms.running import statistics_statement
-
     if not run_dirs:
         raise NormsearchError("collect: give at least one run folder")
     tables: dict[tuple[str, tuple[str, ...]], CollectedTable] = {}

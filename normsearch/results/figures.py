@@ -24,7 +24,7 @@ def wrapped_title(title: str, width: int = 70) -> str:
 
 def save_png(fig: Any, path: Path) -> None:
     """Write a matplotlib figure as a PNG, atomically, and close it."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred, as in `pyplot` below
 
     fig.tight_layout()
     buffer = io.BytesIO()
@@ -35,6 +35,7 @@ def save_png(fig: Any, path: Path) -> None:
 
 def pyplot() -> Any:
     """matplotlib's pyplot on the file-only Agg backend (no display on a cluster node or in CI)."""
+    # deferred: the Agg backend is chosen when a figure is drawn, not when this module is imported
     import matplotlib
 
     matplotlib.use("Agg")

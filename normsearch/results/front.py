@@ -19,6 +19,7 @@ from normsearch.arch import ArchConfig
 from normsearch.errors import NormsearchError
 from normsearch.metrics import SOURCE_VAL_ACC, TARGET_SELECT_ACC
 from normsearch.models.weights import Checkpoint, save_checkpoint
+from normsearch.norms.running import StatsPolicy
 from normsearch.recipe import Recipe
 from normsearch.results.pareto import hypervolume_2d, non_dominated, pick, worst_reference
 from normsearch.run.files import atomic_write_text
@@ -256,8 +257,6 @@ def write_export(document: dict[str, Any], path: Path) -> None:
 
 def policy_text(policy: str) -> str:
     """`policy` in the records' spelling (``mix:alpha=0.50`` is ``mix:alpha=0.5``); a bad one is one line."""
-    from normsearch.norms.running import StatsPolicy
-
     try:
         return str(StatsPolicy.parse(policy))
     except NormsearchError as error:

@@ -15,9 +15,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from normsearch.arch import ArchConfig
 from normsearch.config import read_mapping
+from normsearch.data.spec import load_data
 from normsearch.errors import NormsearchError
+from normsearch.models import build_model
+from normsearch.norms.running import ADAPTATION, StatsPolicy
 from normsearch.recipe import Recipe
 from normsearch.run.records import TrialRecord, own_policy
 
@@ -27,8 +32,6 @@ POLICY_COLUMN = "test-time stats"
 def policy_label(policy: str | None) -> str:
     """A row's policy as tables label it: ``running`` is plain domain generalization; any policy that reads
     unlabelled test-domain images says so (test-time adaptation)."""
-    from normsearch.norms.running import ADAPTATION, StatsPolicy
-
     parsed = StatsPolicy.parse(policy or "running")
     if not parsed.uses_test_images:
         return f"test-time statistics {parsed} (BN running averages from training)"
@@ -38,8 +41,6 @@ def policy_label(policy: str | None) -> str:
 def policy_cell(trial: TrialRecord) -> str:
     """A row's test-time statistics policy, marked when it reads unlabelled test-domain images (test-time
     adaptation; the header's statement says so in full): never a silent plain-DG number."""
-    from normsearch.norms.running import StatsPolicy
-
     policy = StatsPolicy.parse(own_policy(trial))
     return f"{policy} (TTA: test images)" if policy.uses_test_images else str(policy)
 
@@ -59,10 +60,7 @@ def policy_cells(trial: TrialRecord, shown: bool) -> list[str]:
 def evaluate_export(recipe: Recipe, document: Path, weights: Path) -> dict[str, float]:
     """The test accuracies of the network `document` + `weights` describe, on `recipe`'s (single) training
     unit, measured under the document's `norm.inference` policy."""
-    import torch
-
-    from normsearch.data.spec import load_data
-    from normsearch.models import build_model
+    # Training's modules load only to evaluate an export; reading a run (show, report) stays without them.
     from normsearch.train import _standardizer, autocast, final_accuracies, unit_sets
 
     units = recipe.data.units()

@@ -86,6 +86,7 @@ def param_importances(summary: RunSummary) -> tuple[dict[str, dict[str, float]],
     folder, recipe = summary.folder, summary.recipe
     if not folder.has_study():
         return {}, f"no study in {folder.path.name} (study.db is missing)"
+    # deferred: optuna loads only when the run has a study to read
     import optuna
     from optuna.importance import PedAnovaImportanceEvaluator, get_param_importances
 

@@ -14,8 +14,9 @@ from rich.table import Table
 from rich.text import Text
 
 from normsearch.metrics import PARAMS, SELECT_PREFIX, SOURCE_VAL_ACC, TARGET_SELECT_ACC, WORST_SOURCE_VAL_ACC
+from normsearch.norms.running import statistics_statement
 from normsearch.recipe import Recipe
-from normsearch.results.front import Front, RunSummary
+from normsearch.results.front import Front, RunSummary, choose
 from normsearch.results.policies import POLICY_COLUMN, has_policies, policy_cell
 from normsearch.results.policies import policy_cells as _policy_cells
 from normsearch.run.records import TrialRecord
@@ -46,8 +47,6 @@ def _fmt(value: Any) -> str:
 def header(recipe: Recipe, space: Any = None) -> str:
     """The line that names how models were selected ("ORACLE" when test domains were selected on) and the
     test-time statistics the numbers were measured with (the run's space's `norm.inference` policies)."""
-    from normsearch.norms.running import statistics_statement
-
     return f"{recipe.name}: {recipe.data.describe()}; {statistics_statement(space_policies(recipe, space))}"
 
 
@@ -243,8 +242,6 @@ def front_table(front: Front, recipe: Recipe, top: int | None = None) -> Table:
 
 def knee_line(front: Front) -> str:
     """The knee of the front in one line (`export --pick knee` writes this trial): id, config, objectives."""
-    from normsearch.results.front import choose
-
     trial = choose(front, "knee")
     point = next(front.points[i] for i, group in enumerate(front.trials) if trial in group)
     values = ", ".join(f"{name} {v:.1f}" for name, v in zip(front.objectives, point, strict=True))

@@ -46,7 +46,7 @@ def plain(value: Any, where: str = "state") -> Any:
     """`value` as tensors and plain Python values only (what `torch.load(weights_only=True)` reads back):
     mappings become dicts, tuples stay tuples, numpy scalars become Python numbers. Anything else is a bug
     in what training put into its state, named by its place (`where`), never silently pickled."""
-    import torch
+    import torch  # deferred: this module stays torch-free (run/folder and run/storage import it)
 
     # Exact types: numpy's float64 is a float subclass that the weights-only reader refuses.
     if value is None or type(value) in (bool, int, float, str) or isinstance(value, torch.Tensor):
@@ -66,7 +66,7 @@ def plain(value: Any, where: str = "state") -> Any:
 def write_state(state: TrainState, folder: str | Path) -> Path:
     """Write `state` into `folder` (a fresh folder that becomes a Tune checkpoint): tensors and plain
     values only, so that `read_state` reads it without unpickling anything."""
-    import torch
+    import torch  # deferred: this module stays torch-free (run/folder and run/storage import it)
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -78,7 +78,7 @@ def write_state(state: TrainState, folder: str | Path) -> Path:
 def load_plain(path: Path, what: str = "checkpoint") -> Any:
     """The tensors and plain values in a torch file, read with `weights_only=True` (nothing in the file can
     run code or build an object of any other type); one NormsearchError line naming the file otherwise."""
-    import torch
+    import torch  # deferred: this module stays torch-free (run/folder and run/storage import it)
 
     if not path.is_file():
         kind = "missing" if not path.exists() else "not a regular file"
@@ -102,7 +102,7 @@ def load_plain(path: Path, what: str = "checkpoint") -> Any:
 def read_state(folder: str | Path) -> TrainState:
     """The TrainState in a checkpoint folder, read without unpickling (see the module docstring) and
     checked field by field; one NormsearchError line naming the file when it is not one."""
-    from normsearch.train import TrainState
+    from normsearch.train import TrainState  # deferred, as torch: training's state imports torch
 
     path = Path(folder) / STATE
     data = load_plain(path)

@@ -26,9 +26,11 @@ from typing import Any
 
 import yaml
 
+from normsearch.config import read_mapping
 from normsearch.errors import NormsearchError
 from normsearch.run.files import atomic_write_bytes, atomic_write_text, os_errors
 from normsearch.run.folder import DRIVER, PRETRAINED, RECIPE, TUNE, RunFolder
+from normsearch.run.records import fold_records
 
 ARCH = "arch.yaml"
 PREPROCESSING = "preprocessing.json"
@@ -121,8 +123,6 @@ class FinalFolder(RunFolder):
         return self.path / RECORDS
 
     def trials(self) -> list:
-        from normsearch.run.records import fold_records
-
         return fold_records(self.records())
 
     # --- the deployable artifacts ---------------------------------------------------------------------
@@ -163,8 +163,6 @@ class FinalFolder(RunFolder):
         atomic_write_text(self.path / ARCH, yaml.safe_dump(document, sort_keys=False))
 
     def document(self) -> dict[str, Any]:
-        from normsearch.config import read_mapping
-
         return read_mapping(self.path / ARCH)
 
     @property

@@ -31,15 +31,18 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from normsearch.config import read_mapping, validate
 from normsearch.errors import NormsearchError
+from normsearch.run.checkpoints import newest_checkpoint
 from normsearch.run.driver import DRIVER, DriverFile
 from normsearch.run.driver import ProcessRef as ProcessRef  # re-exported: a run folder's processes
 from normsearch.run.files import atomic_write_text, first_line, os_errors
+from normsearch.run.journal import TORN_SUFFIX, append_record, repair_tail, scan
+from normsearch.run.records import TrialRecord, fold_records
+from normsearch.run.storage import Storage, read_checkpoint, storage_of
 
 if TYPE_CHECKING:
     from normsearch.recipe import Recipe
-    from normsearch.run.records import TrialRecord
-    from normsearch.run.storage import Storage
     from normsearch.space import Space
 
 RECIPE = "recipe.yaml"
@@ -137,7 +140,7 @@ class RunFolder(DriverFile):
 
     def load(self) -> tuple[Recipe, Space]:
         """The recipe and space this run was started with."""
-        from normsearch.config import read_mapping, validate
+        # deferred: recipe and space import torch (arch, norms); this module stays torch-free
         from normsearch.recipe import Recipe
         from normsearch.space import Space
 
@@ -161,30 +164,22 @@ class RunFolder(DriverFile):
 
     def append(self, record: dict[str, Any]) -> None:
         """Append one record to trials.jsonl as a single whole line, flushed to disk (run/journal.py)."""
-        from normsearch.run.journal import append_record
-
         append_record(self.records_path, record)
 
     def records(self) -> list[dict[str, Any]]:
         """Every record in the order written; a torn last line (a crash during an append) is skipped, a
         damaged line before it is one NormsearchError naming the line (run/journal.py)."""
-        from normsearch.run.journal import scan
-
         if not self.records_path.is_file():
             return []
         return scan(self.records_path).records
 
     def repair_records(self) -> str | None:
         """Move a torn last line of trials.jsonl aside (to trials.jsonl.torn); what was done, or None."""
-        from normsearch.run.journal import repair_tail
-
         return repair_tail(self.records_path)
 
     def record_warnings(self) -> list[str]:
         """One line for each repair the records need or had: a torn last line not yet moved aside, torn
         lines kept in trials.jsonl.torn, records recovered from the study."""
-        from normsearch.run.journal import TORN_SUFFIX, scan
-
         if not self.records_path.is_file():
             return []
         found = scan(self.records_path)
@@ -209,16 +204,12 @@ class RunFolder(DriverFile):
     def trials(self) -> list[TrialRecord]:
         """Every search trial's latest state (run/records.py `fold_records`); confirmation runs are not
         search trials (`confirmations`), so the front and the search's counts never see them."""
-        from normsearch.run.records import fold_records
-
         if not self.records_path.is_file():
             raise NormsearchError(f"{self.path}: no {TRIALS} (nothing has run yet)")
         return fold_records([r for r in self.records() if "confirm_of" not in r])
 
     def confirmations(self) -> list[TrialRecord]:
         """Every confirmation run's latest state (`normsearch confirm`: records with `confirm_of`)."""
-        from normsearch.run.records import fold_records
-
         return fold_records([r for r in self.records() if "confirm_of" in r])
 
     # --- Ray Tune's folders and the trials' checkpoints ---------------------------------------------
@@ -250,8 +241,6 @@ class RunFolder(DriverFile):
     def storage(self) -> Storage | None:
         """The run's storage (`storage:` in its recipe), where Tune keeps its experiments; None: here."""
         if not hasattr(self, "_storage"):
-            from normsearch.run.storage import storage_of
-
             raw = yaml.safe_load((self.path / RECIPE).read_text()) if (self.path / RECIPE).is_file() else {}
             self._storage = storage_of((raw or {}).get("storage"))
         return self._storage
@@ -284,8 +273,6 @@ class RunFolder(DriverFile):
     def last_checkpoint(self, trial: str) -> Path | str | None:
         """The newest epoch checkpoint a trial left in any attempt (or confirm), or None; with storage,
         its URI (run/storage.read_checkpoint reads either)."""
-        from normsearch.run.checkpoints import newest_checkpoint
-
         experiments = self.attempts() + self.attempts(CONFIRM_PREFIX)
         if self.storage is not None:
             return self.storage.newest_checkpoint(
@@ -296,15 +283,13 @@ class RunFolder(DriverFile):
 
     def final_state(self, trial: str):
         """The TrainState of a trial's last checkpoint, which must be its final epoch."""
-        from normsearch.run.storage import read_checkpoint as read_state
-
         checkpoint = self.last_checkpoint(trial)
         if checkpoint is None:
             raise NormsearchError(
                 f"{self.path}: no checkpoint of trial {trial} under {TUNE}/ (on a cluster, checkpoints "
                 "stay on the node that trained it unless the run folder is on storage every node shares)"
             )
-        state = read_state(checkpoint)
+        state = read_checkpoint(checkpoint)
         if not state.history or not state.history[-1].get("final"):
             raise NormsearchError(f"{checkpoint}: holds epoch {state.epoch}, not the trial's final epoch")
         return state

@@ -21,9 +21,9 @@ A trial's state is the fold of its records: the last status wins, except that a 
 pruned, failed, repeat) never goes back to running; metrics and test accuracies carry forward. A candidate
 trained once per protocol unit (several sources held out in turn, leave-one-domain-out) has one record per
 unit (``trial_id`` ``t003@<unit>``, ``unit``) and, when the last unit ends, its own record (``t003``) with
-the units' combined numbers. This module imports nothing of normsearch at import time (`config_key`
-resolves an ArchConfig when called), so that every layer (the recipe's objective check included) can take
-the metric names from here.
+the units' combined numbers. This module imports only the leaves (metrics, config, errors) at import
+time (`config_key` imports arch, and so torch, when called), so that every layer (the recipe's objective
+check included) can take the record schema from here without torch.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from normsearch.config import validate
+from normsearch.errors import NormsearchError
 from normsearch.metrics import POLICIES, RESULT_KEYS, SELECT_PREFIX, SOURCE_PREFIX
 
 # Metrics a trial reports every epoch, with the direction in which each is better. Objectives, tables,
@@ -69,7 +71,7 @@ def candidate_record(
     numbers stay under ``extra.units``."""
     import time
 
-    from normsearch.data.protocol import combine_units
+    from normsearch.data.protocol import combine_units  # deferred: the data package imports torch
 
     order = [u.name for u in units]
     failed = [n for n in order if outcomes[n].status == "failed"]
@@ -161,9 +163,7 @@ def config_key(arch_or_config: dict[str, Any]) -> str:
 def _network_key(text: str) -> str:
     from dataclasses import asdict
 
-    from normsearch.arch import ArchConfig
-    from normsearch.config import validate
-    from normsearch.errors import NormsearchError
+    from normsearch.arch import ArchConfig  # deferred: arch imports torch (norms)
 
     data = json.loads(text)
     try:

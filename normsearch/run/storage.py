@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from normsearch.errors import NormsearchError
+from normsearch.run.checkpoints import SUMMARY, read_state
+from normsearch.run.checkpoints import checkpoint_epoch as local_epoch
 from normsearch.run.files import first_line
 
 if TYPE_CHECKING:
@@ -246,8 +248,6 @@ class Storage:
     def newest_checkpoint(self, base: str, experiments: list[str], trial_dir: str) -> str | None:
         """The URI-less path of the newest epoch checkpoint a trial left in the given experiments (the
         later experiment on a tie), read from each checkpoint's small summary file; None when none."""
-        from normsearch.run.checkpoints import SUMMARY
-
         best: tuple[int, int, str] | None = None
         for order, name in enumerate(experiments):
             for path in self.listing(f"{base}/{name}/{trial_dir}"):
@@ -281,8 +281,6 @@ def split_run_uri(uri: str) -> tuple[Storage, str]:
 def read_checkpoint(location: str | Path) -> TrainState:
     """The TrainState in a checkpoint folder given by local path or by storage URI (downloaded to a
     temporary folder first); a trial continuing on any node reads its checkpoint through here."""
-    from normsearch.run.checkpoints import read_state
-
     if not is_uri(location):
         return read_state(location)
     storage = Storage.parse(str(location))  # its root is the checkpoint folder itself
@@ -294,9 +292,6 @@ def read_checkpoint(location: str | Path) -> TrainState:
 
 def checkpoint_epoch(location: str | Path) -> int:
     """The epoch a checkpoint folder holds, given by local path or by storage URI (-1: incomplete)."""
-    from normsearch.run.checkpoints import SUMMARY
-    from normsearch.run.checkpoints import checkpoint_epoch as local_epoch
-
     if not is_uri(location):
         return local_epoch(Path(location))
     storage = Storage.parse(str(location))
