@@ -21,7 +21,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import optuna
+from ray import tune
+
+from normsearch.config import read_mapping, validate
 from normsearch.metrics import SOURCE_VAL_ACC, TARGET_SELECT_ACC
+from normsearch.recipe import Recipe
+from normsearch.search.preflight import Preflight
+from normsearch.search.ray import start_ray
+from normsearch.search.tuner import run_search
+from normsearch.space import Space
 
 ALGORITHMS = ("nsga2", "tpe", "random")
 TARGET_CPU_MS = 50.0  # per trial at 1000 trials, NSGA-II and random
@@ -37,8 +46,6 @@ SPACE = {
 def null_trial(config: dict[str, Any], recipe_json: str, space_json: str) -> None:
     """A trial that trains nothing: final metrics at once, a smooth function of the IN ratio (a two-objective
     trade-off, so the samplers have something to model)."""
-    from ray import tune
-
     ratio = float(config.get("ratio", 0.0))
     tune.report(
         {
@@ -79,14 +86,6 @@ class DriverRun:
 
 def measure_one(algorithm: str, trials: int, concurrency: int, run_dir: Path) -> DriverRun:
     """Run one null-cost search in this process and measure it (see the module docstring)."""
-    import optuna
-
-    from normsearch.config import read_mapping, validate
-    from normsearch.recipe import Recipe
-    from normsearch.search.preflight import Preflight
-    from normsearch.search.tuner import run_search
-    from normsearch.space import Space
-
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     space_path = run_dir.parent / f"{run_dir.name}-space.yaml"
     space_path.write_text(json.dumps(SPACE))
@@ -105,8 +104,6 @@ def measure_one(algorithm: str, trials: int, concurrency: int, run_dir: Path) ->
             return ask(self, *args, **kwargs)
         finally:
             asks.append(time.perf_counter() - tic)
-
-    from normsearch.search.ray import start_ray
 
     start_ray(None)  # Ray's start-up is not the per-trial cost: started before the clocks
     optuna.study.Study.ask = timed_ask  # instrumentation only: the same ask, timed

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from normsearch.arch import ArchConfig
 from normsearch.bench.efficiency_report import markdown, summarise, write_csv, write_png
 from normsearch.bench.replay import METHODS, WARM, distinct_architectures, replay
@@ -89,8 +91,6 @@ def tabulate(
     base architecture per seed (normsearch.search.warm_start) with its learned slot ratios. Rows already
     in the file at the same budget are kept, not retrained; the file is rewritten atomically after every
     row, so an interrupted tabulation continues. `progress` receives one line per trained row."""
-    import torch
-
     recipe, space = load_recipe(recipe_path)
     assignments = space.assignments()
     if assignments is None:

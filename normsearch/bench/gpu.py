@@ -26,8 +26,16 @@ import time
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 
+from normsearch.arch import ArchConfig
+from normsearch.bench.norms import CASES, paired_median_ms, step_timers
+from normsearch.data.pipeline import AugmentConfig, Standardizer, balanced_batches, make_augment
+from normsearch.data.stream import streamed_batches
 from normsearch.errors import NormsearchError
+from normsearch.models import build_model
+from normsearch.norms import make_norm
+from normsearch.train import CONTEXT_BYTES, autocast, probe_step_memory
 
 NORM_SHAPES = ((64, 64, 56, 56), (64, 256, 14, 14), (64, 512, 7, 7))
 TRIALS = 4
@@ -85,8 +93,6 @@ def _sync(dev: torch.device) -> None:
 
 
 def _autocast(fn, dev: torch.device, precision: str):
-    from normsearch.train import autocast
-
     def run() -> None:
         with autocast(dev, precision):
             fn()
@@ -96,11 +102,6 @@ def _autocast(fn, dev: torch.device, precision: str):
 
 def bench_norm_steps(dev: torch.device, sizes: Sizes) -> list[tuple[str, str, str, bool, float]]:
     """Each normalizer's train step over BatchNorm2d's at every shape, precision and layout."""
-    from torch import nn
-
-    from normsearch.bench.norms import CASES, paired_median_ms, step_timers
-    from normsearch.norms import make_norm
-
     rows = []
     for shape in sizes.norm_shapes:
         for precision in ("fp32", "bf16"):
@@ -121,17 +122,12 @@ def bench_norm_steps(dev: torch.device, sizes: Sizes) -> list[tuple[str, str, st
 
 
 def _model(preset: str, dev: torch.device) -> torch.nn.Module:
-    from normsearch.arch import ArchConfig
-    from normsearch.models import build_model
-
     arch = ArchConfig.model_validate({"backbone": {"preset": preset, "num_classes": 7}})
     return build_model(arch).to(dev, memory_format=torch.channels_last).train()
 
 
 def train_step_rate(preset: str, dev: torch.device, sizes: Sizes) -> float:
     """Images/s of the preset's train step (bf16 autocast on CUDA, channels_last, SGD momentum)."""
-    from normsearch.train import autocast
-
     model = _model(preset, dev)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     x = torch.randn(sizes.batch, 3, sizes.size, sizes.size, device=dev).to(memory_format=torch.channels_last)
@@ -154,9 +150,6 @@ def train_step_rate(preset: str, dev: torch.device, sizes: Sizes) -> float:
 def pipeline_rates(dev: torch.device, sizes: Sizes) -> list[tuple[str, float]]:
     """Images/s of slicing, augmenting (DomainBed's) and standardising a batch: batched and per image on
     resident data, batched on streamed data."""
-    from normsearch.data.pipeline import AugmentConfig, Standardizer, balanced_batches, make_augment
-    from normsearch.data.stream import streamed_batches
-
     g = torch.Generator().manual_seed(0)
     host = torch.randint(0, 256, (sizes.images, 3, sizes.size, sizes.size), generator=g, dtype=torch.uint8)
     labels = torch.arange(sizes.images) % 7
@@ -191,9 +184,6 @@ def pipeline_rates(dev: torch.device, sizes: Sizes) -> list[tuple[str, float]]:
 
 def worker(device: str, preset: str, size: int, batch: int, images: int, steps: int) -> dict[str, float]:
     """One trial: `steps` train steps of `preset` fed by the batched pipeline; images/s, peak GiB."""
-    from normsearch.data.pipeline import AugmentConfig, Standardizer, balanced_batches, make_augment
-    from normsearch.train import autocast
-
     dev = torch.device(device)
     torch.set_num_threads(1)
     model = _model(preset, dev)
@@ -250,10 +240,6 @@ def _workers(n: int, dev: torch.device, sizes: Sizes) -> list[dict[str, float]]:
 def bench_sharing(dev: torch.device, sizes: Sizes) -> tuple[dict[str, float], list[tuple[float, float]]]:
     """Total images/s of `sizes.trials` trials at once against one alone, and each trial's peak device
     memory beside what the preflight probe predicts."""
-    from normsearch.arch import ArchConfig
-    from normsearch.models import build_model
-    from normsearch.train import CONTEXT_BYTES, probe_step_memory
-
     alone = _workers(1, dev, sizes)[0]["images_per_s"]
     shared = _workers(sizes.trials, dev, sizes)
     arch = ArchConfig.model_validate({"backbone": {"preset": sizes.models[0], "num_classes": 7}})

@@ -30,6 +30,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import optuna
+
 from normsearch.errors import NormsearchError
 from normsearch.metrics import TARGET_SELECT_ACC
 from normsearch.results.pareto import hypervolume_2d, non_dominated
@@ -225,8 +227,6 @@ def replay(
     ``sn_warm``) on `table` with `search_seed`, for at most `max_trials` trained trials (default: every
     distinct architecture). `recipe` gives the sampler's settings (and `settings` by default); `base` is the
     architecture the warm start ranks against (default: the recipe's model)."""
-    import optuna
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if method not in METHODS:
         raise NormsearchError(f"unknown method {method!r}; allowed: {', '.join(METHODS)}")

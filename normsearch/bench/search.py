@@ -39,6 +39,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import ray
+import torch
+
 from normsearch.config import validate
 from normsearch.data.spec import load_data
 from normsearch.errors import NormsearchError
@@ -203,8 +206,6 @@ def bench_search(
 ) -> SearchBench:
     """Run the bench (see the module docstring) with its search's run folder at `run_dir` (must not exist);
     `threads` overrides `recipe.resources.cpu`. `on_step` receives a line of progress now and then."""
-    import torch
-
     say = on_step or (lambda _: None)
     check_new_output(run_dir, "-o")
     bench, space = bench_recipe(recipe, trials, concurrency, run_dir, threads)
@@ -229,8 +230,6 @@ def bench_search(
 
     half = (trials + 1) // 2
     sequential(assignments[:half])
-
-    import ray
 
     ray_started = not ray.is_initialized()
     say(f"search of the same {trials} configurations through Ray Tune")

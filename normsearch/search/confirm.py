@@ -23,6 +23,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ray.tune import Callback
+from ray.tune.search import Searcher
+
 from normsearch.errors import NormsearchError
 from normsearch.metrics import POLICIES
 from normsearch.recipe import Recipe
@@ -37,7 +40,10 @@ from normsearch.run.records import (
     metrics_of,
     unit_trial_id,
 )
+from normsearch.search.ledger import _error_line
+from normsearch.search.ray import check_local_resources
 from normsearch.search.trial import FAILED, INIT_KEY, RESUME_KEY, SEED_KEY, TRACE, TRIAL_KEY, UNIT_KEY
+from normsearch.search.tuner import make_tuner, pretrained_bases, start_run_ray, versions
 from normsearch.space import Space
 
 
@@ -248,7 +254,6 @@ class ConfirmBook:
 
 def _searcher(book: ConfirmBook) -> Any:
     """A Tune Searcher that hands out the book's unit jobs in order, then says it is finished."""
-    from ray.tune.search import Searcher
 
     class ConfirmSearcher(Searcher):
         # The book comes in through __init__, never through the closure: Tune pickles this class.
@@ -270,9 +275,6 @@ def _searcher(book: ConfirmBook) -> Any:
 
 
 def _callback(book: ConfirmBook) -> Any:
-    from ray.tune import Callback
-
-    from normsearch.search.ledger import _error_line
 
     class ConfirmCallback(Callback):
         def __init__(self, book: ConfirmBook) -> None:
@@ -307,10 +309,6 @@ def run_confirm(
 ) -> ConfirmOutcome:
     """Confirm the chosen configurations of the run in `run_dir` with `seeds` new model seeds (module
     docstring); returns what was trained and what was found already done."""
-
-    from normsearch.search.ray import check_local_resources
-    from normsearch.search.tuner import make_tuner, pretrained_bases, start_run_ray, versions
-
     summary = summarize(run_dir)
     folder, recipe, space = summary.folder, summary.recipe, summary.space
     chosen = choose_trials(summary, trial_ids, front)

@@ -29,9 +29,14 @@ import sys
 import time
 from dataclasses import dataclass
 
+import torch
+
 from normsearch.arch import ArchConfig
+from normsearch.data.spec import load_data
 from normsearch.recipe import Recipe
+from normsearch.run.records import config_key
 from normsearch.space import Space
+from normsearch.train import time_training
 
 # A local Ray start (its processes, then the first trial workers' registration) costs about three worker
 # starts: calibrated on the tiny quickstart on a shared 2-core machine (load 10-20), 150 s against 40 s.
@@ -95,8 +100,6 @@ def contention(threads: int, concurrent: int, load: float, cores: int) -> float:
 def timed_archs(recipe: Recipe, space: Space) -> list[tuple[str, ArchConfig]]:
     """The networks timed: the recipe's own and one configuration of the space (its last probe, which
     switches on the most), when it differs."""
-    from normsearch.run.records import config_key
-
     found: list[tuple[str, ArchConfig]] = [(recipe.model.backbone.preset or "the model", recipe.model)]
     probes = space.probe_assignments()
     if probes:
@@ -108,9 +111,6 @@ def timed_archs(recipe: Recipe, space: Space) -> list[tuple[str, ArchConfig]]:
 
 def estimate(recipe: Recipe, space: Space, trials: int, checks_seconds: float = 0.0) -> Estimate:
     """Measure and estimate (see the module docstring). Slow by design: a few seconds of real training."""
-    from normsearch.data.spec import load_data
-    from normsearch.train import time_training
-
     worker = worker_start_seconds()
     tic = time.perf_counter()
     data = load_data(recipe.data)  # from the image cache the preflight filled, as a worker loads it
@@ -148,6 +148,4 @@ def estimate(recipe: Recipe, space: Space, trials: int, checks_seconds: float = 
 
 
 def _cuda() -> bool:
-    import torch
-
     return torch.cuda.is_available()

@@ -6,12 +6,15 @@ from __future__ import annotations
 from typing import Any
 
 from normsearch.arch import ArchConfig
+from normsearch.data.spec import load_data
 from normsearch.errors import NormsearchError
 from normsearch.metrics import SOURCE_VAL_ACC, is_metric
+from normsearch.models import build_model
 from normsearch.recipe import Recipe
 from normsearch.results.front import RunSummary
 from normsearch.run.finalized import FinalFolder
 from normsearch.run.records import TrialRecord, confirm_trial_id
+from normsearch.train import _standardizer, hardened_arch, unit_sets
 
 PREPROCESSING_FORMAT = "normsearch-preprocessing"
 RESIZE_RULE = (
@@ -34,9 +37,6 @@ def preprocessing_for(recipe: Recipe, trial: TrialRecord) -> dict[str, Any]:
     """The preprocessing of the finalized network: input size, resize rule, the channel mean/std training
     used (with ``normalize: auto`` the sources' own statistics, fitted exactly as training fits them), the
     class names in index order, and the training-only augmentation. Loads the data (the finalize recipe's)."""
-    from normsearch.data.spec import load_data
-    from normsearch.train import _standardizer, unit_sets
-
     data = load_data(recipe.data)
     unit = recipe.data.units()[0]
     arch = trained_arch(trial, data.num_classes)
@@ -76,9 +76,6 @@ def write_model(
     """Write every seed's weights, the preprocessing and, last, arch.yaml (the folder is then finished);
     each member is rebuilt from its ArchConfig and loaded strictly first, so a folder that is finished
     always loads."""
-    from normsearch.models import build_model
-    from normsearch.train import hardened_arch
-
     arch = trained_arch(trial, len(preprocessing["classes"]))
     records = {t.trial_id: t for t in folder.trials()}
     members, finals = [], {}

@@ -33,7 +33,16 @@ from normsearch.recipe import Recipe
 from normsearch.results.front import RunSummary, choose, find_trial, summarize
 from normsearch.run.finalized import FinalFolder
 from normsearch.run.records import TrialRecord, confirm_trial_id, metrics_of
+from normsearch.search.confirm import _callback, _searcher
+from normsearch.search.final_model import preprocessing_for, write_model
+from normsearch.search.ray import (
+    check_cluster_resources,
+    check_local_resources,
+    local_ray_processes,
+    start_ray,
+)
 from normsearch.search.trial import FAILED, INIT_KEY, RESUME_KEY, SEED_KEY, TRACE, TRIAL_KEY, UNIT_KEY
+from normsearch.search.tuner import make_tuner, pretrained_bases, versions
 from normsearch.space import Space
 
 FINAL = "final"  # trial ids in a finalize folder: final/s<seed>
@@ -253,15 +262,6 @@ def _train(
     on_change: Callable[[FinalizeProgress], None] | None,
 ) -> FinalizeOutcome:
     """Train the seeds not yet on record through Ray Tune (the `confirm` machinery)."""
-    from normsearch.search.confirm import _callback, _searcher
-    from normsearch.search.ray import (
-        check_cluster_resources,
-        check_local_resources,
-        local_ray_processes,
-        start_ray,
-    )
-    from normsearch.search.tuner import make_tuner, pretrained_bases, versions
-
     if recipe.ray.address is None:
         check_local_resources(recipe.resources.cpu, recipe.resources.gpu)
     folder.claim()
@@ -305,8 +305,6 @@ def run_finalize(
 ) -> FinalizeOutcome:
     """Finalize a configuration of the run in `run_dir` into the folder `out` (module docstring); a rerun of
     the same request continues it, and a finished one is found, not trained again."""
-    from normsearch.search.final_model import preprocessing_for, write_model
-
     summary, trial, seed_list, folder = prepare_finalize(run_dir, out, trial_id, rule, seeds, max_source_drop)
     recipe = final_recipe(summary.recipe)
     if FinalFolder.is_finished(folder.path):

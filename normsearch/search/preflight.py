@@ -19,10 +19,23 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import optuna
+import ray
+import torch
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from normsearch.data.cache import cache_dir
+from normsearch.data.spec import load_data
 from normsearch.errors import NormsearchError
+from normsearch.models import build_model
+from normsearch.models.weights import load_weights
 from normsearch.recipe import Recipe
 from normsearch.run.folder import RunFolder, check_new_output
+from normsearch.run.records import config_key
+from normsearch.run.storage import Storage
+from normsearch.search.ray import check_local_resources, probe_address
 from normsearch.space import Space
+from normsearch.train import GiB, Probe, check_fraction, device_capacity, probe_step_memory
 
 SAMPLED_CONFIGS = 16  # an infinite space is checked on this many random configurations (plus its probes)
 
@@ -43,8 +56,6 @@ class Preflight:
 def network_count(recipe: Recipe, space: Space) -> int | None:
     """How many distinct networks a finite space builds on the recipe's model (None when continuous):
     fewer than its configurations where two of them resolve to the same NormPlan (run/records.config_key)."""
-    from normsearch.run.records import config_key
-
     values = space.assignments()
     if values is None:
         return None
@@ -61,11 +72,6 @@ def trial_budget(recipe: Recipe, space: Space) -> int:
 def check_networks(recipe: Recipe, space: Space, source: str = "search.space") -> int:
     """Build the network of every configuration (finite spaces up to 512, else the probes and a random
     sample), on the meta device so no memory is spent; returns how many were built."""
-    import optuna
-    import torch
-
-    from normsearch.models import build_model
-
     values_list = space.assignments()
     if values_list is None or len(values_list) > 512:
         values_list = list(space.probe_assignments())
@@ -99,8 +105,6 @@ def check_networks(recipe: Recipe, space: Space, source: str = "search.space") -
 def check_weights(recipe: Recipe) -> None:
     """The checkpoint training starts from exists and reads: `backbone.weights` (a torchvision name, read
     from the hub cache offline, or a file) and `train.init_from`; a missing one is one line."""
-    from normsearch.models.weights import load_weights
-
     if recipe.model.backbone.weights is not None:
         load_weights(recipe.model.backbone.weights, recipe.model.backbone, "model.backbone.weights")
     if recipe.train.init_from is not None:
@@ -112,9 +116,6 @@ def check_gpu_fraction(recipe: Recipe, capacity: int | None = None) -> int | Non
     `resources.gpu` share of the device (`capacity` bytes, default `train.probe.device_capacity`), naming
     the fraction that fits; returns the bytes needed, None when nothing was checked (no GPU asked for, or
     no capacity known)."""
-    from normsearch.models import build_model
-    from normsearch.train import GiB, Probe, check_fraction, device_capacity, probe_step_memory
-
     if recipe.resources.gpu <= 0:
         return None
     capacity = capacity or device_capacity()
@@ -143,8 +144,6 @@ def check_gpu_fraction(recipe: Recipe, capacity: int | None = None) -> int | Non
 
 def check_data(recipe: Recipe) -> tuple[dict[str, int], int, float]:
     """Load (and for folders, decode into the cache) every domain the recipe uses, with its checks."""
-    from normsearch.data.spec import load_data
-
     tic = time.perf_counter()
     data = load_data(recipe.data)
     return {name: len(d) for name, d in data.domains.items()}, data.num_classes, time.perf_counter() - tic
@@ -153,8 +152,6 @@ def check_data(recipe: Recipe) -> tuple[dict[str, int], int, float]:
 def check_storage(recipe: Recipe, output: Path | None) -> None:
     """`storage:` opens and takes a small object written, read back and deleted (run/storage.py), and holds
     no run of this name yet; each failure is one line before Ray starts."""
-    from normsearch.run.storage import Storage
-
     if not recipe.storage:
         return
     storage = Storage.parse(recipe.storage)
@@ -168,8 +165,6 @@ def check_storage(recipe: Recipe, output: Path | None) -> None:
 
 def preflight(recipe: Recipe, space: Space, output: Path | None) -> Preflight:
     """Run every check (see the module docstring); `output` None skips the output check (resume)."""
-    from normsearch.search.ray import check_local_resources, probe_address
-
     if output is not None:
         check_new_output(output)
     check_storage(recipe, output)
@@ -226,9 +221,6 @@ def node_report(storage: str | None, marker: str | None, token: str, root: str |
     import socket
     import tempfile
 
-    from normsearch.data.cache import cache_dir
-    from normsearch.run.storage import Storage
-
     problems: list[str] = []
     if storage:
         try:
@@ -270,9 +262,6 @@ def check_nodes(recipe: Recipe, output: Path) -> int:
     import shutil
     import tempfile
     import uuid
-
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     marker_dir = None

@@ -4,6 +4,9 @@ A plain `ray.init()` would silently join any cluster already running on this mac
 normsearch starts its own (`address="local"`). A given address is probed with a TCP connection first, for at
 most `PROBE_SECONDS`, so that an unreachable cluster is one line instead of a hang; the cluster's nodes are
 then checked against the recipe's per-trial resources before anything is written.
+
+Ray is imported inside the functions that use it, after `quiet_ray_env` (in `start_ray`) has set the
+environment Ray reads when it is imported.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+import torch
 
 from normsearch.errors import NormsearchError
 from normsearch.run.driver import ProcessRef
@@ -210,8 +215,6 @@ def check_local_resources(cpu: int, gpu: float) -> None:
             f"(allowed: 1-{cores})"
         )
     if gpu > 0:
-        import torch
-
         count = torch.cuda.device_count()
         if gpu > count:
             raise NormsearchError(

@@ -12,6 +12,9 @@ import math
 from functools import partial
 from typing import Any
 
+import optuna
+from ray.tune.search import Searcher
+
 from normsearch.recipe import Recipe
 from normsearch.search.ledger import Ledger
 
@@ -19,8 +22,6 @@ from normsearch.search.ledger import Ledger
 def make_sampler(recipe: Recipe) -> Any:
     """The Optuna sampler the recipe names, seeded from it."""
     import warnings
-
-    import optuna
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     seed = recipe.search_seed
@@ -55,7 +56,6 @@ def _grid_sampler(seed: int) -> Any:
     """Optuna's BruteForceSampler without its end-of-grid `study.stop()`, which only works inside
     `study.optimize` (the study is told outside it here); the ledger ends the search when the space has
     been visited."""
-    import optuna
 
     class GridSampler(optuna.samplers.BruteForceSampler):
         def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
@@ -70,7 +70,6 @@ def _grid_sampler(seed: int) -> Any:
 
 def make_searcher(ledger: Ledger) -> Any:
     """A Tune Searcher over `ledger` (metric and mode are the recipe's objectives)."""
-    from ray.tune.search import Searcher
 
     class StudySearcher(Searcher):
         def __init__(self, ledger: Ledger) -> None:

@@ -19,6 +19,10 @@ import traceback
 from functools import lru_cache
 from typing import Any
 
+import ray
+import torch
+from ray import tune
+
 from normsearch.data.spec import DataConfig, load_data
 from normsearch.errors import NormsearchError
 from normsearch.recipe import Recipe
@@ -58,10 +62,6 @@ def failure_reason(error: BaseException) -> str:
 
 def run_trial(config: dict[str, Any], recipe_json: str, space_json: str) -> None:
     """Train the configuration in `config`, reporting every epoch with a checkpoint (see module doc)."""
-    import ray
-    import torch
-    from ray import tune
-
     recipe, space = _parsed(recipe_json, space_json)
     device = "cuda" if recipe.resources.gpu > 0 and torch.cuda.is_available() else "cpu"
     where = {

@@ -19,6 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import optuna
+import ray
+import torch
+from ray import tune
+from ray.tune import Callback
+
 from normsearch import __version__
 from normsearch.data.spec import load_data
 from normsearch.errors import NormsearchError
@@ -49,10 +55,6 @@ from normsearch.train import init_mode, pretrain
 
 def versions() -> dict[str, str]:
     """Versions of what produced the numbers, stored with every record."""
-    import optuna
-    import ray
-    import torch
-
     return {
         "torch": torch.__version__,
         "ray": ray.__version__,
@@ -126,8 +128,6 @@ def pretrained_bases(
 
 
 def _trainable(recipe: Recipe, space: Space, trainable: Callable[..., None] = run_trial):
-    from ray import tune
-
     return tune.with_resources(
         tune.with_parameters(
             trainable, recipe_json=recipe.model_dump_json(), space_json=space.model_dump_json()
@@ -151,8 +151,6 @@ def make_tuner(
     """One Ray Tune experiment `tune/<experiment>` in the run folder, the way every driver runs one (a
     search attempt, a confirmation): the recipe's trainable and resources, concurrency, retries of lost
     workers from the last epoch checkpoint, Tune's result files, the trial directory named by the trial."""
-    from ray import tune
-
     storage = folder.storage  # off the driver (run/storage.py): every node writes and reads it
     place = (
         {"storage_path": folder.storage_tune_path, "storage_filesystem": storage.filesystem}
@@ -212,7 +210,6 @@ def start_run_ray(folder: RunFolder, recipe: Recipe, timeout: float) -> bool:
 def mirror_callback(folder: RunFolder) -> Any:
     """A Tune callback, after the ledger's, that mirrors the run folder to its storage after each record
     (so a new head node can resume); a failed copy is retried at the next record, not fatal."""
-    from ray.tune import Callback
 
     class Mirror(Callback):
         def _mirror(self) -> None:
@@ -295,7 +292,6 @@ def run_search(
     `repair`, a damaged study.db is rebuilt from the records (run/study.py `rebuild_study`).
     `startup_timeout` replaces the recipe's `ray.startup_timeout` for this driver (not saved with the run).
     `trainable` is what each trial runs (`bench driver` gives one that trains nothing)."""
-
     folder, ended, made = _claim_folder(recipe, space, run_dir, resume, checked, repair)
     if on_folder is not None:
         on_folder(folder)

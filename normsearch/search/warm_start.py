@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import optuna
 from torch import nn
 
 from normsearch.arch import ArchConfig
@@ -118,7 +119,6 @@ def candidates(space: Space, seed: int = 0) -> list[dict[str, Any]]:
     every = space.assignments()
     if every is not None:
         return every
-    import optuna
 
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
     seen: dict[str, dict[str, Any]] = {}
