@@ -1,4 +1,7 @@
-"""The Typer app, the consoles and the one-red-line error wrapper that every command module shares."""
+"""The Typer app, the consoles and the one-red-line error wrapper that every command module shares.
+
+`load_recipe_flags` imports the recipe inside the function, so that `normsearch --help` (which imports
+this module) loads neither torch nor Ray."""
 
 from __future__ import annotations
 
@@ -118,7 +121,6 @@ def _root(
 
 
 def load_recipe_flags(recipe_path: Path, **flags: Any):
-    # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
     from normsearch.recipe import load_recipe
 
     return load_recipe(recipe_path, **flags)

@@ -1,6 +1,9 @@
 """Shipping a configuration: `finalize` (train it on every source, keep a deployable model), `evaluate` and
 `predict` with that model. Each shows progress on a terminal and plain lines when piped, and Ctrl-C ends it
-with exit code 130, what was kept, and the command that continues."""
+with exit code 130, what was kept, and the command that continues.
+
+Each command imports its implementation inside its function, so that `normsearch --help` (which
+imports every command module) loads neither torch nor Ray."""
 
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
 """Looking at inputs before a run: a network's norm plan (`plan`), the search spaces (`spaces`,
-`spaces validate`) and the domains a recipe trains and evaluates on (`data show`)."""
+`spaces validate`) and the domains a recipe trains and evaluates on (`data show`).
+
+Each command imports its implementation inside its function, so that `normsearch --help` (which
+imports every command module) loads neither torch nor Ray."""
 
 from __future__ import annotations
 
@@ -24,7 +27,6 @@ def plan(
 ) -> None:
     """Print every normalization slot of the network CONFIG describes, and a summary; with --weights (or
     the config's backbone.weights), whether each slot is inherited, partly inherited or new."""
-    # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
     from normsearch.arch import load_arch
     from normsearch.models import build_model
 
@@ -93,7 +95,6 @@ def spaces(ctx: typer.Context) -> None:
     """List the shipped search spaces with their size and parameters."""
     if ctx.invoked_subcommand is not None:
         return
-    # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
     from normsearch.space import list_spaces, load_space
 
     table = Table(title="search spaces", title_justify="left")
@@ -120,7 +121,6 @@ def spaces_validate(
     ] = None,
 ) -> None:
     """Parse a space and build the NormPlan of every configuration (or probes of continuous ones)."""
-    # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
     from normsearch.arch import ArchConfig, Backbone
     from normsearch.space import load_space
 
@@ -150,7 +150,6 @@ def data_show(
     per_row: Annotated[int, typer.Option(min=1, max=64, help="Images per domain in the grid.")] = 12,
 ) -> None:
     """Print the domains, their split sizes and class counts; write a sample grid for a person to look at."""
-    # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
     import time
 
     from normsearch.data.spec import load_data

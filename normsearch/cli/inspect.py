@@ -1,4 +1,7 @@
-"""Looking at finished runs: `show`, `pareto`, `export` (inputs, before a run: cli/inputs.py)."""
+"""Looking at finished runs: `show`, `pareto`, `export` (inputs, before a run: cli/inputs.py).
+
+Each command imports its implementation inside its function, so that `normsearch --help` (which
+imports every command module) loads neither torch nor Ray."""
 
 from __future__ import annotations
 
@@ -41,7 +44,6 @@ def show_run(run_dir: Path, sort: str, top: int | None, show_all: bool, full: bo
     """Print a run's trials table and front (also what `run` and `resume` end with). Unless `top` or
     `full` says otherwise, each table shows its best SHOW_ROWS rows and a line says how many more there
     are and how to list them (rendering a rich table of 1000 rows cost seconds; `bench driver`)."""
-    # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
     from normsearch.results.front import summarize
     from normsearch.results.tables import domainbed_table, front_table, trials_table, warm_start_table
     from normsearch.run.folder import RunFolder
@@ -87,7 +89,6 @@ def run_warnings(folder: Any) -> list[str]:
 
 
 def _rows_out(header: list[str], rows: list[list], fmt: RowFormat, title: str) -> None:
-    # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
     import sys
 
     from normsearch.results.tables import format_rows
@@ -120,7 +121,6 @@ def show(
     if fmt is RowFormat.table:
         show_run(run_dir, sort.value, top, show_all, full)
         return
-    # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
     from normsearch.results.front import summarize
     from normsearch.results.tables import header, trials_rows
 
@@ -154,7 +154,6 @@ def pareto(
     html: Annotated[Path | None, typer.Option(hidden=True, help="Same as -o FILE.html.")] = None,
 ) -> None:
     """The front, its hypervolume and a terminal scatter; plot files with -o (.png or .html)."""
-    # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
     from normsearch.results.figures import plot_front
     from normsearch.results.front import summarize
     from normsearch.results.tables import front_rows, front_table, header, knee_line, scatter
@@ -223,7 +222,6 @@ def export(
 ) -> None:
     """Write one (trial, policy) row's ArchConfig with provenance (and its weights);
     `normsearch.build_model(FILE)` rebuilds it."""
-    # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
     from normsearch.results.front import export_trial, find_trial, summarize
     from normsearch.run.records import own_policy
 

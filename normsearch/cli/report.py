@@ -1,4 +1,7 @@
-"""Trusting and explaining a run: `confirm`, `collect`, `report`, `diagnose`, `dashboard`."""
+"""Trusting and explaining a run: `confirm`, `collect`, `report`, `diagnose`, `dashboard`.
+
+Each command imports its implementation inside its function, so that `normsearch --help` (which
+imports every command module) loads neither torch nor Ray."""
 
 from __future__ import annotations
 
@@ -55,7 +58,6 @@ def confirm(
 
     try:
         with feedback.shown():  # the first line comes at once; the imports may take a while
-            # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
             from normsearch.search.confirm import run_confirm
 
             outcome = run_confirm(str(run_dir), ids, front, seeds, on_change=update)
@@ -84,7 +86,6 @@ def confirm(
 
 def show_confirmations(run_dir: Path, output: Path | None = None, only: list[str] | None = None) -> None:
     """Print the confirmation table and the confirmed front; write the PNG when asked."""
-    # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
     from normsearch.results.confirmed import confirmation_rows, confirmations, confirmed_front
     from normsearch.results.figures import plot_confirmed
     from normsearch.results.front import summarize
@@ -149,7 +150,6 @@ def collect(
 ) -> None:
     """DomainBed-style tables over the runs' records: one row per configuration, one column per reported
     domain, mean ± s.e. where confirmed, the selection rule in the header, X with a reason."""
-    # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
     from normsearch.results.collect import collect as collect_runs
 
     show_tables(collect_runs(run_dirs), fmt, output)
@@ -157,7 +157,6 @@ def collect(
 
 def show_tables(tables: list[Any], fmt: CollectFormat, output: Path | None) -> None:
     """Collected tables (`collect`, `evaluate`) to a file, as rich tables with their notes, or as text."""
-    # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
     import sys
 
     from normsearch.results.collect import _notes, render, rich_tables
@@ -186,7 +185,6 @@ def report(
 ) -> None:
     """One self-contained report: recipe and space, trials, Pareto plot, hypervolume over trials, parameter
     importance per objective, the chosen architecture's slots, confirmations, the selection statement."""
-    # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
     from normsearch.results.report import write_report
 
     with working("report", "writing the report"):
@@ -219,7 +217,6 @@ def diagnose(
     """Why a configuration generalizes: feature divergence per normalization layer between the source and
     each target (IBN-Net §4.3), estimation shift per BN-like layer (XBNBlock §4.2), and for Switchable Norm
     the learned ratios and hard choices (SN Fig. 5)."""
-    # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
     from normsearch.analysis.diagnose import diagnose as run_diagnosis
     from normsearch.analysis.diagnose import from_config, from_run, write_diagnosis
     from normsearch.run.folder import RunFolder
@@ -300,7 +297,6 @@ def dashboard(
 ) -> None:
     """Open the run's study in optuna-dashboard (`pip install 'normsearch\\[dashboard]'`); without it,
     print the exact command."""
-    # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
     from normsearch.run.folder import RunFolder
 
     folder = RunFolder.open(run_dir)

@@ -1,4 +1,7 @@
-"""`train`: retrain one architecture over several seeds, outside any run (no Ray, no run folder)."""
+"""`train`: retrain one architecture over several seeds, outside any run (no Ray, no run folder).
+
+Each command imports its implementation inside its function, so that `normsearch --help` (which
+imports every command module) loads neither torch nor Ray."""
 
 from __future__ import annotations
 
@@ -37,7 +40,6 @@ def train(
     try:
         # The first line comes at once: reading the recipe imports torch (slow on a busy machine).
         with working("train", f"reading {recipe_path} and loading its data") as status:
-            # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
             from normsearch.arch import load_arch
             from normsearch.data.spec import load_data
             from normsearch.train import train_from_recipe

@@ -1,4 +1,7 @@
-"""Running a search: `run` and `resume`."""
+"""Running a search: `run` and `resume`.
+
+Each command imports its implementation inside its function, so that `normsearch --help` (which
+imports every command module) loads neither torch nor Ray."""
 
 from __future__ import annotations
 
@@ -62,7 +65,6 @@ def run(
     tic = time.perf_counter()
     # The first line comes at once: reading the recipe imports torch (slow on a busy machine).
     with working("run", f"reading {recipe_path}") as shown:
-        # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
         from normsearch.run.folder import default_output
         from normsearch.search.preflight import describe, preflight
 
@@ -152,7 +154,6 @@ def resume(
     """Continue a run that was interrupted or killed: finished trials stay, unfinished ones continue from
     their last epoch checkpoint, and the study is reconciled with the records. Given the run's storage
     URI (another machine, a new head node), the folder is restored from the storage first."""
-    # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
     from normsearch.run.folder import RunFolder
     from normsearch.run.storage import is_uri, split_run_uri
 
@@ -179,7 +180,6 @@ def _search(
     repair: bool = False,
     startup_timeout: float | None = None,
 ) -> None:
-    # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
     from normsearch.search.tuner import run_search
 
     console.print(f"[bold]{recipe.name}[/bold]: {recipe.data.describe()}", highlight=False)
@@ -219,6 +219,7 @@ def _search(
         console.print("nothing left to run: every trial of this run has finished", highlight=False)
     if outcome.progress is not None and outcome.progress.message:
         console.print(outcome.progress.message, highlight=False)
+    # here, not at the top, also because importing cli/inspect.py first would list its commands before run's
     from normsearch.cli.inspect import show_run
     from normsearch.run.folder import RunFolder
 

@@ -1,4 +1,7 @@
-"""Tools: benchmarks and retraining one architecture over seeds."""
+"""Tools: benchmarks and retraining one architecture over seeds.
+
+Each command imports its implementation inside its function, so that `normsearch --help` (which
+imports every command module) loads neither torch nor Ray."""
 
 from __future__ import annotations
 
@@ -33,7 +36,6 @@ def bench_data(
     ] = None,
 ) -> None:
     """Images/s of the input pipeline and of the recipe's train step, same threads, one run."""
-    # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
     from normsearch.bench.data import bench_data as run_bench
 
     recipe, _ = load_recipe_flags(recipe_path, overrides=overrides)
@@ -107,7 +109,6 @@ def bench_norms(
     ] = None,
 ) -> None:
     """Time every normalizer's train step and eval forward against nn.BatchNorm2d, in one run."""
-    # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
     import torch
 
     from normsearch.bench.norms import SHAPES, parse_shapes
@@ -175,7 +176,6 @@ def bench_efficiency(
     ] = Path("benchmarks/efficiency"),
 ) -> None:
     """Tabulate a space once, replay every search method on it; hypervolume against trial-epochs."""
-    # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
     from normsearch.bench.efficiency import run_bench, tabulate
 
     recipe, _ = load_recipe_flags(recipe_path)
@@ -247,7 +247,6 @@ def bench_search(
     ] = None,
 ) -> None:
     """Search overhead: the same N trials through `normsearch run` and sequentially in this process."""
-    # Imported here, not at the top: keeps torch and Ray out of `normsearch --help`.
     from normsearch.bench.search import TARGET_OVERHEAD, TARGET_TRIAL_SECONDS, TARGET_TRIALS
     from normsearch.bench.search import bench_search as run_bench
     from normsearch.run.folder import default_output
