@@ -15,17 +15,17 @@ import csv
 import io
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from normsearch.analysis.divergence import EPS, channel_means, feature_divergence
+from normsearch.analysis.divergence import channel_means, feature_divergence
 from normsearch.analysis.estimation_shift import InputMoments, estimation_shift, running_statistics
-from normsearch.analysis.plots import plot_divergence, plot_estimation_shift, plot_sn_ratios
-from normsearch.analysis.sn_ratios import SNRatios, sn_ratios
+from normsearch.analysis.plots import Diagnosis, plot_divergence, plot_estimation_shift, plot_sn_ratios
+from normsearch.analysis.sn_ratios import sn_ratios
 from normsearch.arch import ArchConfig, load_arch
 from normsearch.data.domains import DomainSet
 from normsearch.data.pipeline import Standardizer
@@ -54,41 +54,6 @@ class TrainedNetwork:
     recipe: Recipe
     unit: Unit
     label: str
-
-
-@dataclass
-class Diagnosis:
-    """Per slot (forward order): its normalizer, the divergence source -> each target, the estimation shift
-    (ESM_mu, ESM_sigma) on the source and each target (None for a batch-free slot), and the SN ratios."""
-
-    label: str
-    selection: str
-    slots: list[str]
-    normalizers: dict[str, str]
-    targets: list[str]
-    images: dict[str, int]
-    divergence: dict[str, list[float]] = field(default_factory=dict)
-    shift: dict[str, list[tuple[float, float] | None]] = field(default_factory=dict)
-    sn: list[SNRatios] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "label": self.label,
-            "selection": self.selection,
-            "slots": self.slots,
-            "normalizers": self.normalizers,
-            "images": self.images,
-            "divergence": self.divergence,
-            "estimation_shift": {
-                d: [None if v is None else {"mu": v[0], "sigma": v[1]} for v in values]
-                for d, values in self.shift.items()
-            },
-            "sn_ratios": [
-                {"slot": r.slot, "mode": r.mode, "mean": r.mean, "var": r.var, "choice": r.choice}
-                for r in self.sn
-            ],
-            "eps": EPS,
-        }
 
 
 def _num_classes(arch: ArchConfig, data: DomainSet, keep_weights: bool = False) -> ArchConfig:

@@ -1,17 +1,56 @@
 """The diagnosis plots: a quantity per normalization slot over depth (IBN-Net Fig. 2 / 5, XBNBlock Fig. 2-5)
-and SN's stacked ratio bars (SN Fig. 5). PNG files, written atomically; titles wrap inside the figure."""
+and SN's stacked ratio bars (SN Fig. 5). PNG files, written atomically; titles wrap inside the figure.
+
+`Diagnosis`, what `normsearch diagnose` measured (analysis/diagnose.py), lives here with the figures drawn
+from it, so that the two modules import one way."""
 
 from __future__ import annotations
 
 import io
 import textwrap
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from normsearch.analysis.divergence import EPS
+from normsearch.analysis.sn_ratios import SNRatios
 from normsearch.run.files import atomic_write_bytes
 
-if TYPE_CHECKING:
-    from normsearch.analysis.diagnose import Diagnosis
+
+@dataclass
+class Diagnosis:
+    """Per slot (forward order): its normalizer, the divergence source -> each target, the estimation shift
+    (ESM_mu, ESM_sigma) on the source and each target (None for a batch-free slot), and the SN ratios."""
+
+    label: str
+    selection: str
+    slots: list[str]
+    normalizers: dict[str, str]
+    targets: list[str]
+    images: dict[str, int]
+    divergence: dict[str, list[float]] = field(default_factory=dict)
+    shift: dict[str, list[tuple[float, float] | None]] = field(default_factory=dict)
+    sn: list[SNRatios] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "selection": self.selection,
+            "slots": self.slots,
+            "normalizers": self.normalizers,
+            "images": self.images,
+            "divergence": self.divergence,
+            "estimation_shift": {
+                d: [None if v is None else {"mu": v[0], "sigma": v[1]} for v in values]
+                for d, values in self.shift.items()
+            },
+            "sn_ratios": [
+                {"slot": r.slot, "mode": r.mode, "mean": r.mean, "var": r.var, "choice": r.choice}
+                for r in self.sn
+            ],
+            "eps": EPS,
+        }
+
 
 COLORS = {"in": "#d62728", "ln": "#2ca02c", "bn": "#1f77b4"}
 

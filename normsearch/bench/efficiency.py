@@ -20,13 +20,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from normsearch.arch import ArchConfig
-from normsearch.bench.efficiency_report import markdown, summarise, write_csv, write_png
-from normsearch.bench.replay import METHODS, WARM, distinct_architectures, replay
+from normsearch.bench.efficiency_report import Summary, markdown, summarise, write_csv, write_png
+from normsearch.bench.replay import METHODS, WARM, Table, distinct_architectures, replay
 from normsearch.data.spec import load_data
 from normsearch.errors import NormsearchError
 from normsearch.models import build_model
@@ -36,30 +36,7 @@ from normsearch.run.records import config_key
 from normsearch.search.warm_start import slot_ratios, supernet_arch
 from normsearch.train import train_from_recipe
 
-if TYPE_CHECKING:
-    from normsearch.bench.efficiency_report import Summary
-
 TABLE_FORMAT = "normsearch-efficiency-table/1"
-
-
-@dataclass(frozen=True)
-class Table:
-    """A tabulated space. `curves[key][seed]` is one run's learning curve: per epoch, the values of
-    `metrics` (the objectives first, in `objectives` order, then e.g. an ASHA metric that is not one).
-    `configs[key]` are the sampled values of configuration `key` (`config_key(values)`), in the space's
-    enumeration order. `supernet[seed]` (may be empty) holds the
-    SN supernet's `curve` (same layout) and its slot `ratios`."""
-
-    name: str
-    objectives: dict[str, str]
-    metrics: list[str]
-    epochs: int
-    seeds: list[int]
-    configs: dict[str, dict[str, Any]]
-    curves: dict[str, dict[int, list[tuple[float, ...]]]]
-    supernet: dict[int, dict[str, Any]]
-    space: str | dict[str, Any] | None = None
-    model: dict[str, Any] | None = None
 
 
 def _row_key(values: dict[str, Any], seed: int) -> str:

@@ -7,13 +7,10 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from normsearch.bench.replay import WARM, grid_hypervolume, grid_hypervolumes
+from normsearch.bench.replay import WARM, Table, grid_hypervolume, grid_hypervolumes
 from normsearch.run.files import atomic_write_bytes, atomic_write_text
-
-if TYPE_CHECKING:
-    from normsearch.bench.efficiency import Table
 
 
 @dataclass(frozen=True)

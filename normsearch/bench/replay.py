@@ -42,7 +42,6 @@ from normsearch.search.warm_start import queue, rank_configs
 
 if TYPE_CHECKING:
     from normsearch.arch import ArchConfig
-    from normsearch.bench.efficiency import Table
     from normsearch.recipe import Recipe
     from normsearch.space import Space
 
@@ -51,6 +50,26 @@ SCHEDULERS = ("none", "asha", "moasha")
 WARM = "sn_warm"
 METHODS = (*(f"{a}+{s}" for a in ALGORITHMS for s in SCHEDULERS), WARM)
 MAX_REPEATS_IN_A_ROW = 200  # as the live ledger: a sampler proposing only visited points has nothing new
+
+
+@dataclass(frozen=True)
+class Table:
+    """A tabulated space. `curves[key][seed]` is one run's learning curve: per epoch, the values of
+    `metrics` (the objectives first, in `objectives` order, then e.g. an ASHA metric that is not one).
+    `configs[key]` are the sampled values of configuration `key` (`config_key(values)`), in the space's
+    enumeration order. `supernet[seed]` (may be empty) holds the
+    SN supernet's `curve` (same layout) and its slot `ratios`."""
+
+    name: str
+    objectives: dict[str, str]
+    metrics: list[str]
+    epochs: int
+    seeds: list[int]
+    configs: dict[str, dict[str, Any]]
+    curves: dict[str, dict[int, list[tuple[float, ...]]]]
+    supernet: dict[int, dict[str, Any]]
+    space: str | dict[str, Any] | None = None
+    model: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import html
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +24,6 @@ from normsearch.arch import ArchConfig
 from normsearch.errors import NormsearchError
 from normsearch.results.collect import _cells, _header_cells, _notes, collect, render_markdown
 from normsearch.results.confirmed import (
-    Confirmed,
-    ConfirmedFront,
     confirmation_rows,
     confirmations,
     confirmed_front,
@@ -34,7 +31,7 @@ from normsearch.results.confirmed import (
 from normsearch.results.figures import wrapped_title
 from normsearch.results.front import RunSummary, choose, summarize
 from normsearch.results.pareto import hypervolume_prefixes
-from normsearch.results.report_figures import plotly_figures
+from normsearch.results.report_figures import ReportData, plotly_figures
 from normsearch.results.report_figures import pngs as write_pngs
 from normsearch.results.tables import arch_summary, front_rows, header, trials_rows
 from normsearch.run.files import atomic_write_text
@@ -42,21 +39,6 @@ from normsearch.run.records import UNIT_SEPARATOR
 from normsearch.run.study import load_study
 
 KINDS = (".html", ".md")
-
-
-@dataclass
-class ReportData:
-    """What a report shows, gathered once for both formats."""
-
-    summary: RunSummary
-    title: str
-    hypervolume: list[tuple[str, float]]
-    importances: dict[str, dict[str, float]]
-    importance_note: str
-    chosen: Any  # the knee pick (a TrialRecord), or None
-    slots: list[tuple[str, int, str]]
-    confirmed: dict[str, Confirmed] = field(default_factory=dict)
-    confirmed_front: ConfirmedFront | None = None
 
 
 def hypervolume_curve(summary: RunSummary) -> list[tuple[str, float]]:

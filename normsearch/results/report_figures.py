@@ -1,16 +1,34 @@
-"""The report's figures: plotly figures for the HTML report, PNGs for the Markdown one (results/report.py)."""
+"""The report's figures: plotly figures for the HTML report, PNGs for the Markdown one (results/report.py).
+
+`ReportData`, what a report shows, lives here with the figures drawn from it, so that the two modules import
+one way."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import plotly.graph_objects as go
 
+from normsearch.results.confirmed import Confirmed, ConfirmedFront
 from normsearch.results.figures import front_figure, plot_confirmed, plot_front, pyplot, save_png
+from normsearch.results.front import RunSummary
 
-if TYPE_CHECKING:
-    from normsearch.results.report import ReportData
+
+@dataclass
+class ReportData:
+    """What a report shows, gathered once for both formats."""
+
+    summary: RunSummary
+    title: str
+    hypervolume: list[tuple[str, float]]
+    importances: dict[str, dict[str, float]]
+    importance_note: str
+    chosen: Any  # the knee pick (a TrialRecord), or None
+    slots: list[tuple[str, int, str]]
+    confirmed: dict[str, Confirmed] = field(default_factory=dict)
+    confirmed_front: ConfirmedFront | None = None
 
 
 def plotly_figures(data: ReportData) -> dict[str, Any]:

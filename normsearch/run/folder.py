@@ -25,6 +25,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import sqlite3
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -258,6 +259,24 @@ class RunFolder(DriverFile):
         names = [n for n in (TRIALS, STUDY, SPACE, WARM_START) if (self.path / n).is_file()]
         names += [f"{PRETRAINED}/{p.name}" for p in sorted((self.path / PRETRAINED).glob("*.pt"))]
         return [*names, RECIPE]
+
+    def mirror(self) -> None:
+        """Copy the run folder's own files (`mirrored`; Tune's are already there) to its storage, under
+        `<root>/<run>/`. A SQLite file (the study) is copied through SQLite's backup API, so the copy is
+        consistent while the driver writes to it. Nothing to do for a run without storage."""
+        storage, run = self.storage, self.path.name
+        if storage is None:
+            return
+        for name in self.mirrored():
+            local = self.path / name
+            if local.suffix != ".db":
+                storage.upload(local, storage.path(run, name))
+                continue
+            with tempfile.TemporaryDirectory(prefix="normsearch-study-") as tmp:
+                copy = Path(tmp) / local.name
+                with sqlite3.connect(local) as src, sqlite3.connect(copy) as dst:
+                    src.backup(dst)
+                storage.upload(copy, storage.path(run, name))
 
     @staticmethod
     def stored_run(storage: Storage, run: str) -> bool:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sqlite3
 import tempfile
 import threading
 import uuid
@@ -35,7 +34,6 @@ from normsearch.run.files import first_line
 if TYPE_CHECKING:
     import pyarrow.fs
 
-    from normsearch.run.folder import RunFolder
     from normsearch.train import TrainState
 
 SCHEMES = ("s3", "gs", "gcs", "file")
@@ -207,23 +205,6 @@ class Storage:
 
         infos = self.filesystem.get_file_info(FileSelector(prefix, recursive=True, allow_not_found=True))
         return sorted(i.path for i in infos if i.type == FileType.File)
-
-    # --- the mirrored run folder ----------------------------------------------------------------------
-    def mirror(self, folder: RunFolder) -> None:
-        """Copy the run folder's own files (`RunFolder.mirrored`; Tune's are already here) to
-        `<root>/<run>/`. A SQLite file (the study) is copied through SQLite's backup API, so the copy is
-        consistent while the driver writes to it."""
-        run = folder.path.name
-        for name in folder.mirrored():
-            local = folder.path / name
-            if local.suffix != ".db":
-                self.upload(local, self.path(run, name))
-                continue
-            with tempfile.TemporaryDirectory(prefix="normsearch-study-") as tmp:
-                copy = Path(tmp) / local.name
-                with sqlite3.connect(local) as src, sqlite3.connect(copy) as dst:
-                    src.backup(dst)
-                self.upload(copy, self.path(run, name))
 
     def restore(self, run: str, local: Path, marker: str, skip: str) -> None:
         """Download a mirrored run folder into `local`, leaving out the folder `skip` (Tune's, read in

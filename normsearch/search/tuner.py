@@ -215,7 +215,7 @@ def mirror_callback(folder: RunFolder) -> Any:
         def _mirror(self) -> None:
             # A failed copy: the next record (and the driver's last mirror) copies it again.
             with contextlib.suppress(OSError):
-                folder.storage.mirror(folder)
+                folder.mirror()
 
         def on_trial_result(self, *args: Any, **info: Any) -> None:
             self._mirror()
@@ -297,7 +297,7 @@ def run_search(
         on_folder(folder)
     _start_ray(folder, recipe, startup_timeout, discard=None if resume else made)
     if folder.storage is not None:
-        folder.storage.mirror(folder)
+        folder.mirror()
 
     bases = pretrained_bases(folder, recipe, on_change)
     objectives = recipe.search.objectives
@@ -354,5 +354,5 @@ def run_search(
             mark_interrupted(folder, study)
         folder.release()
         if folder.storage is not None:
-            folder.storage.mirror(folder)
+            folder.mirror()
     return outcome
