@@ -7,6 +7,7 @@ The graph is read from the source (every `import` at module level and inside fun
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -48,6 +49,18 @@ EXCEPTIONS: dict[tuple[str, str], str] = {
         "the recipe validates search.constraints with the constraint grammar, which issue 19 moved into "
         "search/; it needs only normsearch.metrics and belongs below recipe"
     ),
+}
+
+
+# A module whose docstring says its imports wait inside its functions (the CLI's command modules: each command
+# imports its implementation inside it, so that `normsearch --help` loads neither torch nor Ray).
+DEFERRAL_DOCSTRING = re.compile(r"\bimports?\b[^.]*\binside\b")
+# Function-level imports of the package without a word on why, in files this check's author could not edit
+# (issue 19: the lead's). Each is light (no torch, no Ray, no cycle): move it to the top and drop it here.
+UNEXPLAINED: set[tuple[str, str]] = {
+    ("run.study", "run.journal"),
+    ("run.study", "run.records"),
+    ("run.reconcile", "run.records"),
 }
 
 
@@ -219,3 +232,70 @@ def test_train_is_entered_through_its_one_door() -> None:
         if target.startswith("normsearch.train.")
     )
     assert behind == []
+
+
+def unexplained_deferred_imports(source: str, module: str = "normsearch.x") -> list[tuple[int, str]]:
+    """(line, imported module) of each import of a package module inside a function that does not say why it
+    waits: no comment on its line(s), none on the line above its run of import lines, and no sentence in the
+    module's docstring saying that its imports wait inside its functions (DEFERRAL_DOCSTRING)."""
+    tree = ast.parse(source)
+    if DEFERRAL_DOCSTRING.search(ast.get_docstring(tree) or ""):
+        return []
+    lines = source.splitlines()
+    import_lines = {
+        n
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for n in range(node.lineno, node.end_lineno + 1)
+    }
+    found = []
+
+    def visit(node: ast.AST, in_function: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef):
+                visit(child, True)
+                continue
+            if in_function and isinstance(child, ast.Import | ast.ImportFrom):
+                targets = [t for t in _targets(child, module, False) if t.split(".")[0] == "normsearch"]
+                said = any("#" in lines[n - 1] for n in range(child.lineno, child.end_lineno + 1))
+                above = child.lineno - 1
+                while above in import_lines:
+                    above -= 1
+                said = said or (above > 0 and lines[above - 1].strip().startswith("#"))
+                if targets and not said:
+                    found.append((child.lineno, targets[0]))
+            visit(child, in_function)
+
+    visit(tree, False)
+    return found
+
+
+def test_the_deferred_import_rule_flags_only_unexplained_imports() -> None:
+    source = (
+        '"""A module."""\n'
+        "import json\n\n\n"
+        "def f():\n"
+        "    from normsearch.arch import ArchConfig\n\n"  # flagged: says nothing
+        "    # torch: only when a network is built\n"
+        "    from normsearch.models import build_model\n"
+        "    from normsearch.train import train_candidate\n\n"  # the comment above its run of imports
+        "    import json as j  # not the package's\n"
+        "    from normsearch.space import Space  # cli: keeps --help light\n"
+        "    import typer\n"
+    )
+    assert unexplained_deferred_imports(source) == [(6, "normsearch.arch")]
+    deferring = (
+        '"""Commands. Each imports its implementation inside the command."""\n' + source.split("\n", 1)[1]
+    )
+    assert unexplained_deferred_imports(deferring) == []
+
+
+def test_every_function_level_import_says_why_it_waits() -> None:
+    """Issue 19: an import of the package sits inside a function only where it keeps torch, Ray or another
+    heavy module out of a light path (`normsearch --help`, reading a run), and says so."""
+    found = {}
+    for module, path in sorted(_modules().items()):
+        for line, target in unexplained_deferred_imports(path.read_text(), module):
+            found.setdefault((_short(module), _short(target)), f"{path.relative_to(PACKAGE.parent)}:{line}")
+    assert sorted(set(found) - UNEXPLAINED) == [], [found[k] for k in sorted(set(found) - UNEXPLAINED)]
+    assert sorted(UNEXPLAINED - set(found)) == [], "explained or moved now: drop it from UNEXPLAINED"
