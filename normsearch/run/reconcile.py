@@ -20,7 +20,7 @@ from typing import Any
 from normsearch.run.driver import ProcessRef
 from normsearch.run.folder import RunFolder
 from normsearch.run.records import UNIT_SEPARATOR, TrialRecord, trial_key, unit_trial_id
-from normsearch.run.study import close_trial, running_trials, set_attrs
+from normsearch.run.study import TEST_ATTR, close_trial, running_trials, set_attrs
 
 
 @dataclass(frozen=True)
@@ -163,7 +163,7 @@ def _study_record(
         "epoch": attrs.get("epoch", earlier.epoch if earlier else None),
         "final": status == "complete",
         "metrics": metrics,
-        "test": {k.removeprefix("test/"): v for k, v in attrs.items() if k.startswith("test/")},
+        "test": {k.removeprefix(TEST_ATTR): v for k, v in attrs.items() if k.startswith(TEST_ATTR)},
         "recovered_from": "study",
     }
     if attrs.get("reason"):

@@ -22,6 +22,11 @@ from normsearch.run.folder import STUDY as STUDY_FILE
 from normsearch.run.folder import RunFolder
 from normsearch.run.records import TrialRecord, own_policy
 
+# Study trial attribute names beside the objectives: ``test/<domain>`` (test accuracies after training) and
+# ``policy/<policy>/<objective>`` (the objectives under each other test-time statistics policy).
+TEST_ATTR = "test/"
+POLICY_ATTR = "policy/"
+
 
 def _quiet() -> None:
     import optuna
@@ -88,7 +93,7 @@ def _policy_attrs(record: TrialRecord, objectives: dict[str, str]) -> dict[str, 
     attrs: dict[str, Any] = {"policy": own_policy(record)} if record.arch is not None else {}
     for policy, measured in (record.extra.get(POLICIES) or {}).items():
         values = (measured or {}).get("metrics") or {}
-        attrs.update({f"policy/{policy}/{m}": float(values[m]) for m in objectives if m in values})
+        attrs.update({f"{POLICY_ATTR}{policy}/{m}": float(values[m]) for m in objectives if m in values})
     return attrs
 
 
@@ -113,7 +118,7 @@ def close_trial(
         "reason": record.reason,
         "repeat_of": record.repeat_of,
         "arch": json.dumps(record.arch, sort_keys=True) if record.arch is not None else None,
-        **{f"test/{domain}": value for domain, value in record.test.items()},
+        **{f"{TEST_ATTR}{domain}": value for domain, value in record.test.items()},
         **_policy_attrs(record, objectives),
     }
     if constraints is not None:
