@@ -1170,6 +1170,10 @@ HOSTILE = [
         for key, value in PAST.items()
     ],
     bad_recipe("epochs-1e20", recipe({"train.epochs": 10**20}), "train.epochs", "allowed: 1 to 10000"),
+    bad_recipe("epochs-1e20-float", recipe({"train.epochs": 1e20}), "train.epochs", "got the float 1e+20"),
+    bad_recipe("epochs-fraction", recipe({"train.epochs": 1.5}), "train.epochs", "got the float 1.5"),
+    bad_recipe("seed-1e20-float", recipe({"seed": 1e20}), "r.yaml: seed:", "got the float 1e+20"),
+    Case("set-epochs-1e20", [*GOOD_RUN, "--set", "train.epochs=1e20"], ("train.epochs", "float 1e+20")),
     bad_recipe("seed-2-to-the-64", recipe({"seed": 2**64}), "seed", "4294967295"),
     Case(
         "seed-2-to-the-64-run-without-dry-run",
