@@ -145,8 +145,10 @@ def test_resume_refuses_a_poisoned_checkpoint_and_continues_from_the_real_one(
     planted = _state_of(run, "t001")
     real = planted.read_bytes()
     poison(planted, marker, "torch-zip")
+    ray_dirs = RunFolder(run).recorded_ray_dirs()  # a driver records one before it starts Ray
     result = runner.invoke(app, ["resume", str(run)])
     _refused(result, planted, marker)
+    assert RunFolder(run).recorded_ray_dirs() == ray_dirs  # refused before Ray was started
     # The genuine checkpoint back: resume continues t001 from it and finishes it exactly once.
     planted.write_bytes(real)
     result = runner.invoke(app, ["resume", str(run)])
