@@ -104,7 +104,8 @@ def _submodel(kinds: set[Any]) -> type[BaseModel] | None:
 
 
 def strict_numbers(model: type[BaseModel], data: Any, source: str, where: str = "") -> None:
-    """Refuse a boolean or a string given for a number field, in `data` and its nested sections.
+    """Refuse a boolean or a string given for a number field, and a float that is no integer (1.5, 1e20)
+    for an integer field, in `data` and its nested sections.
 
     YAML reads ``yes``/``true`` as booleans and ``"8"`` as a string; pydantic's lax mode turns both into
     numbers (``epochs: true`` trains one epoch), which hides a mistake. A field that also accepts strings
@@ -116,14 +117,9 @@ def strict_numbers(model: type[BaseModel], data: Any, source: str, where: str = 
             continue
         value, key = data[name], f"{where}{name}"
         kinds = _kinds(field.annotation)
-        numeric = kinds & {int, float}
-        if numeric and not kinds & {str, bool, Any} and isinstance(value, bool | str):
-            wanted = "an integer" if int in numeric and float not in numeric else "a number"
-            shown = json.dumps(value) if isinstance(value, bool) else repr(value)
-            raise NormsearchError(
-                f"{source}: {key}: {wanted} is needed, got the {type(value).__name__} {shown[:40]}"
-                + (" (write it without quotes)" if isinstance(value, str) else "")
-            )
+        problem = _number_problem(kinds, value)
+        if problem:
+            raise NormsearchError(f"{source}: {key}: {problem}")
         sub = _submodel(kinds)
         if sub is not None:
             strict_numbers(sub, value, source, f"{key}.")
@@ -134,6 +130,29 @@ def strict_numbers(model: type[BaseModel], data: Any, source: str, where: str = 
             items = value.items() if isinstance(value, dict) else enumerate(value)
             for item_key, item in items:
                 strict_numbers(inner, item, source, f"{key}.{item_key}.")
+
+
+def _number_problem(kinds: set[Any], value: Any) -> str | None:
+    """What is wrong with `value` for a field of these types, or None: a boolean or a string for a number
+    field (one that takes no strings or booleans), or a float that is no integer for an integer field."""
+    numeric = kinds & {int, float}
+    if numeric and not kinds & {str, bool, Any} and isinstance(value, bool | str):
+        wanted = "an integer" if int in numeric and float not in numeric else "a number"
+        shown = json.dumps(value) if isinstance(value, bool) else repr(value)
+        return f"{wanted} is needed, got the {type(value).__name__} {shown[:40]}" + (
+            " (write it without quotes)" if isinstance(value, str) else ""
+        )
+    if int in kinds and not kinds & {float, str, Any} and isinstance(value, float) and _not_an_int(value):
+        # pydantic turns 2.0 into 2, but says "unable to parse input string" of 1e20 (YAML 1.2 reads
+        # `epochs: 1e20` as a float) and names no number for 1.5.
+        return f"an integer is needed, got the float {value!r}"
+    return None
+
+
+def _not_an_int(value: float) -> bool:
+    """A float no integer field should take: a fraction, infinity, NaN, or beyond 2**53 (where floats
+    stop holding every integer, so `1e20` is not the number the user wrote digit by digit)."""
+    return not value.is_integer() or abs(value) > 2**53
 
 
 # A recipe, space or ArchConfig is a few kilobytes; anything far larger is the wrong file (or a hostile one).

@@ -1090,6 +1090,38 @@ def unfinished(trial_id: str, status: str) -> dict[str, Any]:
     }
 
 
+class Payload:
+    """What an attacker plants as a weights file: unpickling it runs a shell command that creates MARKER in
+    the case's folder (which the matrix's snapshot of <tmp> would then show)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return (os.system, (f"touch {self.marker}",))
+
+
+def poisoned(relative: str, form: str = "torch-zip") -> Callable[[Path], None]:
+    """<tmp>/relative holding the payload: a torch zip file whose data.pkl holds it, or a bare pickle."""
+
+    def build(tmp: Path) -> None:
+        import io
+        import pickle
+
+        content = {"state_dict": Payload(tmp / "MARKER")}
+        buffer = io.BytesIO()
+        if form == "pickle":
+            pickle.dump(content, buffer)
+        else:
+            torch.save(content, buffer)
+        (tmp / relative).write_bytes(buffer.getvalue())
+
+    return build
+
+
+WITH_WEIGHTS = {"model.backbone": {"preset": "resnet-mini", "num_classes": 2, "weights": "<tmp>/w.pt"}}
+ARCH_FILE = {"a.yaml": "backbone: {preset: resnet-mini, num_classes: 2}\n"}
+
 NAME_128 = "n" * 128
 HOSTILE = [
     # duplicate keys: both line numbers, at the top level, nested, in a flow mapping, in JSON, in a space
@@ -1170,6 +1202,10 @@ HOSTILE = [
         for key, value in PAST.items()
     ],
     bad_recipe("epochs-1e20", recipe({"train.epochs": 10**20}), "train.epochs", "allowed: 1 to 10000"),
+    bad_recipe("epochs-1e20-float", recipe({"train.epochs": 1e20}), "train.epochs", "got the float 1e+20"),
+    bad_recipe("epochs-fraction", recipe({"train.epochs": 1.5}), "train.epochs", "got the float 1.5"),
+    bad_recipe("seed-1e20-float", recipe({"seed": 1e20}), "r.yaml: seed:", "got the float 1e+20"),
+    Case("set-epochs-1e20", [*GOOD_RUN, "--set", "train.epochs=1e20"], ("train.epochs", "float 1e+20")),
     bad_recipe("seed-2-to-the-64", recipe({"seed": 2**64}), "seed", "4294967295"),
     Case(
         "seed-2-to-the-64-run-without-dry-run",
@@ -1328,6 +1364,36 @@ HOSTILE = [
         "space-path-a-folder", RUN, ("sp", "is a folder"), files={"r.yaml": space_recipe("./sp"), "sp/x": "x"}
     ),
     bad_recipe("space-path-dev-zero", space_recipe("/dev/zero"), "/dev/zero", "character device"),
+    # a weights file is read with weights_only=True: a planted pickle runs nothing, a FIFO is never opened
+    Case(
+        "weights-poisoned-torch-zip",
+        RUN,
+        ("w.pt", "unsupported GLOBAL posix.system", "nothing in it was loaded"),
+        files={"r.yaml": recipe(WITH_WEIGHTS)},
+        setup=poisoned("w.pt"),
+    ),
+    Case(
+        "weights-poisoned-bare-pickle",
+        RUN,
+        ("w.pt", "cannot read as a checkpoint", "nothing in it was loaded"),
+        files={"r.yaml": recipe(WITH_WEIGHTS)},
+        setup=poisoned("w.pt", "pickle"),
+    ),
+    Case(
+        "weights-fifo",
+        RUN,
+        ("w.pt", "not a regular file"),
+        files={"r.yaml": recipe(WITH_WEIGHTS)},
+        setup=fifo("w.pt"),
+        within=10,
+    ),
+    Case(
+        "plan-weights-poisoned",
+        ["plan", "<tmp>/a.yaml", "--weights", "<tmp>/w.pt"],
+        ("w.pt", "unsupported GLOBAL posix.system"),
+        files=ARCH_FILE,
+        setup=poisoned("w.pt"),
+    ),
     # exporting a trial that did not complete needs --force
     Case(
         "export-failed-trial",

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -92,6 +93,11 @@ def load_weights(
     path = Path(text).expanduser()
     if path.is_file():
         return _read_file(path)
+    if path.exists() and not path.is_dir():
+        # A FIFO, socket or device: opening it would block or never end; refused by stat alone.
+        raise NormsearchError(
+            f"{source}: {text}: not a regular file (a FIFO, socket or device); give a checkpoint file"
+        )
     if isinstance(weights, Path) or "/" in text or os.sep in text or path.suffix.lower() in FILE_SUFFIXES:
         raise NormsearchError(f"{source}: {text}: no such file")
     return _torchvision(text, backbone, source)
@@ -207,12 +213,21 @@ def _read_file(path: Path) -> Checkpoint:
         if path.suffix.lower() == ".safetensors":
             raw: Any = _read_safetensors(path)
         else:
-            raw = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch warns about a bare pickle's protocol before it refuses
+                warnings.simplefilter("ignore")
+                raw = torch.load(path, map_location="cpu", weights_only=True)
     except ImportError:
         raise NormsearchError(f"{path}: reading .safetensors needs the safetensors package") from None
     except Exception as error:  # a pickle, a truncated file, a non-checkpoint: torch raises many types
-        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise NormsearchError(f"{path}: cannot read as a checkpoint: {detail}") from None
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        # The weights-only reader's own reason ("unsupported GLOBAL posix.system") is the useful line, not
+        # its first, which advises loading the file with weights_only=False (running whatever it holds).
+        reason = next((line for line in lines if "GLOBAL" in line or "Unsupported" in line), None)
+        detail = reason or (lines[0].split(". ")[0] if lines else type(error).__name__)  # miniz says more
+        raise NormsearchError(
+            f"{path}: cannot read as a checkpoint, which holds only tensors and plain values: {detail}; "
+            "nothing in it was loaded"
+        ) from None
     if isinstance(raw, Mapping) and raw.get("format") == FORMAT:
         state = _state_of(raw.get("state_dict"), str(path))
         arch = raw.get("arch")

@@ -11,16 +11,18 @@ run again, and every study trial ends COMPLETE, PRUNED or FAIL exactly once.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from normsearch.run.driver import ProcessRef
 from normsearch.run.folder import RunFolder
-from normsearch.run.records import UNIT_SEPARATOR, TrialRecord, trial_key, unit_trial_id
-from normsearch.run.study import close_trial, running_trials, set_attrs
+from normsearch.run.records import UNIT_SEPARATOR, TrialRecord, fold_records, trial_key, unit_trial_id
+from normsearch.run.study import TEST_ATTR, close_trial, running_trials, set_attrs
 
 
 @dataclass(frozen=True)
@@ -126,7 +128,7 @@ def recover_from_study(folder: RunFolder, study: Any, objectives: dict[str, str]
     tore (moved aside by `RunFolder.repair_records`). It is rebuilt from what the study was told (values,
     the attributes `close_trial` writes) and the trial's earlier records, and marked
     ``recovered_from: study``. Returns the trial ids."""
-    import optuna
+    import optuna  # only when a study is reconciled
 
     state = optuna.trial.TrialState
     outcomes = {state.COMPLETE: "complete", state.PRUNED: "pruned", state.FAIL: "failed"}
@@ -146,9 +148,6 @@ def recover_from_study(folder: RunFolder, study: Any, objectives: dict[str, str]
 def _study_record(
     key: str, frozen: Any, status: str, earlier: TrialRecord | None, names: list[str]
 ) -> dict[str, Any]:
-    import json
-    import time
-
     attrs = frozen.user_attrs
     arch = json.loads(attrs["arch"]) if isinstance(attrs.get("arch"), str) else None
     metrics = dict(earlier.metrics) if earlier else {}
@@ -163,7 +162,7 @@ def _study_record(
         "epoch": attrs.get("epoch", earlier.epoch if earlier else None),
         "final": status == "complete",
         "metrics": metrics,
-        "test": {k.removeprefix("test/"): v for k, v in attrs.items() if k.startswith("test/")},
+        "test": {k.removeprefix(TEST_ATTR): v for k, v in attrs.items() if k.startswith(TEST_ATTR)},
         "recovered_from": "study",
     }
     if attrs.get("reason"):
@@ -176,8 +175,6 @@ def _study_record(
 def repeat_record(key: str, twin: TrialRecord, **fields: Any) -> dict[str, Any]:
     """The record of a configuration not trained because `twin` trained it: `twin`'s outcome and metrics,
     marked as a repeat."""
-    import time
-
     outcome = twin.status if twin.status != "repeat" else twin.extra.get("outcome", "complete")
     why = {"complete": "", "pruned": ", which was stopped early", "failed": ", which failed"}.get(outcome, "")
     return {
@@ -197,16 +194,12 @@ def repeat_record(key: str, twin: TrialRecord, **fields: Any) -> dict[str, Any]:
 
 
 def _fold_one(record: dict[str, Any]) -> TrialRecord:
-    from normsearch.run.records import fold_records
-
     return fold_records([record])[0]
 
 
 def mark_interrupted(folder: RunFolder, study: Any) -> list[str]:
     """After an interrupted driver: an "interrupted" record for every trial whose last record is still
     "running" (its study trial stays RUNNING, so `resume` continues it). Returns the trial ids."""
-    import time
-
     marked = []
     if not folder.records_path.is_file():
         return marked
@@ -234,7 +227,7 @@ def end_orphans(folder: RunFolder) -> int:
     recorded by pid and start time, and every process whose command line names a Ray temp folder it
     recorded before starting Ray (so agents started after its last look are found too); never a process of
     this driver's own. Returns how many."""
-    import psutil
+    import psutil  # the process table only when processes are ended
 
     mine = {p.pid for p in psutil.Process().children(recursive=True)} | {os.getpid()}
     refs = list(folder.recorded_processes())
@@ -247,7 +240,7 @@ def end_orphans(folder: RunFolder) -> int:
 def session_processes(temp_dir: str) -> list[ProcessRef]:
     """The live processes whose command line names `temp_dir` (a local Ray started with it: GCS, raylet,
     its agents), and their descendants (workers, which rename themselves "ray::...")."""
-    import psutil
+    import psutil  # the process table only when processes are ended
 
     found: dict[int, ProcessRef] = {}
     for process in psutil.process_iter(["pid", "cmdline", "create_time", "name"]):

@@ -76,6 +76,7 @@ def _error_reason(error: BaseException) -> str:
         ("curlCode: 6", "the endpoint's host name does not resolve (AWS_ENDPOINT_URL)"),
         ("Couldn't connect", "nothing answers at the endpoint (AWS_ENDPOINT_URL)"),
     ]
+
     def squeeze(words: str) -> str:  # NoSuchBucket, NO_SUCH_BUCKET and "no such bucket" alike
         return "".join(c for c in words.lower() if c.isalnum())
 

@@ -6,12 +6,16 @@ show` shows: ``trial`` (the record's trial id), ``epoch``, ``reason`` (why it fa
 ``repeat_of``, ``arch`` (the ArchConfig as JSON) and ``test/<domain>`` (test-domain accuracies after
 training). A trial is told its outcome exactly once; attributes are written before the outcome, since a
 finished Optuna trial cannot change.
+
+Each function imports optuna inside it: reading a run's records and checking its study.db (`show`) does
+not load it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import sqlite3
 import warnings
 from pathlib import Path
 from typing import Any
@@ -20,7 +24,13 @@ from normsearch.errors import NormsearchError
 from normsearch.metrics import POLICIES
 from normsearch.run.folder import STUDY as STUDY_FILE
 from normsearch.run.folder import RunFolder
-from normsearch.run.records import TrialRecord, own_policy
+from normsearch.run.journal import study_written
+from normsearch.run.records import UNIT_SEPARATOR, TrialRecord, own_policy, trial_key
+
+# Study trial attribute names beside the objectives: ``test/<domain>`` (test accuracies after training) and
+# ``policy/<policy>/<objective>`` (the objectives under each other test-time statistics policy).
+TEST_ATTR = "test/"
+POLICY_ATTR = "policy/"
 
 
 def _quiet() -> None:
@@ -60,8 +70,6 @@ def load_study(folder: RunFolder, name: str) -> Any:
 
 def set_attrs(study: Any, number: int, attrs: dict[str, Any]) -> None:
     """Set user attributes on a running study trial (None values are skipped)."""
-    from normsearch.run.journal import study_written
-
     trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
     for key, value in attrs.items():
         if value is not None:
@@ -88,7 +96,7 @@ def _policy_attrs(record: TrialRecord, objectives: dict[str, str]) -> dict[str, 
     attrs: dict[str, Any] = {"policy": own_policy(record)} if record.arch is not None else {}
     for policy, measured in (record.extra.get(POLICIES) or {}).items():
         values = (measured or {}).get("metrics") or {}
-        attrs.update({f"policy/{policy}/{m}": float(values[m]) for m in objectives if m in values})
+        attrs.update({f"{POLICY_ATTR}{policy}/{m}": float(values[m]) for m in objectives if m in values})
     return attrs
 
 
@@ -113,7 +121,7 @@ def close_trial(
         "reason": record.reason,
         "repeat_of": record.repeat_of,
         "arch": json.dumps(record.arch, sort_keys=True) if record.arch is not None else None,
-        **{f"test/{domain}": value for domain, value in record.test.items()},
+        **{f"{TEST_ATTR}{domain}": value for domain, value in record.test.items()},
         **_policy_attrs(record, objectives),
     }
     if constraints is not None:
@@ -133,8 +141,6 @@ def close_trial(
         study.tell(number, state=state.FAIL)
         told = "FAIL"
     if told != "RUNNING":
-        from normsearch.run.journal import study_written
-
         study_written()
     return told
 
@@ -150,7 +156,6 @@ def check_study(folder: RunFolder) -> str | None:
     """What is wrong with the run's study.db, in one line (None when SQLite finds it sound or there is none
     yet): a truncated or overwritten file, found by opening it read-only and running `PRAGMA
     integrity_check`, before Optuna touches it."""
-    import sqlite3
 
     path = folder.path / STUDY_FILE
     if not path.exists():
@@ -190,8 +195,6 @@ def rebuild_study(folder: RunFolder, name: str, objectives: dict[str, str], spac
     told FAIL with no values, it would break the grid sampler and lose that trial from the budget.
     Returns where the damaged file went."""
     import optuna
-
-    from normsearch.run.records import UNIT_SEPARATOR, trial_key
 
     path = folder.path / STUDY_FILE
     k = 1

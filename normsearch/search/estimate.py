@@ -7,8 +7,8 @@ What a run costs, and where each part comes from:
 - Ray's start: `RAY_START_WORKERS` times the measured start of one Python worker (a Ray start launches
   its own Python processes: the driver's connection, the log monitor and the first workers);
 - each of the `max_concurrent` trial workers starts once (Tune reuses them): the measured import of a
-  worker (`python -c "import ray, normsearch.search.trial"` in a subprocess) and the measured load of the
-  data from the image cache;
+  worker (`python -c "import ray, torchvision, normsearch.search.trial"` in a subprocess) and the measured
+  load of the data from the image cache;
 - each training unit: `train.timing.time_training` on the recipe's network and on one configuration of the
   space (their mean): the loop's own set-up, real optimisation steps at the recipe's batch and image size
   on `resources.cpu` threads, and an evaluation pass, scaled to the unit's split sizes and `train.epochs`;
@@ -41,7 +41,9 @@ from normsearch.train import time_training
 # A local Ray start (its processes, then the first trial workers' registration) costs about three worker
 # starts: calibrated on the tiny quickstart on a shared 2-core machine (load 10-20), 150 s against 40 s.
 RAY_START_WORKERS = 3.0
-WORKER_IMPORT = "import ray, normsearch.search.trial"
+# torchvision too: a trial worker imports it at its first augmented batch (transforms v2), not with the
+# trial's module, which a search's driver imports without it.
+WORKER_IMPORT = "import ray, torchvision, normsearch.search.trial"
 SECOND_NETWORK_SECONDS = 15.0  # the space's configuration is timed too when the recipe's took less than this
 
 

@@ -33,6 +33,7 @@ from normsearch.recipe import Recipe
 from normsearch.results.front import RunSummary, choose, find_trial, summarize
 from normsearch.run.finalized import FinalFolder
 from normsearch.run.records import TrialRecord, confirm_trial_id, metrics_of
+from normsearch.run.storage import read_checkpoint
 from normsearch.search.confirm import _callback, _searcher
 from normsearch.search.final_model import preprocessing_for, write_model
 from normsearch.search.ray import (
@@ -175,7 +176,11 @@ class FinalBook:
                 self.progress.done += 1
                 self.progress.epoch[uid] = done[uid].epoch or 0
                 continue
-            checkpoint = folder.last_checkpoint(uid)  # an interrupted finalize continues
+            # An interrupted finalize continues; its checkpoint is read (safely) here, in the driver, so
+            # that a planted file is one line before any trial is handed it (as confirm and resume do).
+            checkpoint = folder.last_checkpoint(uid)
+            if checkpoint is not None:
+                read_checkpoint(checkpoint)
             self.live[uid] = {"seed": seed, "last": None}
             self.queue.append(
                 {

@@ -14,6 +14,7 @@ these and prints what they found.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -69,6 +70,26 @@ def trial_budget(recipe: Recipe, space: Space) -> int:
     return recipe.search.num_samples if size is None else min(recipe.search.num_samples, size)
 
 
+def _meta_device() -> contextlib.ExitStack:
+    """`torch.device("meta")` as a context, with `Tensor.normal_` on a meta tensor a no-op: a meta tensor
+    holds no values to fill, and torch runs that fill through a Python reference that imports
+    torch._dynamo on first use, which cost a driver that never compiles anything ~2 s of CPU."""
+    from torch.overrides import TorchFunctionMode
+
+    class NoFill(TorchFunctionMode):
+        def __torch_function__(
+            self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None
+        ) -> Any:
+            if func is torch.Tensor.normal_ and args and getattr(args[0], "is_meta", False):
+                return args[0]
+            return func(*args, **(kwargs or {}))
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.device("meta"))
+    stack.enter_context(NoFill())
+    return stack
+
+
 def check_networks(recipe: Recipe, space: Space, source: str = "search.space") -> int:
     """Build the network of every configuration (finite spaces up to 512, else the probes and a random
     sample), on the meta device so no memory is spent; returns how many were built."""
@@ -87,7 +108,7 @@ def check_networks(recipe: Recipe, space: Space, source: str = "search.space") -
         arch = arch.model_copy(update={"backbone": arch.backbone.model_copy(update={"weights": None})})
         try:
             try:
-                with torch.device("meta"):
+                with _meta_device():
                     build_model(arch)
             except RuntimeError as error:
                 if "meta" not in str(error):

@@ -40,6 +40,10 @@ RAY_ENV = {
     "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
     # Bound how long joining a cluster whose address answers but whose GCS does not may take.
     "RAY_gcs_rpc_server_reconnect_timeout_s": "15",
+    # A local Ray's raylet otherwise starts one idle Python worker per CPU when the driver connects (and
+    # `ray.init` waits for them); Tune's trial actors never use them (they start workers of their own), so
+    # each was ~1.3 s of CPU and ~100 MB for nothing on a 2-core machine, at every `run`/`resume`.
+    "RAY_prestart_worker_first_driver": "0",
 }
 PROBE_SECONDS = 15.0
 REFUSED_SECONDS = 3.0

@@ -295,15 +295,17 @@ def run_search(
     folder, ended, made = _claim_folder(recipe, space, run_dir, resume, checked, repair)
     if on_folder is not None:
         on_folder(folder)
+    objectives = recipe.search.objectives
+    study = open_study(folder, recipe.name, objectives, make_sampler(recipe))
+    unit_names = [u.name for u in recipe.data.units()]
+    # Before Ray: reconciling reads every checkpoint a continued trial will get, so a planted one is one
+    # line with nothing started.
+    recovery = reconcile(folder, study, objectives, unit_names) if resume else None
     _start_ray(folder, recipe, startup_timeout, discard=None if resume else made)
     if folder.storage is not None:
         folder.mirror()
 
     bases = pretrained_bases(folder, recipe, on_change)
-    objectives = recipe.search.objectives
-    study = open_study(folder, recipe.name, objectives, make_sampler(recipe))
-    unit_names = [u.name for u in recipe.data.units()]
-    recovery = reconcile(folder, study, objectives, unit_names) if resume else None
     train_supernet(folder, recipe, space, study, _message(on_change))
     if recovery is not None:
         recovery.ended_processes = ended

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-import torchvision
 
 from normsearch import __version__
 from normsearch.arch import ArchConfig
@@ -190,6 +189,10 @@ def pretrain(
         keep_weights=True,
     )
     assert result.checkpoint is not None  # keep_weights
+    # Imported here, not at the top: a search's driver imports this module (its trials' function) but never
+    # trains, and torchvision's import (torch._dynamo with it) costs it as much CPU as torch's own.
+    import torchvision
+
     versions = {
         "normsearch": __version__,
         "torch": str(torch.__version__),

@@ -1,7 +1,8 @@
 """A run folder is shared, so a file in it must never run code: a pickle whose `__reduce__` calls
 `os.system` is planted as a trial's epoch checkpoint (state.pt, whose model part is the trial's final
-weights) in a real run folder; export --weights, diagnose, confirm and resume each refuse it in one line
-with exit code 2, and the payload's marker file never appears."""
+weights) in a real run folder; export --weights, diagnose, confirm, resume and finalize (continuing an
+interrupted one) each refuse it in one line with exit code 2, and the payload's marker file never
+appears."""
 
 from __future__ import annotations
 
@@ -98,6 +99,26 @@ def test_confirm_refuses_a_poisoned_interrupted_confirmation(run: Path, tmp_path
     assert (run / "trials.jsonl").read_bytes() == before
 
 
+@pytest.mark.slow
+def test_finalize_refuses_a_poisoned_interrupted_finalize(run: Path, tmp_path: Path) -> None:
+    """An interrupted finalize continues from its checkpoint; a planted one is one line in the driver (it
+    used to reach a Ray trial, which failed after minutes and wrote a FAILED record into the folder)."""
+    from normsearch.recipe import load_recipe
+
+    marker = tmp_path / "MARKER"
+    out = tmp_path / "final"
+    seed = load_recipe(run / "recipe.yaml")[0].seed
+    request = {"run": str(run), "trial": "t000", "seeds": [seed]}
+    folder = out / "tune" / "attempt-1" / f"final-s{seed}" / "checkpoint_000000"
+    folder.mkdir(parents=True)
+    (out / "request.json").write_text(json.dumps(request))
+    (folder / SUMMARY).write_text('{"epoch": 1}')
+    poison(folder / STATE, marker, "torch-zip")
+    result = runner.invoke(app, ["finalize", str(run), "--trial", "t000", "-o", str(out)])
+    _refused(result, folder / STATE, marker)
+    assert not (out / "records.jsonl").is_file() or not (out / "records.jsonl").read_text().strip()
+
+
 def _unfinish(run: Path, trial: str, number: int) -> None:
     """A driver killed in `trial`'s last epoch leaves no terminal record and the study trial RUNNING."""
     lines = (run / "trials.jsonl").read_text().splitlines(keepends=True)
@@ -124,8 +145,10 @@ def test_resume_refuses_a_poisoned_checkpoint_and_continues_from_the_real_one(
     planted = _state_of(run, "t001")
     real = planted.read_bytes()
     poison(planted, marker, "torch-zip")
+    ray_dirs = RunFolder(run).recorded_ray_dirs()  # a driver records one before it starts Ray
     result = runner.invoke(app, ["resume", str(run)])
     _refused(result, planted, marker)
+    assert RunFolder(run).recorded_ray_dirs() == ray_dirs  # refused before Ray was started
     # The genuine checkpoint back: resume continues t001 from it and finishes it exactly once.
     planted.write_bytes(real)
     result = runner.invoke(app, ["resume", str(run)])

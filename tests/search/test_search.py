@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import optuna
 import pytest
@@ -19,6 +20,9 @@ from normsearch.cli import app
 from normsearch.results.front import compute_front
 from normsearch.run.folder import RunFolder
 from normsearch.search.ray import start_ray
+
+if TYPE_CHECKING:
+    from tests.conftest import Tiny
 
 ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
@@ -36,6 +40,14 @@ def run(recipe: str, out: Path, tiny: Iterable[str], *extra: str) -> str:
     result = runner.invoke(app, ["run", str(ROOT / "recipes" / recipe), "--output", str(out), *tiny, *extra])
     assert result.exit_code == 0, result.output + repr(result.exception)
     return result.stdout
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny: Tiny) -> Tiny:
+    """The suite's tiny budget at 16-pixel images (the recipes' default is 32): a trial trains about 4x
+    faster. Nothing here measures accuracy or a trial's duration; every code path (data, Ray Tune, the
+    study, the records, the CLI on the run) is the same at either size."""
+    return tiny.but({"data.size": 16})
 
 
 def study(run_dir: Path, name: str) -> optuna.Study:
@@ -177,30 +189,6 @@ def test_paper_recipes_run_end_to_end(recipe: str, tmp_path: Path, ray_local, ti
         assert build_model(t.arch) is not None
 
 
-def test_run_on_a_two_node_cluster_uses_both_nodes(tmp_path: Path, tiny) -> None:
-    """A two-node Ray cluster on loopback, started by the test (not `ray start`, which binds beyond
-    loopback, and not `ray stop`, which ends every Ray process on the machine)."""
-    import ray
-    from ray.cluster_utils import Cluster
-
-    ray.shutdown()  # the shared local session; later tests start it again through `ray_local`
-    node = {"num_cpus": 1, "node_ip_address": "127.0.0.1", "include_dashboard": False}
-    cluster = Cluster(initialize_head=True, head_node_args=node)
-    try:
-        cluster.add_node(**node)
-        cluster.wait_for_nodes()
-        out = tmp_path / "cluster"
-        run("quickstart.yaml", out, tiny, "--address", cluster.address, "--num-samples", "4")
-        trials = RunFolder.open(out).trials()
-        assert len(trials) == 4 and all(t.complete for t in trials)
-        nodes = set().union(*(t.nodes for t in trials))
-        assert len(nodes) == 2, nodes
-        assert nodes == {n["NodeID"] for n in ray.nodes() if n["Alive"]}
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
-
-
 @pytest.mark.parametrize("algorithm", ["nsga2"])  # grid over the same space: tests/search/test_ledger.py
 def test_three_point_space_with_six_samples_trains_each_configuration_once_and_says_so(
     tmp_path: Path, ray_local, tiny, algorithm: str
@@ -228,3 +216,28 @@ def test_three_point_space_with_six_samples_trains_each_configuration_once_and_s
     assert "space exhausted: all 3 configuration(s) trained" in " ".join(stdout.split())
     repeats = [t for t in study(out, "quickstart").trials if "repeat_of" in t.user_attrs]
     assert len(repeats) == sum(t.status == "repeat" for t in trials)
+
+
+# Last in this module: it shuts down the module's shared local Ray, which the tests above reuse.
+def test_run_on_a_two_node_cluster_uses_both_nodes(tmp_path: Path, tiny) -> None:
+    """A two-node Ray cluster on loopback, started by the test (not `ray start`, which binds beyond
+    loopback, and not `ray stop`, which ends every Ray process on the machine)."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    ray.shutdown()  # the shared local session (this test comes last: no later test here restarts it)
+    node = {"num_cpus": 1, "node_ip_address": "127.0.0.1", "include_dashboard": False}
+    cluster = Cluster(initialize_head=True, head_node_args=node)
+    try:
+        cluster.add_node(**node)
+        cluster.wait_for_nodes()
+        out = tmp_path / "cluster"
+        run("quickstart.yaml", out, tiny, "--address", cluster.address, "--num-samples", "4")
+        trials = RunFolder.open(out).trials()
+        assert len(trials) == 4 and all(t.complete for t in trials)
+        nodes = set().union(*(t.nodes for t in trials))
+        assert len(nodes) == 2, nodes
+        assert nodes == {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
