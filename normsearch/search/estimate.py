@@ -38,9 +38,11 @@ from normsearch.run.records import config_key
 from normsearch.space import Space
 from normsearch.train import time_training
 
-# A local Ray start (its processes, then the first trial workers' registration) costs about three worker
-# starts: calibrated on the tiny quickstart on a shared 2-core machine (load 10-20), 150 s against 40 s.
-RAY_START_WORKERS = 3.0
+# A local Ray start (its processes, then the first trial workers' registration) costs about 1.5 worker
+# starts: first calibrated at 3 on the tiny quickstart (shared 2-core machine, load 10-20: 150 s against
+# 40 s); recalibrated once Ray stopped prestarting idle workers (search/ray.py) and a worker's measured start
+# came to include torchvision: at 3, the idle machine's estimate was 65 s (36 s of it Ray) for a 32 s run.
+RAY_START_WORKERS = 1.5
 # torchvision too: a trial worker imports it at its first augmented batch (transforms v2), not with the
 # trial's module, which a search's driver imports without it.
 WORKER_IMPORT = "import ray, torchvision, normsearch.search.trial"
