@@ -39,7 +39,7 @@ import torch
 
 from normsearch.arch.config import plan_of
 from normsearch.errors import NormsearchError
-from normsearch.run.files import atomic_write_bytes
+from normsearch.run.files import atomic_write_bytes, first_line, weights_only_reason
 
 FORMAT = "normsearch-checkpoint"
 VERSION = 1
@@ -219,11 +219,8 @@ def _read_file(path: Path) -> Checkpoint:
     except ImportError:
         raise NormsearchError(f"{path}: reading .safetensors needs the safetensors package") from None
     except Exception as error:  # a pickle, a truncated file, a non-checkpoint: torch raises many types
-        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-        # The weights-only reader's own reason ("unsupported GLOBAL posix.system") is the useful line, not
-        # its first, which advises loading the file with weights_only=False (running whatever it holds).
-        reason = next((line for line in lines if "GLOBAL" in line or "Unsupported" in line), None)
-        detail = reason or (lines[0].split(". ")[0] if lines else type(error).__name__)  # miniz says more
+        # miniz's first sentence says enough of a damaged zip; its next ones repeat it
+        detail = weights_only_reason(error) or first_line(error).strip().split(". ")[0]
         raise NormsearchError(
             f"{path}: cannot read as a checkpoint, which holds only tensors and plain values: {detail}; "
             "nothing in it was loaded"

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from normsearch.errors import NormsearchError
-from normsearch.run.files import first_line
+from normsearch.run.files import first_line, weights_only_reason
 
 if TYPE_CHECKING:
     from normsearch.train import TrainState
@@ -88,11 +88,7 @@ def load_plain(path: Path, what: str = "checkpoint") -> Any:
             warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
-        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-        # The weights-only reader's own reason ("... unsupported GLOBAL posix.system ...") is the useful
-        # line, not its advice to load the file with weights_only=False.
-        reason = next((line for line in lines if "GLOBAL" in line or "Unsupported" in line), None)
-        why = reason or first_line(error)
+        why = weights_only_reason(error) or first_line(error)
         raise NormsearchError(
             f"{path}: not a normsearch {what}, which holds only tensors and plain values ({why}); "
             "nothing in it was loaded"

@@ -17,6 +17,14 @@ def first_line(error: BaseException) -> str:
     return text.splitlines()[0]
 
 
+def weights_only_reason(error: BaseException) -> str | None:
+    """The line of a refused `torch.load(..., weights_only=True)` that says what the file holds ("...
+    unsupported GLOBAL posix.system ..."), or None: not the message's first line, which advises loading the
+    file with weights_only=False (running whatever it holds)."""
+    lines = (line.strip() for line in str(error).splitlines())
+    return next((line for line in lines if "GLOBAL" in line or "Unsupported" in line), None)
+
+
 @contextmanager
 def os_errors(path: Path, what: str) -> Iterator[None]:
     """Turn an OSError inside the block into ``<path>: cannot <what> (<reason>)``."""
