@@ -68,9 +68,14 @@ def load_study(folder: RunFolder, name: str) -> Any:
     return optuna.load_study(study_name=name, storage=folder.study_url)
 
 
+def _trial_id(study: Any, number: int) -> int:
+    """The storage's id of study trial `number` (trials are told by number, outside a live Trial)."""
+    return study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+
+
 def set_attrs(study: Any, number: int, attrs: dict[str, Any]) -> None:
     """Set user attributes on a running study trial (None values are skipped)."""
-    trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+    trial_id = _trial_id(study, number)
     for key, value in attrs.items():
         if value is not None:
             study_written()  # a crash-test point before each write (the one after `ask` included)
@@ -85,8 +90,7 @@ def live_trial(study: Any, number: int) -> Any:
     other trials branch: "param_name mismatch") and train the recipe's base network under its number."""
     import optuna
 
-    trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
-    return optuna.trial.Trial(study, trial_id)
+    return optuna.trial.Trial(study, _trial_id(study, number))
 
 
 def _policy_attrs(record: TrialRecord, objectives: dict[str, str]) -> dict[str, Any]:
